@@ -1,0 +1,389 @@
+"""The pollution harness: a federation of MNIST clients with Fashion-MNIST junk injected.
+
+Only this module knows which samples are polluted. A :class:`ClientData` carries the
+ground-truth flags next to the arrays, but what a client would send to a server is built
+from ``x``, ``y`` and ``ids`` alone (see :meth:`ClientData.public_arrays`); the flags are
+joined back by sample id when a run is scored.
+
+Everything is deterministic from one integer ``seed``: the trusted seed set, the
+partition, the choice of Fashion images, their labels and the order of each client's data
+come from independent streams spawned from it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from fedsieve.shared.data import DataSource, ImageSet, load_fashion_mnist, load_mnist
+
+PARTITIONS = ("iid", "dirichlet", "shard", "pathological", "linear", "square", "exponential")
+PROFILES = ("uniform", "skewed")
+LABEL_POLICIES = ("random", "mapped", "original")
+#: Sample ids are ``client_id * ID_STRIDE + position``: unique across the federation.
+ID_STRIDE = 1_000_000
+#: The fixed class mapping of the ``"mapped"`` label policy: Fashion class k -> digit.
+DEFAULT_LABEL_MAP = (3, 8, 1, 6, 0, 9, 4, 2, 7, 5)
+#: Rate ceiling of the heavily polluted clients of the ``"skewed"`` profile.
+SKEWED_HEAVY_CAP = 0.95
+
+LabelPolicy = Literal["random", "mapped", "original"]
+
+
+@dataclass(frozen=True)
+class SeedSet:
+    """The server's trusted normal images, disjoint from every client's data."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    origin: np.ndarray  # indices into the MNIST training split
+
+    def save(self, path) -> None:
+        """Write the ``.npz`` an operator hands the server (``x``, ``y``)."""
+        np.savez_compressed(path, x=self.images, y=self.labels)
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """One client's local data, with the harness-only ground truth beside it.
+
+    Attributes
+    ----------
+    client_id : int
+    x : numpy.ndarray
+        uint8 images, (N, 28, 28).
+    y : numpy.ndarray
+        int64 training labels (digits; injected images get labels by the label policy).
+    ids : numpy.ndarray
+        int64 sample ids, unique across the federation, independent of pollution.
+    polluted : numpy.ndarray
+        bool ground truth: True where the image is Fashion-MNIST. Never sent anywhere.
+    origin : numpy.ndarray
+        Index of each image in its source split (MNIST train if clean, Fashion train if
+        polluted).
+    source_labels : numpy.ndarray
+        The label the image has in its source dataset.
+    """
+
+    client_id: int
+    x: np.ndarray
+    y: np.ndarray
+    ids: np.ndarray
+    polluted: np.ndarray
+    origin: np.ndarray
+    source_labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def contamination(self) -> float:
+        """Fraction of this client's samples that are polluted."""
+        return float(self.polluted.mean()) if len(self) else 0.0
+
+    def public_arrays(self) -> dict[str, np.ndarray]:
+        """What the client itself knows: images, labels and ids, no ground truth."""
+        return {"x": self.x, "y": self.y, "ids": self.ids}
+
+
+@dataclass(frozen=True)
+class Federation:
+    """A polluted federation, its trusted seed set and how it was made."""
+
+    clients: list[ClientData]
+    seed_set: SeedSet
+    rates: tuple[float, ...]
+    config: dict[str, object]
+    sources: dict[str, DataSource] = field(default_factory=dict)
+
+    def ground_truth(self) -> dict[int, bool]:
+        """Sample id -> polluted, for joining with a server's audit log."""
+        return {int(i): bool(p) for c in self.clients for i, p in zip(c.ids, c.polluted)}
+
+    def clean_oracle(self) -> Federation:
+        """The same clients with no pollution injected (same partition, same seed set)."""
+        return build_federation(**{**self._build_args, "contamination": 0.0, "rates": None,
+                                   "profile": "uniform"})
+
+    def summary(self) -> dict[str, object]:
+        """JSON-ready description: config, data sources and per-client counts."""
+        return {
+            "config": self.config,
+            "sources": {k: v.to_dict() for k, v in self.sources.items()},
+            "seed_set": {"size": len(self.seed_set.labels),
+                         "labels": self.seed_set.labels.tolist()},
+            "clients": [
+                {
+                    "client_id": c.client_id,
+                    "samples": len(c),
+                    "polluted": int(c.polluted.sum()),
+                    "requested_rate": rate,
+                    "contamination": round(c.contamination, 6),
+                    "label_counts": np.bincount(c.y, minlength=10).tolist(),
+                }
+                for c, rate in zip(self.clients, self.rates)
+            ],
+            "total_samples": sum(len(c) for c in self.clients),
+            "total_polluted": int(sum(c.polluted.sum() for c in self.clients)),
+        }
+
+    # The arguments (loaded data included) that rebuild this federation, for the oracle.
+    _build_args: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
+
+
+def client_rates(profile: str, num_clients: int, contamination: float) -> list[float]:
+    """Per-client contamination rates for a profile.
+
+    ``"uniform"`` gives every client ``contamination``. ``"skewed"`` keeps a third of the
+    clients clean, makes one client fully polluted, and splits the rest between lightly
+    and heavily (3x) polluted clients so that the mean rate equals ``contamination`` as
+    closely as the pattern allows (heavy rates are capped at 0.95; when the target is too
+    small to afford a fully polluted client, there is none). Clients are ordered clean,
+    light, heavy, full.
+    """
+    _check_rate(contamination, "contamination")
+    if num_clients < 1:
+        raise ValueError(f"num_clients must be at least 1, got {num_clients}")
+    if profile == "uniform":
+        return [float(contamination)] * num_clients
+    if profile != "skewed":
+        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+    if contamination == 0.0:
+        return [0.0] * num_clients
+    n_clean = num_clients // 3
+    for n_full in (1, 0) if num_clients >= 2 else (0,):
+        rest = num_clients - n_clean - n_full
+        n_light, n_heavy = rest // 2, rest - rest // 2
+        weight = n_light + 3 * n_heavy
+        light = (contamination * num_clients - n_full) / weight if weight else 0.0
+        if light >= 0:
+            break
+    heavy = min(3 * light, SKEWED_HEAVY_CAP)
+    light = min(light, SKEWED_HEAVY_CAP)
+    return [0.0] * n_clean + [light] * n_light + [heavy] * n_heavy + [1.0] * n_full
+
+
+def make_partitioner(partition: str, num_clients: int, *, alpha: float = 0.5,
+                     classes_per_client: int = 2, seed: int = 0):
+    """A flwr-datasets partitioner over a dataset with a ``"label"`` column."""
+    from flwr_datasets import partitioner as fp
+
+    if partition == "iid":
+        return fp.IidPartitioner(num_partitions=num_clients)
+    if partition == "dirichlet":
+        return fp.DirichletPartitioner(num_partitions=num_clients, partition_by="label",
+                                       alpha=alpha, min_partition_size=1,
+                                       self_balancing=True, seed=seed)
+    if partition == "shard":
+        return fp.ShardPartitioner(num_partitions=num_clients, partition_by="label",
+                                   num_shards_per_partition=classes_per_client, seed=seed)
+    if partition == "pathological":
+        return fp.PathologicalPartitioner(num_partitions=num_clients, partition_by="label",
+                                          num_classes_per_partition=classes_per_client,
+                                          class_assignment_mode="first-deterministic",
+                                          seed=seed)
+    sized = {"linear": fp.LinearPartitioner, "square": fp.SquarePartitioner,
+             "exponential": fp.ExponentialPartitioner}
+    if partition in sized:
+        return sized[partition](num_partitions=num_clients)
+    raise ValueError(f"partition must be one of {PARTITIONS} or a flwr-datasets "
+                     f"Partitioner, got {partition!r}")
+
+
+def draw_seed_set(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of ``size`` trusted images, cycling through the classes so every digit is shown."""
+    if size < 0:
+        raise ValueError(f"seed_set_size must be >= 0, got {size}")
+    by_class = [rng.permutation(np.flatnonzero(labels == c)) for c in range(10)]
+    picks = [by_class[i % 10][i // 10] for i in range(size)]
+    return np.asarray(picks, dtype=np.int64)
+
+
+def build_federation(
+    num_clients: int = 10,
+    contamination: float = 0.2,
+    *,
+    partition="iid",
+    profile: str = "uniform",
+    label_policy: LabelPolicy = "random",
+    rates: Sequence[float] | None = None,
+    seed: int = 0,
+    seed_set_size: int = 10,
+    alpha: float = 0.5,
+    classes_per_client: int = 2,
+    label_map: Sequence[int] | None = None,
+    root=None,
+    mnist: ImageSet | None = None,
+    fashion: ImageSet | None = None,
+) -> Federation:
+    """Build a polluted federation of MNIST clients.
+
+    Parameters
+    ----------
+    num_clients : int
+        Number of clients.
+    contamination : float
+        Target fraction of each client's final samples that are Fashion-MNIST images.
+    partition : str or flwr_datasets Partitioner
+        How normal MNIST is split: one of :data:`PARTITIONS` or a ready partitioner
+        (it receives a dataset with ``label`` and ``index`` columns).
+    profile : {"uniform", "skewed"}
+        How rates differ between clients (see :func:`client_rates`); ignored when
+        ``rates`` is given.
+    label_policy : {"random", "mapped", "original"}
+        Labels of injected images: a random digit, ``label_map[fashion_class]``, or the
+        Fashion class id itself.
+    rates : sequence of float, optional
+        Explicit per-client rates, one per client.
+    seed : int
+        Seed of every random choice.
+    seed_set_size : int
+        Trusted normal images reserved for the server before partitioning.
+    alpha, classes_per_client : float, int
+        Partitioner parameters (Dirichlet concentration; classes per client for the
+        shard and pathological partitioners).
+    label_map : sequence of 10 ints, optional
+        Mapping for ``"mapped"``; defaults to :data:`DEFAULT_LABEL_MAP`.
+    root : path, optional
+        Data folder passed to the loaders.
+    mnist, fashion : ImageSet, optional
+        Preloaded training splits (the loaders are used otherwise).
+
+    Notes
+    -----
+    A client with normal partition size n and rate 0 < c < 1 receives
+    ``round(c * n / (1 - c))`` injected images, so its polluted fraction is c to within
+    one sample and its normal data is exactly what the clean oracle has. A client with
+    c = 1 holds n Fashion images and none of its partition.
+    """
+    if label_policy not in LABEL_POLICIES:
+        raise ValueError(f"label_policy must be one of {LABEL_POLICIES}, got {label_policy!r}")
+    label_map = tuple(DEFAULT_LABEL_MAP if label_map is None else label_map)
+    if len(label_map) != 10 or not all(0 <= int(v) <= 9 for v in label_map):
+        raise ValueError(f"label_map must hold 10 digits 0-9, got {label_map!r}")
+    if rates is not None:
+        rates = [float(r) for r in rates]
+        if len(rates) != num_clients:
+            raise ValueError(f"rates has {len(rates)} entries for {num_clients} clients; "
+                             "give exactly one rate per client")
+        for r in rates:
+            _check_rate(r, "rates")
+    else:
+        rates = client_rates(profile, num_clients, contamination)
+
+    build_args = {
+        "num_clients": num_clients, "contamination": contamination, "partition": partition,
+        "profile": profile, "label_policy": label_policy, "rates": rates, "seed": seed,
+        "seed_set_size": seed_set_size, "alpha": alpha,
+        "classes_per_client": classes_per_client, "label_map": label_map, "root": root,
+        "mnist": mnist, "fashion": fashion,
+    }
+    config = {
+        "num_clients": num_clients, "contamination": contamination,
+        "partition": _partition_name(partition),
+        "profile": profile, "label_policy": label_policy,
+        "rates": list(rates) if rates is not None else None, "seed": seed,
+        "seed_set_size": seed_set_size, "alpha": alpha,
+        "classes_per_client": classes_per_client, "label_map": list(label_map),
+        "root": None if root is None else str(root),
+    }
+    mnist = mnist if mnist is not None else load_mnist("train", root=root)
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5)]
+    seed_rng, partition_rng, pick_rng, label_rng, order_rng = streams
+
+    seed_idx = draw_seed_set(mnist.labels, seed_set_size, seed_rng)
+    remaining = partition_rng.permutation(np.setdiff1d(np.arange(len(mnist.labels)), seed_idx))
+    parts = _partition_indices(partition, remaining, mnist.labels, num_clients, alpha,
+                               classes_per_client, seed)
+
+    injected = [_injected_count(len(p), r) for p, r in zip(parts, rates)]
+    sources = {"mnist": mnist.source}
+    fashion_idx = [np.empty(0, np.int64)] * num_clients
+    if sum(injected):
+        fashion = fashion if fashion is not None else load_fashion_mnist("train", root=root)
+        sources["fashion-mnist"] = fashion.source
+        if sum(injected) > len(fashion.labels):
+            raise ValueError(f"the requested pollution needs {sum(injected)} Fashion-MNIST "
+                             f"images but only {len(fashion.labels)} exist; lower the "
+                             "contamination or the number of clients")
+        pool = pick_rng.permutation(len(fashion.labels))
+        bounds = np.cumsum([0, *injected])
+        fashion_idx = [pool[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+    clients = []
+    for cid, (normal, poll, rate) in enumerate(zip(parts, fashion_idx, rates)):
+        if rate >= 1.0:
+            normal = normal[:0]
+        n_norm, n_poll = len(normal), len(poll)
+        x = np.concatenate([mnist.images[normal],
+                            fashion.images[poll] if n_poll else np.empty((0, 28, 28), np.uint8)])
+        source_labels = np.concatenate([mnist.labels[normal],
+                                        fashion.labels[poll] if n_poll else np.empty(0, np.int64)])
+        injected_labels = _injected_labels(source_labels[n_norm:], label_policy, label_map,
+                                           label_rng)
+        y = np.concatenate([source_labels[:n_norm], injected_labels]).astype(np.int64)
+        polluted = np.concatenate([np.zeros(n_norm, bool), np.ones(n_poll, bool)])
+        origin = np.concatenate([normal, poll]).astype(np.int64)
+        order = order_rng.permutation(n_norm + n_poll)
+        clients.append(ClientData(
+            client_id=cid, x=x[order], y=y[order],
+            ids=cid * ID_STRIDE + np.arange(n_norm + n_poll, dtype=np.int64),
+            polluted=polluted[order], origin=origin[order], source_labels=source_labels[order],
+        ))
+    seed_set = SeedSet(mnist.images[seed_idx], mnist.labels[seed_idx].astype(np.int64), seed_idx)
+    return Federation(clients, seed_set, tuple(rates), config, sources, _build_args=build_args)
+
+
+def _check_rate(rate: float, what: str) -> None:
+    if not (isinstance(rate, int | float) and math.isfinite(rate) and 0.0 <= rate <= 1.0):
+        raise ValueError(f"{what} must be a fraction in [0, 1], got {rate!r}")
+
+
+def _injected_count(n_normal: int, rate: float) -> int:
+    if rate >= 1.0:
+        return n_normal
+    return int(round(rate * n_normal / (1.0 - rate)))
+
+
+def _injected_labels(source_labels: np.ndarray, policy: str, label_map: tuple[int, ...],
+                     rng: np.random.Generator) -> np.ndarray:
+    if policy == "random":
+        return rng.integers(0, 10, size=len(source_labels), dtype=np.int64)
+    if policy == "mapped":
+        return np.asarray(label_map, dtype=np.int64)[source_labels]
+    return source_labels.astype(np.int64)
+
+
+def _partition_indices(partition, indices: np.ndarray, labels: np.ndarray, num_clients: int,
+                       alpha: float, classes_per_client: int, seed: int) -> list[np.ndarray]:
+    """Split ``indices`` (already shuffled) among clients with a flwr-datasets partitioner."""
+    from datasets import Dataset
+
+    partitioner = (make_partitioner(partition, num_clients, alpha=alpha,
+                                    classes_per_client=classes_per_client, seed=seed)
+                   if isinstance(partition, str) else partition)
+    partitioner.dataset = Dataset.from_dict({"index": indices, "label": labels[indices]})
+    if partitioner.num_partitions != num_clients:
+        raise ValueError(f"the partitioner makes {partitioner.num_partitions} partitions for "
+                         f"{num_clients} clients")
+    parts = [np.asarray(partitioner.load_partition(i)["index"], dtype=np.int64)
+             for i in range(num_clients)]
+    if any(len(p) == 0 for p in parts):
+        empty = [i for i, p in enumerate(parts) if len(p) == 0]
+        raise ValueError(f"partition {_partition_name(partition)!r} left clients {empty} without "
+                         "data; use fewer clients or a larger alpha")
+    return parts
+
+
+def _partition_name(partition) -> str:
+    return partition if isinstance(partition, str) else type(partition).__name__
+
+
+__all__ = [
+    "ClientData", "DEFAULT_LABEL_MAP", "Federation", "ID_STRIDE", "LABEL_POLICIES",
+    "PARTITIONS", "PROFILES", "SeedSet", "build_federation", "client_rates",
+    "draw_seed_set", "make_partitioner",
+]

