@@ -1,0 +1,248 @@
+"""fedsieve's wire protocol: record names, versions, and validation of uploads.
+
+Screening is a Flower ``query`` message with action :data:`UPLOAD_ACTION`. The server's
+request carries a ``ConfigRecord`` named :data:`REQUEST_RECORD`; the client's reply carries
+the samples in an ``ArrayRecord`` named :data:`UPLOAD_RECORD` (``x``: uint8 (N, 28, 28) or
+float32 in [0, 1]; ``ids``: int64 (N,)) and a ``ConfigRecord`` named :data:`UPLOAD_META`
+(protocol version, local sample count, chunk position). Verdicts travel back inside each
+client's own ``train`` message as an ``ArrayRecord`` named :data:`VERDICT_RECORD` holding the
+ids to drop.
+
+Everything a client sends is untrusted: :func:`decode_upload` either returns a valid
+:class:`Upload` or raises :class:`ProtocolError` naming what was wrong; it never raises
+anything else.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+PROTOCOL_VERSION = 1
+UPLOAD_ACTION = "fedsieve_upload"
+UPLOAD_MESSAGE_TYPE = f"query.{UPLOAD_ACTION}"
+REQUEST_RECORD = "fedsieve.request"
+UPLOAD_RECORD = "fedsieve.upload"
+UPLOAD_META = "fedsieve.upload_meta"
+VERDICT_RECORD = "fedsieve.verdicts"
+IMAGE_SHAPE = (28, 28)
+#: Local datasets larger than this are refused as absurd.
+MAX_LOCAL_SAMPLES = 10_000_000
+
+
+class ProtocolError(ValueError):
+    """A client's message broke the fedsieve protocol; the message says how."""
+
+
+@dataclass(frozen=True)
+class UploadRequest:
+    """What the server asks for: which chunk, how large, which fraction of the samples."""
+
+    chunk_index: int = 0
+    chunk_size: int = 10_000
+    fraction: float = 1.0
+    sample_seed: int = 0
+    protocol: int = PROTOCOL_VERSION
+
+    def to_record(self) -> ConfigRecord:
+        return ConfigRecord({"protocol": self.protocol, "chunk-index": self.chunk_index,
+                             "chunk-size": self.chunk_size, "fraction": float(self.fraction),
+                             "sample-seed": self.sample_seed})
+
+    @classmethod
+    def from_content(cls, content: RecordDict) -> UploadRequest:
+        """Read the request on the client side."""
+        record = _record(content, REQUEST_RECORD, ConfigRecord)
+        version = _int(record, "protocol")
+        if version != PROTOCOL_VERSION:
+            raise ProtocolError(f"server speaks fedsieve protocol {version}, this client "
+                                f"speaks {PROTOCOL_VERSION}; upgrade fedsieve on one side")
+        return cls(chunk_index=_int(record, "chunk-index"), chunk_size=_int(record, "chunk-size"),
+                   fraction=float(record["fraction"]), sample_seed=_int(record, "sample-seed"))
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One validated chunk of a client's upload.
+
+    Attributes
+    ----------
+    x : numpy.ndarray
+        uint8 images (n, 28, 28); float uploads are converted.
+    ids : numpy.ndarray
+        int64 local sample ids, unique.
+    num_samples : int
+        The client's whole local dataset size.
+    num_selected : int
+        How many samples the client selected for upload in total (all chunks).
+    chunk_index, num_chunks : int
+        Where this chunk sits.
+    """
+
+    x: np.ndarray
+    ids: np.ndarray
+    num_samples: int
+    num_selected: int
+    chunk_index: int
+    num_chunks: int
+
+
+def select_for_upload(ids: np.ndarray, request: UploadRequest) -> np.ndarray:
+    """Positions a client uploads: all of them, or a seeded random ``fraction`` (at least one)."""
+    n = len(ids)
+    if request.fraction >= 1.0 or n == 0:
+        return np.arange(n)
+    k = max(1, int(round(request.fraction * n)))
+    rng = np.random.default_rng(request.sample_seed)
+    return np.sort(rng.choice(n, size=k, replace=False))
+
+
+def encode_upload(x: np.ndarray, ids: np.ndarray, request: UploadRequest) -> RecordDict:
+    """Build a client's reply content for ``request`` from its local samples and ids."""
+    x = np.asarray(x)
+    ids = np.asarray(ids)
+    if len(x) != len(ids):
+        raise ValueError(f"{len(x)} samples but {len(ids)} ids; give one id per sample")
+    selected = select_for_upload(ids, request)
+    num_chunks = max(1, math.ceil(len(selected) / request.chunk_size))
+    part = selected[request.chunk_index * request.chunk_size:
+                    (request.chunk_index + 1) * request.chunk_size]
+    arrays = ArrayRecord({"x": Array(np.ascontiguousarray(x[part])),
+                          "ids": Array(np.ascontiguousarray(ids[part], dtype=np.int64))})
+    meta = ConfigRecord({"protocol": PROTOCOL_VERSION, "num-samples": len(ids),
+                         "num-selected": len(selected), "chunk-index": request.chunk_index,
+                         "num-chunks": num_chunks})
+    return RecordDict({UPLOAD_RECORD: arrays, UPLOAD_META: meta})
+
+
+def decode_upload(content: RecordDict, request: UploadRequest, *,
+                  max_upload: int = 1_000_000) -> Upload:
+    """Validate a client's reply to ``request``.
+
+    Parameters
+    ----------
+    content : RecordDict
+        The reply's content.
+    request : UploadRequest
+        What the server asked; the reply must answer this chunk.
+    max_upload : int
+        Largest number of samples accepted from one client in total.
+
+    Raises
+    ------
+    ProtocolError
+        For anything but a valid upload.
+    """
+    try:
+        return _decode_upload(content, request, max_upload)
+    except ProtocolError:
+        raise
+    except Exception as err:  # noqa: BLE001 - anything else a hostile record triggers
+        raise ProtocolError(f"malformed upload: {type(err).__name__}: {err}") from err
+
+
+def _decode_upload(content: RecordDict, request: UploadRequest, max_upload: int) -> Upload:
+    if not isinstance(content, RecordDict):
+        raise ProtocolError(f"reply content is {type(content).__name__}, not a RecordDict")
+    meta = _record(content, UPLOAD_META, ConfigRecord)
+    version = _int(meta, "protocol")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"unknown fedsieve protocol version {version} (server speaks "
+                            f"{PROTOCOL_VERSION}); upgrade fedsieve on the client")
+    num_samples = _int(meta, "num-samples")
+    num_selected = _int(meta, "num-selected")
+    chunk_index = _int(meta, "chunk-index")
+    num_chunks = _int(meta, "num-chunks")
+    if not 0 <= num_samples <= MAX_LOCAL_SAMPLES:
+        raise ProtocolError(f"num-samples {num_samples} is negative or absurd "
+                            f"(limit {MAX_LOCAL_SAMPLES})")
+    if not 0 <= num_selected <= num_samples:
+        raise ProtocolError(f"num-selected {num_selected} is outside 0..num-samples "
+                            f"({num_samples})")
+    if num_selected > max_upload:
+        raise ProtocolError(f"upload of {num_selected} samples exceeds the server's cap of "
+                            f"{max_upload}; raise max_upload or lower upload_fraction")
+    if chunk_index != request.chunk_index:
+        raise ProtocolError(f"reply is for chunk {chunk_index} but chunk "
+                            f"{request.chunk_index} was asked: a reply to the wrong message")
+    expected_chunks = max(1, math.ceil(num_selected / request.chunk_size))
+    if num_chunks != expected_chunks:
+        raise ProtocolError(f"num-chunks {num_chunks} does not match {num_selected} samples in "
+                            f"chunks of {request.chunk_size} ({expected_chunks})")
+    arrays = _record(content, UPLOAD_RECORD, ArrayRecord)
+    missing = {"x", "ids"} - set(arrays.keys())
+    if missing:
+        raise ProtocolError(f"upload lacks array(s) {sorted(missing)}")
+    x = validate_images(arrays["x"].numpy(), what="uploaded x")
+    ids = arrays["ids"].numpy()
+    if ids.dtype != np.int64 or ids.ndim != 1:
+        raise ProtocolError(f"ids must be a 1-D int64 array, got {ids.dtype} {ids.shape}")
+    if len(ids) != len(x):
+        raise ProtocolError(f"{len(x)} samples but {len(ids)} ids in the upload")
+    expected = min(request.chunk_size, num_selected - chunk_index * request.chunk_size)
+    if len(ids) != expected:
+        raise ProtocolError(f"chunk {chunk_index} holds {len(ids)} samples, expected {expected}")
+    if len(np.unique(ids)) != len(ids):
+        raise ProtocolError("upload holds duplicate ids; every sample needs its own id")
+    return Upload(x, ids, num_samples, num_selected, chunk_index, num_chunks)
+
+
+def validate_images(x: np.ndarray, *, what: str = "images") -> np.ndarray:
+    """Check images and return them as uint8 (N, 28, 28).
+
+    Accepts uint8 in any range, or float32/float64 in [0, 1], shaped (N, 28, 28) or
+    (N, 1, 28, 28). Raises :class:`ProtocolError` (a ``ValueError``) otherwise.
+    """
+    x = np.asarray(x)
+    if x.ndim == 4 and x.shape[1] == 1:
+        x = x[:, 0]
+    if x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE:
+        raise ProtocolError(f"{what} must be shaped (N, 28, 28) or (N, 1, 28, 28), "
+                            f"got {x.shape}")
+    if x.dtype == np.uint8:
+        return np.ascontiguousarray(x)
+    if x.dtype not in (np.float32, np.float64):
+        raise ProtocolError(f"{what} must be uint8 or float32 in [0, 1], got {x.dtype}")
+    if not np.isfinite(x).all():
+        raise ProtocolError(f"{what} contain NaN or infinite values")
+    if x.size and (x.min() < 0.0 or x.max() > 1.0):
+        raise ProtocolError(f"{what} must lie in [0, 1] as floats, got "
+                            f"[{x.min():.3g}, {x.max():.3g}]; scale uint8 pixels by 1/255")
+    return np.round(x * 255.0).astype(np.uint8)
+
+
+def encode_verdicts(drop_ids: np.ndarray) -> ArrayRecord:
+    """The record a client's train message carries: ids it must drop."""
+    return ArrayRecord({"drop-ids": Array(np.ascontiguousarray(drop_ids, dtype=np.int64))})
+
+
+def decode_verdicts(content: RecordDict) -> np.ndarray:
+    """Ids to drop from a train message's content (empty when the server sent none)."""
+    if VERDICT_RECORD not in content.array_records:
+        return np.empty(0, np.int64)
+    ids = content.array_records[VERDICT_RECORD]["drop-ids"].numpy()
+    if ids.dtype != np.int64 or ids.ndim != 1:
+        raise ProtocolError(f"drop-ids must be 1-D int64, got {ids.dtype} {ids.shape}")
+    return ids
+
+
+def _record(content: RecordDict, name: str, kind: type):
+    if name not in content:
+        raise ProtocolError(f"reply lacks the {name!r} record; is the fedsieve upload handler "
+                            "registered on the ClientApp?")
+    record = content[name]
+    if not isinstance(record, kind):
+        raise ProtocolError(f"{name!r} must be a {kind.__name__}, got {type(record).__name__}")
+    return record
+
+
+def _int(record: ConfigRecord, key: str) -> int:
+    if key not in record:
+        raise ProtocolError(f"missing key {key!r}")
+    value = record[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(f"{key!r} must be an integer, got {value!r}")
+    return value
