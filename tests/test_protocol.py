@@ -85,8 +85,8 @@ def test_upload_cap():
         decode_upload(encode_upload(x, ids, request), request, max_upload=49)
 
 
-config_values = st.one_of(st.integers(-2**40, 2**40), st.floats(allow_nan=True), st.text(max_size=5),
-                          st.booleans())
+config_values = st.one_of(st.integers(-2**40, 2**40), st.floats(allow_nan=True),
+                          st.text(max_size=5), st.booleans())
 arrays = hnp.arrays(
     dtype=st.sampled_from([np.uint8, np.int64, np.float32, np.float64, np.int16]),
     shape=hnp.array_shapes(min_dims=1, max_dims=4, min_side=0, max_side=30),
