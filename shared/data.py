@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
 from fedsieve.shared.idx import IdxFormatError, read_idx
 
 ENV_VAR = "FEDSIEVE_DATA"

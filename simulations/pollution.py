@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+
 from fedsieve.shared.data import DataSource, ImageSet, load_fashion_mnist, load_mnist
+from fedsieve.shared.seeds import save_seed_file, trusted_seed_indices
 
 PARTITIONS = ("iid", "dirichlet", "shard", "pathological", "linear", "square", "exponential")
 PROFILES = ("uniform", "skewed")
@@ -43,7 +45,7 @@ class SeedSet:
 
     def save(self, path) -> None:
         """Write the ``.npz`` an operator hands the server (``x``, ``y``)."""
-        np.savez_compressed(path, x=self.images, y=self.labels)
+        save_seed_file(path, self.images, self.labels)
 
 
 @dataclass(frozen=True)
@@ -193,15 +195,6 @@ def make_partitioner(partition: str, num_clients: int, *, alpha: float = 0.5,
                      f"Partitioner, got {partition!r}")
 
 
-def draw_seed_set(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of ``size`` trusted images, cycling through the classes so every digit is shown."""
-    if size < 0:
-        raise ValueError(f"seed_set_size must be >= 0, got {size}")
-    by_class = [rng.permutation(np.flatnonzero(labels == c)) for c in range(10)]
-    picks = [by_class[i % 10][i // 10] for i in range(size)]
-    return np.asarray(picks, dtype=np.int64)
-
-
 def build_federation(
     num_clients: int = 10,
     contamination: float = 0.2,
@@ -241,7 +234,9 @@ def build_federation(
     seed : int
         Seed of every random choice.
     seed_set_size : int
-        Trusted normal images reserved for the server before partitioning.
+        Trusted normal images reserved for the server before partitioning
+        (:func:`fedsieve.shared.seeds.trusted_seed_indices`, so a ServerApp without a seed
+        file draws the same ones).
     alpha, classes_per_client : float, int
         Partitioner parameters (Dirichlet concentration; classes per client for the
         shard and pathological partitioners).
@@ -291,10 +286,10 @@ def build_federation(
         "root": None if root is None else str(root),
     }
     mnist = mnist if mnist is not None else load_mnist("train", root=root)
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5)]
-    seed_rng, partition_rng, pick_rng, label_rng, order_rng = streams
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)]
+    partition_rng, pick_rng, label_rng, order_rng = streams
 
-    seed_idx = draw_seed_set(mnist.labels, seed_set_size, seed_rng)
+    seed_idx = trusted_seed_indices(mnist.labels, seed_set_size, seed)
     remaining = partition_rng.permutation(np.setdiff1d(np.arange(len(mnist.labels)), seed_idx))
     parts = _partition_indices(partition, remaining, mnist.labels, num_clients, alpha,
                                classes_per_client, seed)
@@ -385,5 +380,5 @@ def _partition_name(partition) -> str:
 __all__ = [
     "ClientData", "DEFAULT_LABEL_MAP", "Federation", "ID_STRIDE", "LABEL_POLICIES",
     "PARTITIONS", "PROFILES", "SeedSet", "build_federation", "client_rates",
-    "draw_seed_set", "make_partitioner",
+    "make_partitioner",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from fedsieve.shared.data import load_fashion_mnist, load_mnist
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import MNIST_TEST_ROOT
+
 from fedsieve.shared import data
 from fedsieve.shared.data import DataNotFoundError, load_fashion_mnist, load_mnist
 from fedsieve.shared.idx import IdxFormatError, read_idx, write_idx

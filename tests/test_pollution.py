@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
+
 from fedsieve.simulations.cli import app
 from fedsieve.simulations.pollution import (
     DEFAULT_LABEL_MAP,
@@ -13,7 +15,6 @@ from fedsieve.simulations.pollution import (
     build_federation,
     client_rates,
 )
-from typer.testing import CliRunner
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fedsieve.shared import protocol as p
-from fedsieve.shared.protocol import ProtocolError, UploadRequest, decode_upload, encode_upload
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
+from fedsieve.shared import protocol as p
+from fedsieve.shared.protocol import ProtocolError, UploadRequest, decode_upload, encode_upload
 
 
 def local_data(n=25, seed=0):

@@ -1,0 +1,54 @@
+"""The trusted seed file and the shared seed draw."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from fedsieve.shared.seeds import (
+    SeedFileError,
+    load_seed_file,
+    save_seed_file,
+    trusted_seed_indices,
+)
+
+
+def test_draw_cycles_classes_and_is_seeded():
+    labels = np.repeat(np.arange(10), 50)
+    picks = trusted_seed_indices(labels, 12, seed=3)
+    assert labels[picks].tolist() == [*range(10), 0, 1]
+    np.testing.assert_array_equal(picks, trusted_seed_indices(labels, 12, seed=3))
+    assert not np.array_equal(picks, trusted_seed_indices(labels, 12, seed=4))
+
+
+def test_round_trip_and_float_input(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (6, 28, 28), dtype=np.uint8)
+    np.testing.assert_array_equal(load_seed_file(save_seed_file(tmp_path / "s.npz", images)),
+                                  images)
+    np.savez(tmp_path / "f.npz", x=images[:, None].astype(np.float32) / 255)
+    np.testing.assert_array_equal(load_seed_file(tmp_path / "f.npz"), images)
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"x": np.zeros((5, 32, 32), np.uint8)}, "shaped"),
+    ({"images": np.zeros((5, 28, 28), np.uint8)}, "under 'x'"),
+    ({"x": np.zeros((0, 28, 28), np.uint8)}, "no images"),
+    ({"x": np.full((2, 28, 28), 3.0, np.float32)}, r"\[0, 1\]"),
+])
+def test_bad_seed_files(tmp_path, arrays, message):
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(SeedFileError, match=message):
+        load_seed_file(tmp_path / "bad.npz")
+
+
+def test_missing_and_pickled_seed_files_refused(tmp_path):
+    with pytest.raises(SeedFileError, match="does not exist"):
+        load_seed_file(tmp_path / "nope.npz")
+    np.savez(tmp_path / "obj.npz", x=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(SeedFileError, match="not a readable"):
+        load_seed_file(tmp_path / "obj.npz")
+    (tmp_path / "p.npz").write_bytes(pickle.dumps(np.zeros((3, 28, 28))))
+    with pytest.raises(SeedFileError, match="not a readable"):
+        load_seed_file(tmp_path / "p.npz")
