@@ -1,0 +1,175 @@
+"""Screening: collect the clients' uploads over Flower and score them with the trusted detector.
+
+Uploads are requested with ``query`` messages (:data:`UPLOAD_MESSAGE_TYPE`), one chunk per
+message; a client whose reply is missing, carries a Flower error, or breaks the protocol is
+marked as failed with the reason, and the others carry on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+
+import numpy as np
+from flwr.app import Message, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from fedsieve.shared.protocol import (
+    REQUEST_RECORD,
+    UPLOAD_MESSAGE_TYPE,
+    ProtocolError,
+    Upload,
+    UploadRequest,
+    decode_upload,
+)
+
+
+@dataclass
+class ClientUpload:
+    """Everything one client uploaded in one screening."""
+
+    node_id: int
+    x: np.ndarray
+    ids: np.ndarray
+    num_samples: int
+
+
+@dataclass
+class ClientVerdict:
+    """The detector's decisions for one client."""
+
+    node_id: int
+    ids: np.ndarray
+    scores: np.ndarray
+    verdicts: np.ndarray  # 1 = anomaly, dropped
+    num_samples: int
+
+    @property
+    def drop_ids(self) -> np.ndarray:
+        return self.ids[self.verdicts == 1]
+
+    @property
+    def estimated_contamination(self) -> float:
+        """Fraction of the uploaded samples flagged (an estimate for the whole client)."""
+        return float(self.verdicts.mean()) if len(self.verdicts) else 0.0
+
+    @property
+    def kept(self) -> int:
+        """Samples the client may train on: everything but the dropped ids."""
+        return self.num_samples - int(self.verdicts.sum())
+
+
+@dataclass
+class Screening:
+    """The outcome of one screening round."""
+
+    server_round: int
+    verdicts: dict[int, ClientVerdict] = field(default_factory=dict)
+    failures: dict[int, str] = field(default_factory=dict)
+    threshold: float = float("nan")
+    upload_seconds: float = 0.0
+    detector_seconds: float = 0.0
+
+    @property
+    def seconds(self) -> float:
+        return self.upload_seconds + self.detector_seconds
+
+
+def collect_uploads(grid: Grid, node_ids: Iterable[int], *, chunk_size: int, fraction: float,
+                    sample_seed: int, max_upload: int, timeout: float,
+                    ) -> tuple[dict[int, ClientUpload], dict[int, str]]:
+    """Ask every node for its samples, chunk by chunk.
+
+    Returns
+    -------
+    uploads : dict
+        node id -> :class:`ClientUpload` for the nodes that answered validly.
+    failures : dict
+        node id -> reason, for the nodes that did not.
+    """
+    next_chunk = {int(n): 0 for n in node_ids}
+    parts: dict[int, list[Upload]] = {n: [] for n in next_chunk}
+    failures: dict[int, str] = {}
+    while next_chunk:
+        requests = {n: UploadRequest(chunk_index=c, chunk_size=chunk_size, fraction=fraction,
+                                     sample_seed=sample_seed + n % 2**31)
+                    for n, c in next_chunk.items()}
+        messages = [Message(RecordDict({REQUEST_RECORD: r.to_record()}),
+                            dst_node_id=n, message_type=UPLOAD_MESSAGE_TYPE)
+                    for n, r in requests.items()]
+        answered = set()
+        for reply in grid.send_and_receive(messages, timeout=timeout):
+            node = int(reply.metadata.src_node_id)
+            if node not in next_chunk or node in answered:
+                continue
+            answered.add(node)
+            reason = _check_reply(reply, requests[node], parts[node], max_upload)
+            if reason:
+                failures[node] = reason
+                del next_chunk[node]
+                continue
+            upload = parts[node][-1]
+            if upload.chunk_index + 1 < upload.num_chunks:
+                next_chunk[node] += 1
+            else:
+                del next_chunk[node]
+        for node in set(next_chunk) - answered:
+            failures[node] = f"no reply to the screening request within {timeout:g} s"
+            del next_chunk[node]
+    uploads = {}
+    for node, chunks in parts.items():
+        if node in failures or not chunks:
+            continue
+        uploads[node] = ClientUpload(node, np.concatenate([c.x for c in chunks]),
+                                     np.concatenate([c.ids for c in chunks]),
+                                     chunks[0].num_samples)
+    for node, reason in failures.items():
+        log(WARNING, "fedsieve: node %s failed screening: %s", node, reason)
+    return uploads, failures
+
+
+def _check_reply(reply: Message, request: UploadRequest, previous: list[Upload],
+                 max_upload: int) -> str | None:
+    """Decode one chunk into ``previous``; the failure reason, or None when it is valid."""
+    if reply.has_error():
+        return f"the client raised an error while uploading: {reply.error.reason}"
+    try:
+        upload = decode_upload(reply.content, request, max_upload=max_upload)
+    except ProtocolError as err:
+        return f"invalid upload: {err}"
+    if previous:
+        first = previous[0]
+        if (upload.num_samples, upload.num_selected) != (first.num_samples, first.num_selected):
+            return "invalid upload: counts changed between chunks"
+        seen = np.concatenate([p.ids for p in previous])
+        if np.isin(upload.ids, seen).any():
+            return "invalid upload: duplicate ids across chunks"
+    previous.append(upload)
+    return None
+
+
+def score_uploads(uploads: dict[int, ClientUpload], seed_images: np.ndarray,
+                  make_detector: Callable[[], object]) -> tuple[dict[int, ClientVerdict], float]:
+    """Fit a fresh detector on the pooled uploads (anchored by the seeds) and split its verdicts.
+
+    Returns the per-node verdicts and the detector's threshold.
+    """
+    nodes = sorted(uploads)
+    if not nodes:
+        return {}, float("nan")
+    pool = np.concatenate([uploads[n].x for n in nodes])
+    started = time.perf_counter()
+    detector = make_detector().fit(pool, normal_seed=seed_images)
+    log(INFO, "fedsieve: detector fitted on a pool of %d uploads in %.1f s", len(pool),
+        time.perf_counter() - started)
+    scores = np.asarray(detector.decision_scores_, dtype=np.float64)
+    labels = np.asarray(detector.labels_, dtype=np.int64)
+    bounds = np.cumsum([0] + [len(uploads[n].ids) for n in nodes])
+    verdicts = {
+        n: ClientVerdict(n, uploads[n].ids, scores[a:b], labels[a:b], uploads[n].num_samples)
+        for n, a, b in zip(nodes, bounds[:-1], bounds[1:])
+    }
+    return verdicts, float(detector.threshold_)

@@ -1,0 +1,282 @@
+"""AnomalyFilter: a strategy wrapper that screens client data before any training.
+
+It holds an inner Flower strategy (FedAvg by default) and forwards everything it does not
+change, the way Flower's ``DifferentialPrivacyServerSide*`` wrappers do. What it adds:
+
+1. **Screening** (round 1, and every ``screen_every`` rounds after): ``query`` messages ask
+   each client for its samples; the trusted detector is fitted on the pooled uploads,
+   anchored by the operator's seed images, and scores every sample.
+2. **Verdicts** travel in each client's own train message: an ``ArrayRecord`` of ids to drop.
+3. **Exclusion** before aggregation: clients that failed screening, whose estimated
+   contamination exceeds ``max_client_contamination``, or that report more training samples
+   than they kept never reach the inner strategy.
+4. **Audit**: every decision goes to ``<run_dir>/audit.jsonl``; per-round figures go to
+   :attr:`history` and into the round's train MetricRecord.
+
+With ``upload_fraction < 1`` only a random fraction of each client's samples is uploaded.
+Samples the server never saw get the client-level verdict: the client is kept (and trains on
+its unseen samples) when its estimated contamination is within ``max_client_contamination``
+and excluded otherwise.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterable
+from logging import INFO, WARNING
+from pathlib import Path
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, Strategy
+
+from fedsieve.server.audit import AuditLog
+from fedsieve.server.screening import Screening, collect_uploads, score_uploads
+from fedsieve.shared.protocol import VERDICT_RECORD, encode_verdicts
+
+#: Exclusion reasons, also reported as integer codes in MetricRecords (which hold numbers only).
+REASON_CODES = {"failed-screening": 1, "too-polluted": 2, "over-reported": 3, "not-screened": 4,
+                "nothing-kept": 5}
+
+
+class AnomalyFilter(Strategy):
+    """Screen client data with a trusted anomaly detector before the inner strategy aggregates.
+
+    Parameters
+    ----------
+    strategy : flwr.serverapp.strategy.Strategy, optional
+        The strategy that samples clients and aggregates; ``FedAvg()`` when None.
+    detector : estimator or callable
+        An unfitted fedsieve detector (copied fresh for every screening) or a zero-argument
+        callable returning one. It must offer ``fit(X, normal_seed=...)`` and the fitted
+        ``decision_scores_``, ``labels_`` and ``threshold_``.
+    seed_images : numpy.ndarray
+        The server's trusted normal images, uint8 (k, 28, 28).
+    screen_every : int, default 0
+        Screen again every this many rounds (0: only before the first round).
+    upload_fraction : float, default 1.0
+        Fraction of each client's samples uploaded (1.0 is the paper's model).
+    max_client_contamination : float, default 0.5
+        Clients whose estimated contamination is above this are excluded.
+    chunk_size : int, default 10_000
+        Samples per upload message.
+    max_upload : int, default 1_000_000
+        Largest upload accepted from one client; larger ones fail screening.
+    screening_timeout : float, default 600
+        Seconds to wait for each round of upload replies.
+    run_dir : path, optional
+        Where ``audit.jsonl`` goes; no audit file without it.
+    random_state : int, default 0
+        Seed of the upload sampling.
+    """
+
+    def __init__(self, strategy: Strategy | None = None, detector=None, *,
+                 seed_images: np.ndarray, screen_every: int = 0, upload_fraction: float = 1.0,
+                 max_client_contamination: float = 0.5, chunk_size: int = 10_000,
+                 max_upload: int = 1_000_000, screening_timeout: float = 600.0,
+                 run_dir: str | Path | None = None, random_state: int = 0) -> None:
+        if detector is None:
+            raise ValueError("AnomalyFilter needs a detector, e.g. "
+                             "fedsieve.shared.detectors.make_detector('rtbigan')")
+        if not 0.0 < upload_fraction <= 1.0:
+            raise ValueError(f"upload_fraction must be in (0, 1], got {upload_fraction}")
+        if not 0.0 <= max_client_contamination <= 1.0:
+            raise ValueError("max_client_contamination must be in [0, 1], got "
+                             f"{max_client_contamination}")
+        self.strategy = strategy if strategy is not None else FedAvg()
+        self.detector = detector
+        self.seed_images = np.asarray(seed_images)
+        self.screen_every = screen_every
+        self.upload_fraction = upload_fraction
+        self.max_client_contamination = max_client_contamination
+        self.chunk_size = chunk_size
+        self.max_upload = max_upload
+        self.screening_timeout = screening_timeout
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.random_state = random_state
+        self.audit = AuditLog(self.run_dir / "audit.jsonl") if self.run_dir else None
+        #: One dict per round: uploads, drops, exclusions with reasons, timings.
+        self.history: list[dict] = []
+        self._screening: Screening | None = None
+        self._allowed: dict[int, int] = {}  # node -> samples it may train on this round
+        self._excluded: dict[int, str] = {}  # node -> reason, this round
+        self._round_seconds = 0.0
+
+    def __repr__(self) -> str:
+        return f"AnomalyFilter(strategy={self.strategy!r}, detector={self.detector!r})"
+
+    def summary(self) -> None:
+        log(INFO, "\t├──> fedsieve AnomalyFilter:")
+        log(INFO, "\t│\t├── detector: %r", self.detector)
+        log(INFO, "\t│\t├── trusted seeds: %d images", len(self.seed_images))
+        log(INFO, "\t│\t├── upload fraction: %.2f | screen every: %s", self.upload_fraction,
+            self.screen_every or "first round only")
+        log(INFO, "\t│\t└── max client contamination: %.2f", self.max_client_contamination)
+        self.strategy.summary()
+
+    # ------------------------------------------------------------------ training
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        started = time.perf_counter()
+        if self._needs_screening(server_round):
+            self._screening = self._screen(server_round, grid)
+        messages = []
+        self._allowed, self._excluded = {}, {}
+        for message in self.strategy.configure_train(server_round, arrays, config, grid):
+            node = int(message.metadata.dst_node_id)
+            reason = self._screening_exclusion(node)
+            if reason:
+                self._excluded[node] = reason
+                continue
+            verdict = self._screening.verdicts[node]
+            self._allowed[node] = verdict.kept
+            messages.append(self._with_verdicts(message, verdict.drop_ids))
+        for node, reason in self._excluded.items():
+            log(WARNING, "fedsieve: round %d excludes node %s: %s", server_round, node, reason)
+        self._round_seconds = time.perf_counter() - started
+        return messages
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message],
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        started = time.perf_counter()
+        accepted = []
+        for reply in replies:
+            node = int(reply.metadata.src_node_id)
+            if reply.has_error():
+                accepted.append(reply)  # the inner strategy logs and skips failures
+                continue
+            if node not in self._allowed:
+                self._excluded.setdefault(node, "not-screened: no verdicts were sent to it")
+                continue
+            reported = _num_examples(reply.content)
+            if reported is None or reported > self._allowed[node]:
+                self._excluded[node] = (f"over-reported: claims {reported} training samples "
+                                        f"but kept {self._allowed[node]}")
+                log(WARNING, "fedsieve: node %s %s", node, self._excluded[node])
+                continue
+            accepted.append(reply)
+        arrays, metrics = (self.strategy.aggregate_train(server_round, accepted)
+                           if accepted else (None, None))
+        self._round_seconds += time.perf_counter() - started
+        record = self._record_round(server_round)
+        merged = MetricRecord(dict(metrics or {}))
+        for key, value in record["metrics"].items():
+            merged[key] = value
+        return arrays, merged
+
+    # -------------------------------------------------------------- forwarding
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int,
+                           replies: Iterable[Message]) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    # ------------------------------------------------------------------ helpers
+    def _needs_screening(self, server_round: int) -> bool:
+        if self._screening is None:
+            return True
+        return self.screen_every > 0 and (server_round - 1) % self.screen_every == 0
+
+    def _make_detector(self):
+        return self.detector() if callable(self.detector) and not hasattr(
+            self.detector, "fit") else copy.deepcopy(self.detector)
+
+    def _screen(self, server_round: int, grid: Grid) -> Screening:
+        nodes = sorted(int(n) for n in grid.get_node_ids())
+        log(INFO, "fedsieve: screening %d nodes (upload fraction %.2f)", len(nodes),
+            self.upload_fraction)
+        screening = Screening(server_round)
+        started = time.perf_counter()
+        uploads, screening.failures = collect_uploads(
+            grid, nodes, chunk_size=self.chunk_size, fraction=self.upload_fraction,
+            sample_seed=self.random_state + server_round, max_upload=self.max_upload,
+            timeout=self.screening_timeout)
+        screening.upload_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        screening.verdicts, screening.threshold = score_uploads(uploads, self.seed_images,
+                                                                self._make_detector)
+        screening.detector_seconds = time.perf_counter() - started
+        self._audit_screening(screening)
+        return screening
+
+    def _screening_exclusion(self, node: int) -> str | None:
+        screening = self._screening
+        if node in screening.failures:
+            return f"failed-screening: {screening.failures[node]}"
+        if node not in screening.verdicts:
+            return "not-screened: the node joined after the last screening"
+        estimate = screening.verdicts[node].estimated_contamination
+        if estimate > self.max_client_contamination:
+            return (f"too-polluted: estimated contamination {estimate:.3f} exceeds "
+                    f"max_client_contamination {self.max_client_contamination:.3f}")
+        if screening.verdicts[node].kept <= 0:
+            return "nothing-kept: every sample of the node was dropped"
+        return None
+
+    @staticmethod
+    def _with_verdicts(message: Message, drop_ids: np.ndarray) -> Message:
+        # The inner strategy may share one RecordDict between nodes: copy before adding.
+        content = RecordDict(dict(message.content.items()))
+        content[VERDICT_RECORD] = encode_verdicts(drop_ids)
+        return Message(content, dst_node_id=message.metadata.dst_node_id,
+                       message_type=message.metadata.message_type)
+
+    def _audit_screening(self, screening: Screening) -> None:
+        if self.audit is None:
+            return
+        for node, verdict in sorted(screening.verdicts.items()):
+            self.audit.write_samples(screening.server_round, node, verdict.ids, verdict.scores,
+                                     verdict.verdicts, screening.threshold)
+        for node, reason in sorted(screening.failures.items()):
+            self.audit.write_client(screening.server_round, node, "excluded",
+                                    f"failed-screening: {reason}")
+
+    def _record_round(self, server_round: int) -> dict:
+        screening = self._screening
+        fresh = screening.server_round == server_round
+        verdicts = screening.verdicts
+        excluded = dict(sorted(self._excluded.items()))
+        if self.audit is not None:
+            for node, reason in excluded.items():
+                if not (fresh and node in screening.failures):
+                    self.audit.write_client(server_round, node, "excluded", reason)
+        nodes = sorted(verdicts)
+        record = {
+            "round": server_round,
+            "screened": fresh,
+            "uploaded": int(sum(len(v.ids) for v in verdicts.values())),
+            "dropped": int(sum(int(v.verdicts.sum()) for v in verdicts.values())),
+            "threshold": screening.threshold,
+            "estimated_contamination": {n: verdicts[n].estimated_contamination for n in nodes},
+            "excluded": excluded,
+            "screening_seconds": screening.seconds if fresh else 0.0,
+            "filter_seconds": self._round_seconds,
+        }
+        record["metrics"] = {
+            "fedsieve-uploaded": record["uploaded"],
+            "fedsieve-dropped": record["dropped"],
+            "fedsieve-excluded": len(excluded),
+            "fedsieve-excluded-nodes": [int(n) for n in excluded],
+            "fedsieve-excluded-reasons": [REASON_CODES[r.split(":")[0]]
+                                          for r in excluded.values()],
+            "fedsieve-nodes": nodes,
+            "fedsieve-contamination": [verdicts[n].estimated_contamination for n in nodes],
+            "fedsieve-screening-s": record["screening_seconds"],
+            "fedsieve-filter-s": record["filter_seconds"],
+        }
+        self.history.append(record)
+        return record
+
+
+def _num_examples(content: RecordDict) -> int | None:
+    for record in content.metric_records.values():
+        value = record.get("num-examples")
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return int(value)
+    return None
+

@@ -1,0 +1,71 @@
+"""The example task's model: a small MNIST CNN, its local training and its evaluation.
+
+Clients train it on the samples the server kept; the ServerApp evaluates the global model on
+the clean test split. Both sides need it, so it lives here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class DigitNet(nn.Module):
+    """Two conv blocks and a small head: ~30k parameters, fast on two CPU cores."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 5, padding=2)
+        self.conv2 = nn.Conv2d(16, 32, 5, padding=2)
+        self.fc1 = nn.Linear(32 * 7 * 7, 64)
+        self.fc2 = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc2(F.relu(self.fc1(x.flatten(1))))
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, 28, 28) -> float (N, 1, 28, 28) in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32) / 255.0).unsqueeze(1)
+
+
+def train_local(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: int = 1,
+                batch_size: int = 32, lr: float = 0.05, seed: int = 0) -> float:
+    """Train ``model`` in place with SGD (momentum 0.9); returns the mean training loss."""
+    if len(images) == 0:
+        return float("nan")
+    generator = torch.Generator().manual_seed(seed)
+    x, y = to_tensor(images), torch.tensor(np.asarray(labels), dtype=torch.long)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    model.train()
+    total, count = 0.0, 0
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), batch_size):
+            idx = order[start:start + batch_size]
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+            count += len(idx)
+    return total / count
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray,
+             batch_size: int = 1000) -> tuple[float, float]:
+    """(mean cross-entropy loss, accuracy) of ``model`` on the given images."""
+    model.eval()
+    y = torch.tensor(np.asarray(labels), dtype=torch.long)
+    loss, correct = 0.0, 0
+    for start in range(0, len(images), batch_size):
+        logits = model(to_tensor(images[start:start + batch_size]))
+        target = y[start:start + batch_size]
+        loss += F.cross_entropy(logits, target, reduction="sum").item()
+        correct += (logits.argmax(1) == target).sum().item()
+    return loss / len(images), correct / len(images)

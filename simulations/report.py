@@ -1,0 +1,187 @@
+"""Scoring a run against the harness's ground truth, and the plots and Markdown around it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import precision_recall_fscore_support, roc_auc_score, roc_curve
+
+from fedsieve.simulations.pollution import ID_STRIDE, Federation
+
+
+def read_sample_verdicts(audit_path: Path) -> dict[int, tuple[float, int, int]]:
+    """Sample id -> (score, verdict, node) from the latest screening in an audit log."""
+    verdicts: dict[int, tuple[float, int, int]] = {}
+    if not audit_path.is_file():
+        return verdicts
+    with audit_path.open(encoding="utf-8") as handle:
+        for line in handle:
+            entry = json.loads(line)
+            if entry.get("kind") == "sample":
+                verdicts[int(entry["id"])] = (float(entry["score"]), int(entry["verdict"]),
+                                              int(entry["node"]))
+    return verdicts
+
+
+def read_exclusions(audit_path: Path) -> dict[int, str]:
+    """Node -> the reason of its latest exclusion."""
+    excluded: dict[int, str] = {}
+    if audit_path.is_file():
+        with audit_path.open(encoding="utf-8") as handle:
+            for line in handle:
+                entry = json.loads(line)
+                if entry.get("kind") == "client" and entry.get("decision") == "excluded":
+                    excluded[int(entry["node"])] = entry.get("reason", "")
+    return excluded
+
+
+def detection_report(federation: Federation, audit_path: Path) -> dict:
+    """Detection quality on the uploads, overall and per client.
+
+    Returns AUC, precision, recall and F1 of the verdicts, the fractions of polluted and of
+    normal samples dropped, and per client the true pollution next to what was dropped.
+    Empty (``{"screened": False}``) when the run had no filter.
+    """
+    verdicts = read_sample_verdicts(audit_path)
+    if not verdicts:
+        return {"screened": False}
+    truth = federation.ground_truth()
+    ids = np.fromiter(verdicts, dtype=np.int64)
+    scores = np.array([verdicts[i][0] for i in ids])
+    dropped = np.array([verdicts[i][1] for i in ids], dtype=bool)
+    polluted = np.array([truth[int(i)] for i in ids], dtype=bool)
+    node_of_client = {int(i) // ID_STRIDE: verdicts[i][2] for i in ids}
+    exclusions = read_exclusions(audit_path)
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        polluted, dropped, average="binary", zero_division=0)
+    report = {
+        "screened": True,
+        "uploads": len(ids),
+        "polluted": int(polluted.sum()),
+        "auc": float(roc_auc_score(polluted, scores)) if 0 < polluted.sum() < len(ids) else None,
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+        "pollution_dropped": float(dropped[polluted].mean()) if polluted.any() else None,
+        "normal_dropped": float(dropped[~polluted].mean()) if (~polluted).any() else None,
+        "clients": [],
+    }
+    client_of = ids // ID_STRIDE
+    for client in federation.clients:
+        mine = client_of == client.client_id
+        node = node_of_client.get(client.client_id)
+        report["clients"].append({
+            "client_id": client.client_id,
+            "node": node,
+            "samples": len(client),
+            "true_polluted": int(client.polluted.sum()),
+            "uploaded": int(mine.sum()),
+            "dropped_polluted": int((dropped & polluted & mine).sum()),
+            "dropped_normal": int((dropped & ~polluted & mine).sum()),
+            "excluded": exclusions.get(node, "") if node is not None else "",
+        })
+    report["roc"] = _roc_points(polluted, scores)
+    return report
+
+
+def _roc_points(polluted: np.ndarray, scores: np.ndarray, points: int = 200) -> dict:
+    if polluted.all() or not polluted.any():
+        return {}
+    fpr, tpr, _ = roc_curve(polluted, scores)
+    keep = np.unique(np.linspace(0, len(fpr) - 1, min(points, len(fpr))).astype(int))
+    return {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist()}
+
+
+def write_simulation_report(report: dict, out: Path) -> None:
+    """``report.json``, ``accuracy.png``, ``clients.png``, ``roc.png`` and ``report.md``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    rounds = sorted(report["accuracy"], key=int)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([int(r) for r in rounds], [report["accuracy"][r] for r in rounds], marker="o")
+    ax.set(xlabel="round", ylabel="test accuracy", title="Global model on clean MNIST test")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png", dpi=120)
+    plt.close(fig)
+
+    detection = report["detection"]
+    plots = ["accuracy.png"]
+    if detection.get("screened"):
+        clients = detection["clients"]
+        x = np.arange(len(clients))
+        fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(clients) + 2), 3.5))
+        ax.bar(x - 0.27, [c["true_polluted"] for c in clients], 0.27, label="polluted (truth)")
+        ax.bar(x, [c["dropped_polluted"] for c in clients], 0.27, label="polluted dropped")
+        ax.bar(x + 0.27, [c["dropped_normal"] for c in clients], 0.27, label="normal dropped")
+        ax.set_xticks(x, [str(c["client_id"]) for c in clients])
+        ax.set(xlabel="client", ylabel="samples", title="Per-client pollution and drops")
+        ax.legend(fontsize=8, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+        fig.tight_layout()
+        fig.savefig(out / "clients.png", dpi=120)
+        plt.close(fig)
+        plots.append("clients.png")
+        if detection.get("roc"):
+            fig, ax = plt.subplots(figsize=(4, 4))
+            ax.plot(detection["roc"]["fpr"], detection["roc"]["tpr"],
+                    label=f"AUC {detection['auc']:.4f}")
+            ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
+            ax.set(xlabel="false positive rate", ylabel="true positive rate",
+                   title="ROC of the uploads")
+            ax.legend(loc="lower right")
+            fig.tight_layout()
+            fig.savefig(out / "roc.png", dpi=120)
+            plt.close(fig)
+            plots.append("roc.png")
+    (out / "report.md").write_text(simulation_markdown(report, plots))
+
+
+def _fmt(value, spec=".4f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def simulation_markdown(report: dict, plots: list[str]) -> str:
+    s = report["settings"]
+    lines = [
+        "# fedsieve simulation report", "",
+        f"{s['num-clients']} clients, {s['contamination']:.0%} Fashion-MNIST pollution "
+        f"({s['partition']} partition, {s['profile']} profile, {s['label-policy']} labels), "
+        f"{s['num-server-rounds']} rounds, aggregator **{s['aggregator']}**, detector "
+        f"**{s['detector']}**, seed {s['seed']}. Wall time {report['wall_seconds']:.1f} s.", "",
+        "## Accuracy of the global model (clean test split)", "",
+        "| round | " + " | ".join(sorted(report["accuracy"], key=int)) + " |",
+        "|---|" + "---|" * len(report["accuracy"]),
+        "| accuracy | " + " | ".join(f"{report['accuracy'][r]:.4f}"
+                                      for r in sorted(report["accuracy"], key=int)) + " |", "",
+    ]
+    d = report["detection"]
+    if d.get("screened"):
+        lines += [
+            "## Screening of the uploads", "",
+            "| uploads | polluted | AUC | precision | recall | F1 | pollution dropped | "
+            "normal dropped |", "|---|---|---|---|---|---|---|---|",
+            f"| {d['uploads']} | {d['polluted']} | {_fmt(d['auc'])} | {_fmt(d['precision'])} | "
+            f"{_fmt(d['recall'])} | {_fmt(d['f1'])} | {_fmt(d['pollution_dropped'], '.2%')} | "
+            f"{_fmt(d['normal_dropped'], '.2%')} |", "",
+            "| client | samples | polluted | dropped polluted | dropped normal | excluded |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [f"| {c['client_id']} | {c['samples']} | {c['true_polluted']} | "
+                  f"{c['dropped_polluted']} | {c['dropped_normal']} | {c['excluded'] or '—'} |"
+                  for c in d["clients"]]
+        lines.append("")
+    else:
+        lines += ["No data filter ran in this simulation.", ""]
+    lines += [f"![{p}]({p})" for p in plots]
+    lines += ["", "## Data sources", "", "| data | source | location | count | sha256 |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {v['dataset']} {v['split']} | {v['source']} | {v['location']} | {v['count']} | "
+              f"`{v['sha256'][:16]}` |" for v in report["data_sources"].values()]
+    return "\n".join(lines) + "\n"

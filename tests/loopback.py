@@ -1,0 +1,71 @@
+"""An in-process Grid for fast strategy tests.
+
+It delivers each message straight to a real ClientApp and returns its real reply (or a Flower
+error reply when the app raises), with no network in between. Flower's own simulation engine
+and a real SuperLink are exercised by test_simulation.py and test_deployment.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+def set_server_identity() -> None:
+    """What a running ServerApp has: the identity messages are created under."""
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+
+
+class LoopbackGrid(Grid):
+    """Delivers messages to ``apps[node_id]``; nodes in ``silent`` never answer."""
+
+    def __init__(self, apps: dict[int, ClientApp], node_configs: dict[int, dict] | None = None,
+                 run_config: dict | None = None) -> None:
+        set_server_identity()
+        self.apps = apps
+        self.silent: set[int] = set()
+        self.sent: list[Message] = []
+        self.contexts = {
+            node: Context(run_id=1, node_id=node,
+                          node_config=(node_configs or {}).get(node, {}),
+                          state=RecordDict(), run_config=run_config or {})
+            for node in apps
+        }
+
+    def set_run(self, run) -> None:  # pragma: no cover - not used by strategies
+        self._run = run
+
+    @property
+    def run(self):  # pragma: no cover
+        return self._run
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
+        return Message(content, dst_node_id=dst_node_id, message_type=message_type)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.apps)
+
+    def push_messages(self, messages):  # pragma: no cover
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids):  # pragma: no cover
+        raise NotImplementedError
+
+    def send_and_receive(self, messages: Iterable[Message], *,
+                         timeout: float | None = None) -> Iterable[Message]:
+        replies = []
+        for message in messages:
+            self.sent.append(message)
+            node = message.metadata.dst_node_id
+            if node in self.silent:
+                continue
+            try:
+                reply = self.apps[node](message, self.contexts[node])
+            except Exception as err:  # what Flower turns into an error reply
+                reply = Message(Error(code=1, reason=f"{type(err).__name__}: {err}"),
+                                reply_to=message)
+            replies.append(reply)
+        return replies
