@@ -61,7 +61,7 @@ def make_detector(settings: RunSettings):
     detector = by_name(settings.detector, threshold_policy=settings.threshold_policy,
                        random_state=settings.seed)
     # alpha and the meta checkpoint only mean something to the GAN detectors.
-    extra = {"alpha": settings.alpha, "checkpoint": settings.checkpoint or None}
+    extra = {"alpha": settings.alpha, "meta_checkpoint": settings.checkpoint or "default"}
     params = detector.get_params()
     return detector.set_params(**{k: v for k, v in extra.items() if k in params})
 
@@ -87,11 +87,23 @@ def build_strategy(settings: RunSettings, num_nodes: int, run_dir: Path) -> Stra
                          run_dir=run_dir, random_state=settings.seed)
 
 
+def wait_for_nodes(grid: Grid, minimum: int, timeout: float = 600.0) -> int:
+    """Block until ``minimum`` nodes are connected (screening needs them all); returns the count."""
+    deadline = time.monotonic() + timeout
+    while (count := len(list(grid.get_node_ids()))) < minimum:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {count} of the {minimum} nodes (min-nodes) connected "
+                               f"within {timeout:.0f} s")
+        log(INFO, "fedsieve: waiting for nodes: %d of %d connected", count, minimum)
+        time.sleep(1.0)
+    return count
+
+
 def run_server(grid: Grid, settings: RunSettings, run_dir: Path) -> Result:
     """Train the example classifier with the configured strategy; write ``result.json``."""
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)
-    num_nodes = max(1, len(list(grid.get_node_ids())))
+    num_nodes = wait_for_nodes(grid, settings.min_nodes)
     strategy = build_strategy(settings, num_nodes, run_dir)
     test = load_mnist("test", root=settings.data_root or None)
     model = DigitNet()

@@ -37,6 +37,8 @@ class RunSettings:
         Detector score weight and threshold policy.
     upload_fraction, max_client_contamination, screen_every
         AnomalyFilter options.
+    min_nodes : int
+        Nodes the ServerApp waits for before screening and training.
     num_clients, contamination, partition, profile, label_policy
         The simulated federation (ignored by real deployments whose nodes bring data).
     seed : int
@@ -61,6 +63,7 @@ class RunSettings:
     upload_fraction: float = 1.0
     max_client_contamination: float = 0.5
     screen_every: int = 0
+    min_nodes: int = 2
     num_clients: int = 10
     contamination: float = 0.2
     partition: str = "iid"

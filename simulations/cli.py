@@ -170,6 +170,15 @@ def simulate(
     console.print(f"report: {out / 'report.md'}")
 
 
+def _register_detector_commands() -> None:
+    from fedsieve.simulations.detector_cli import register
+
+    register(app)
+
+
+_register_detector_commands()
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -39,7 +39,15 @@ def test_pyproject_is_a_flower_app():
     components = config["tool"]["flwr"]["app"]["components"]
     assert components == {"serverapp": "fedsieve.server.app:app",
                           "clientapp": "fedsieve.client.app:app"}
-    assert "local-simulation" in config["tool"]["flwr"]["federations"]
+    # Every run-config key is a RunSettings field and vice versa, with the default's type.
+    from fedsieve.shared.config import RunSettings
+
+    run_config = config["tool"]["flwr"]["app"]["config"]
+    defaults = RunSettings().to_run_config()
+    assert set(run_config) == set(defaults)
+    assert RunSettings.from_run_config(run_config) == RunSettings()
+    # Flower 1.41 moved connections out of pyproject (it would rewrite a federations table).
+    assert "federations" not in config["tool"]["flwr"]
 
 
 def test_ci_runs_the_readme_test_command():

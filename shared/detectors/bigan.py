@@ -1,0 +1,252 @@
+"""The one adversarial training loop and the score shared by Rt-BiGAN, EGBAD and AnoGAN.
+
+Every GAN detector here trains with :func:`train_loop`: per batch one discriminator step
+(real ``(x, E(x))`` vs fake ``(G(z), z)``), then one encoder+generator step with flipped labels
+(plus an optional L1 reconstruction term ``||x - G(E(x))||_1``). AnoGAN runs the same loop with
+``joint=False``: no encoder, and D sees a zero latent, i.e. a plain GAN on images.
+
+The anomaly score is ``A(x) = alpha * L_G + (1 - alpha) * L_D`` (paper eq. 2) with
+``L_G = ||x - G(E(x))||_1`` and ``L_D`` the L1 feature-matching distance of D's penultimate
+joint layer between ``(x, E(x))`` and ``(G(E(x)), E(x))``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fedsieve.shared.networks import BiGAN, NetConfig
+
+__all__ = [
+    "LoopConfig",
+    "make_optimizers",
+    "train_loop",
+    "batch_sampler",
+    "bigan_losses",
+    "latent_search_losses",
+    "init_model",
+    "to_tensor",
+]
+
+Sampler = Callable[[torch.Generator], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Optimisation settings of the shared adversarial loop.
+
+    Attributes
+    ----------
+    batch_size : int
+        Images per step (ignored by samplers that return a fixed set, e.g. the seeds).
+    lr_d, lr_eg : float
+        Adam learning rates of D and of E+G.
+    beta1 : float
+        Adam beta1 (0.5 as in the EGBAD reference code).
+    recon_weight : float
+        Weight of the L1 reconstruction term in the E+G step; 0 reproduces the paper.
+    joint : bool
+        True: BiGAN (E, G, D(x, z)). False: plain GAN (G, D(x, 0)) for AnoGAN.
+    """
+
+    batch_size: int = 32
+    lr_d: float = 2e-4
+    lr_eg: float = 1e-3
+    beta1: float = 0.5
+    recon_weight: float = 0.0
+    joint: bool = True
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def to_tensor(X: np.ndarray) -> torch.Tensor:
+    """float32 (N, 28, 28) array -> (N, 1, 28, 28) tensor (copy, so the array may be read-only)."""
+    return torch.from_numpy(np.array(X, dtype=np.float32, copy=True)).unsqueeze(1)
+
+
+def init_model(net: NetConfig, seed: int | None) -> BiGAN:
+    """A freshly initialised BiGAN; the initialisation depends only on ``seed``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0 if seed is None else int(seed))
+        return BiGAN(net)
+
+
+def make_optimizers(model: BiGAN, cfg: LoopConfig) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+    """Adam for D and Adam for E+G (G only when ``cfg.joint`` is False)."""
+    betas = (cfg.beta1, 0.999)
+    gen_params = list(model.G.parameters())
+    if cfg.joint:
+        gen_params += list(model.E.parameters())
+    return (
+        torch.optim.Adam(model.D.parameters(), lr=cfg.lr_d, betas=betas),
+        torch.optim.Adam(gen_params, lr=cfg.lr_eg, betas=betas),
+    )
+
+
+def batch_sampler(
+    data: torch.Tensor,
+    batch_size: int,
+    anchors: torch.Tensor | None = None,
+    anchor_fraction: float = 0.25,
+) -> Sampler:
+    """Uniform mini-batches from ``data``; with ``anchors``, a fixed share of every batch is
+    drawn from them (the trusted seeds keep defining "normal" in every self-training step)."""
+    n_anchor = 0 if anchors is None else max(1, round(batch_size * anchor_fraction))
+    n_data = batch_size - n_anchor
+
+    def sample(gen: torch.Generator) -> torch.Tensor:
+        parts = []
+        if n_data > 0 and len(data):
+            parts.append(data[torch.randint(len(data), (n_data,), generator=gen)])
+        if n_anchor:
+            parts.append(anchors[torch.randint(len(anchors), (n_anchor,), generator=gen)])
+        return torch.cat(parts)
+
+    return sample
+
+
+def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+def train_loop(
+    model: BiGAN,
+    sample: Sampler,
+    steps: int,
+    cfg: LoopConfig,
+    gen: torch.Generator,
+    optimizers: tuple[torch.optim.Adam, torch.optim.Adam] | None = None,
+    on_step: Callable[[int, float, float], None] | None = None,
+) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+    """Run ``steps`` adversarial steps (one D step, then one E+G step, per batch).
+
+    Parameters
+    ----------
+    model : BiGAN
+        Trained in place.
+    sample : callable
+        ``sample(gen) -> (B, 1, 28, 28)`` tensor of real images.
+    steps : int
+        Number of batches.
+    cfg : LoopConfig
+        Learning rates, reconstruction weight, joint (BiGAN) or image-only (GAN) mode.
+    gen : torch.Generator
+        Source of every random number of the loop (batches and latent draws).
+    optimizers : (Adam, Adam), optional
+        Optimisers of D and E+G to continue with; fresh ones are made when omitted.
+    on_step : callable, optional
+        ``on_step(step, loss_d, loss_eg)`` after each step (progress bars, logging).
+
+    Returns
+    -------
+    (Adam, Adam)
+        The optimisers, so that a caller can continue training with their state.
+    """
+    opt_d, opt_eg = optimizers or make_optimizers(model, cfg)
+    model.train()
+    z_dim = model.cfg.z_dim
+    for step in range(steps):
+        x = sample(gen)
+        z = torch.randn(len(x), z_dim, generator=gen)
+        if cfg.joint:
+            ex = model.E(x)
+            z_real = ex
+        else:
+            ex = None
+            z_real = torch.zeros_like(z)
+        z_fake = z if cfg.joint else torch.zeros_like(z)
+        gx = model.G(z)
+
+        # D step: increase D(x, E(x)), decrease D(G(z), z).
+        real_logit, _ = model.D(x, z_real.detach())
+        fake_logit, _ = model.D(gx.detach(), z_fake)
+        loss_d = _bce(real_logit, 1.0) + _bce(fake_logit, 0.0)
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+
+        # E+G step: the opposite labels (the BiGAN/EGBAD formulation).
+        fake_logit, _ = model.D(gx, z_fake)
+        loss_eg = _bce(fake_logit, 1.0)
+        if cfg.joint:
+            real_logit, _ = model.D(x, ex)
+            loss_eg = loss_eg + _bce(real_logit, 0.0)
+            if cfg.recon_weight > 0:
+                loss_eg = loss_eg + cfg.recon_weight * (x - model.G(ex)).abs().mean()
+        opt_eg.zero_grad(set_to_none=True)
+        loss_eg.backward()
+        opt_eg.step()
+        if on_step is not None:
+            on_step(step, float(loss_d), float(loss_eg))
+    model.eval()
+    return opt_d, opt_eg
+
+
+@torch.no_grad()
+def bigan_losses(
+    model: BiGAN,
+    X: np.ndarray,
+    pixel_weight: torch.Tensor | None = None,
+    batch_size: int = 2000,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image ``L_G`` and ``L_D`` of a BiGAN (float64 arrays of shape (N,)).
+
+    ``pixel_weight`` (28, 28), when given, weights the L1 reconstruction residual per pixel.
+    """
+    model.eval()
+    lg, ld = [], []
+    for i in range(0, len(X), batch_size):
+        x = to_tensor(X[i : i + batch_size])
+        z = model.E(x)
+        r = model.G(z)
+        res = (x - r).abs()
+        if pixel_weight is not None:
+            res = res * pixel_weight
+        lg.append(res.flatten(1).sum(1))
+        ld.append((model.D.features(x, z) - model.D.features(r, z)).abs().sum(1))
+    return torch.cat(lg).double().numpy(), torch.cat(ld).double().numpy()
+
+
+def latent_search_losses(
+    model: BiGAN,
+    X: np.ndarray,
+    steps: int,
+    lr: float,
+    alpha: float,
+    gen: torch.Generator,
+    batch_size: int = 1000,
+) -> tuple[np.ndarray, np.ndarray]:
+    """AnoGAN scoring: per image, search ``z`` minimising ``alpha*L_G + (1-alpha)*L_D`` of
+    ``G(z)`` by Adam (batched, one independent ``z`` per image), then report both losses."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    lg, ld = [], []
+    try:
+        for i in range(0, len(X), batch_size):
+            x = to_tensor(X[i : i + batch_size])
+            zero = torch.zeros(len(x), model.cfg.z_dim)
+            fx = model.D.features(x, zero)
+            z = torch.randn(len(x), model.cfg.z_dim, generator=gen).requires_grad_(True)
+            opt = torch.optim.Adam([z], lr=lr)
+            for _ in range(steps):
+                r = model.G(z)
+                loss_g = (x - r).abs().flatten(1).sum(1)
+                loss_d = (fx - model.D.features(r, zero)).abs().sum(1)
+                loss = (alpha * loss_g + (1 - alpha) * loss_d).sum()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            with torch.no_grad():
+                r = model.G(z)
+                lg.append((x - r).abs().flatten(1).sum(1))
+                ld.append((fx - model.D.features(r, zero)).abs().sum(1))
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    return torch.cat(lg).double().numpy(), torch.cat(ld).double().numpy()

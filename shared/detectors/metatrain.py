@@ -1,0 +1,118 @@
+"""Reptile meta-training of the BiGAN (paper Algorithm 1).
+
+Each iteration copies the meta-parameters Phi into a base learner W, samples a task of
+``task_size`` images (by default all of one digit class), runs ``inner_steps`` adversarial
+steps of the shared loop (D step, then E+G step) on it, sets Phi's gradient to ``Phi - W`` and
+takes one Adam step on Phi for E, G and D. As in the reference Reptile code, the outer step
+size is annealed linearly to 0.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from fedsieve.shared.detectors.base import check_images
+from fedsieve.shared.detectors.bigan import LoopConfig, init_model, to_tensor, train_loop
+from fedsieve.shared.networks import BiGAN, NetConfig
+
+
+@dataclass(frozen=True)
+class MetaConfig:
+    """Settings of Reptile meta-training.
+
+    Attributes
+    ----------
+    iterations : int
+        Outer (meta) iterations.
+    inner_steps : int
+        K adversarial steps per task.
+    task_size : int
+        Images per task (the whole task is one batch).
+    meta_lr : float
+        Initial Adam step size on Phi, annealed linearly to 0.
+    holdout_classes : tuple of int
+        Classes never used as tasks.
+    loop : LoopConfig
+        Inner-loop settings (learning rates, reconstruction weight).
+    net : NetConfig
+        Network sizes.
+    seed : int
+        Seeds initialisation, task sampling and the inner loops.
+    """
+
+    iterations: int = 400
+    inner_steps: int = 10
+    task_size: int = 32
+    meta_lr: float = 1e-3
+    holdout_classes: tuple[int, ...] = ()
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(recon_weight=1.0))
+    net: NetConfig = field(default_factory=NetConfig)
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["holdout_classes"] = list(self.holdout_classes)
+        return d
+
+
+def class_tasks(labels: np.ndarray, holdout: Sequence[int] = ()) -> list[np.ndarray]:
+    """Task distribution "one class per task": index arrays of each non-held-out class."""
+    classes = [c for c in np.unique(labels) if int(c) not in set(holdout)]
+    if not classes:
+        raise ValueError("every class is held out; leave at least one class for meta-training")
+    return [np.flatnonzero(labels == c) for c in classes]
+
+
+def meta_train(
+    images: np.ndarray,
+    labels: np.ndarray,
+    cfg: MetaConfig | None = None,
+    on_iteration: Callable[[int, float], None] | None = None,
+) -> BiGAN:
+    """Reptile meta-training (Algorithm 1); returns the meta-model Phi.
+
+    Parameters
+    ----------
+    images : array-like
+        Meta-training images (uint8 (N, 28, 28) or float32 in [0, 1]).
+    labels : ndarray of shape (N,)
+        Class of each image; defines the tasks.
+    cfg : MetaConfig, optional
+        Settings; defaults as in :class:`MetaConfig`.
+    on_iteration : callable, optional
+        ``on_iteration(i, seconds)`` after each outer iteration (progress bars).
+    """
+    cfg = cfg or MetaConfig()
+    X = to_tensor(check_images(images, "images"))
+    labels = np.asarray(labels)
+    if len(labels) != len(X):
+        raise ValueError("labels must have one entry per image")
+    tasks = class_tasks(labels, cfg.holdout_classes)
+    rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    phi = init_model(cfg.net, cfg.seed)
+    outer = torch.optim.Adam(phi.parameters(), lr=cfg.meta_lr, betas=(0.5, 0.999))
+    t0 = time.perf_counter()
+    for it in range(cfg.iterations):
+        for group in outer.param_groups:  # linear annealing to 0, as in the Reptile code
+            group["lr"] = cfg.meta_lr * (1.0 - it / cfg.iterations)
+        w = copy.deepcopy(phi)
+        idx = tasks[rng.integers(len(tasks))]
+        task = X[rng.choice(idx, size=min(cfg.task_size, len(idx)), replace=False)]
+        train_loop(w, lambda g, t=task: t, cfg.inner_steps, cfg.loop, gen)
+        outer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for p_phi, p_w in zip(phi.parameters(), w.parameters(), strict=True):
+                p_phi.grad = p_phi - p_w  # the Reptile "gradient"
+        outer.step()
+        if on_iteration is not None:
+            on_iteration(it, time.perf_counter() - t0)
+    phi.eval()
+    return phi
+
