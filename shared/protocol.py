@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
+from fedsieve.shared.images import as_uint8_images
+
 PROTOCOL_VERSION = 1
 UPLOAD_ACTION = "fedsieve_upload"
 UPLOAD_MESSAGE_TYPE = f"query.{UPLOAD_ACTION}"
@@ -28,7 +30,6 @@ REQUEST_RECORD = "fedsieve.request"
 UPLOAD_RECORD = "fedsieve.upload"
 UPLOAD_META = "fedsieve.upload_meta"
 VERDICT_RECORD = "fedsieve.verdicts"
-IMAGE_SHAPE = (28, 28)
 #: Local datasets larger than this are refused as absurd.
 MAX_LOCAL_SAMPLES = 10_000_000
 
@@ -191,27 +192,14 @@ def _decode_upload(content: RecordDict, request: UploadRequest, max_upload: int)
 
 
 def validate_images(x: np.ndarray, *, what: str = "images") -> np.ndarray:
-    """Check images and return them as uint8 (N, 28, 28).
+    """Check images (see :mod:`fedsieve.shared.images`) and return them as uint8 (N, 28, 28).
 
-    Accepts uint8 in any range, or float32/float64 in [0, 1], shaped (N, 28, 28) or
-    (N, 1, 28, 28). Raises :class:`ProtocolError` (a ``ValueError``) otherwise.
+    Raises :class:`ProtocolError` (a ``ValueError``) naming what was wrong.
     """
-    x = np.asarray(x)
-    if x.ndim == 4 and x.shape[1] == 1:
-        x = x[:, 0]
-    if x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE:
-        raise ProtocolError(f"{what} must be shaped (N, 28, 28) or (N, 1, 28, 28), "
-                            f"got {x.shape}")
-    if x.dtype == np.uint8:
-        return np.ascontiguousarray(x)
-    if x.dtype not in (np.float32, np.float64):
-        raise ProtocolError(f"{what} must be uint8 or float32 in [0, 1], got {x.dtype}")
-    if not np.isfinite(x).all():
-        raise ProtocolError(f"{what} contain NaN or infinite values")
-    if x.size and (x.min() < 0.0 or x.max() > 1.0):
-        raise ProtocolError(f"{what} must lie in [0, 1] as floats, got "
-                            f"[{x.min():.3g}, {x.max():.3g}]; scale uint8 pixels by 1/255")
-    return np.round(x * 255.0).astype(np.uint8)
+    try:
+        return as_uint8_images(x, what, allow_empty=True)
+    except ValueError as err:
+        raise ProtocolError(str(err)) from err
 
 
 def encode_verdicts(drop_ids: np.ndarray) -> ArrayRecord:

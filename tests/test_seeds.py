@@ -32,7 +32,7 @@ def test_round_trip_and_float_input(tmp_path):
 
 
 @pytest.mark.parametrize("arrays, message", [
-    ({"x": np.zeros((5, 32, 32), np.uint8)}, "shaped"),
+    ({"x": np.zeros((5, 32, 32), np.uint8)}, "has shape"),
     ({"images": np.zeros((5, 28, 28), np.uint8)}, "under 'x'"),
     ({"x": np.zeros((0, 28, 28), np.uint8)}, "no images"),
     ({"x": np.full((2, 28, 28), 3.0, np.float32)}, r"\[0, 1\]"),

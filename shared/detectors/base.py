@@ -12,28 +12,16 @@ import inspect
 from typing import Any
 
 import numpy as np
-import torch
 
 from fedsieve.shared.detectors.threshold import _check_policy, compute_threshold
-
-_FIX = (
-    "pass uint8 images of shape (N, 28, 28), or float32 in [0, 1] of shape (N, 28, 28) "
-    "or (N, 1, 28, 28)"
-)
+from fedsieve.shared.images import as_float_images, as_uint8_images
 
 
 def check_images(X: Any, name: str = "X", allow_empty: bool = False) -> np.ndarray:
     """Validate images and return them as float32 in [0, 1] of shape (N, 28, 28).
 
-    Parameters
-    ----------
-    X : array-like
-        uint8 (N, 28, 28), or float32 in [0, 1] of shape (N, 28, 28) or (N, 1, 28, 28).
-        A torch tensor is accepted and treated the same way.
-    name : str
-        Argument name used in error messages.
-    allow_empty : bool
-        Accept N = 0.
+    See :mod:`fedsieve.shared.images` for what is accepted; a torch tensor is treated like
+    its array.
 
     Raises
     ------
@@ -41,38 +29,14 @@ def check_images(X: Any, name: str = "X", allow_empty: bool = False) -> np.ndarr
         Wrong type, shape or dtype, NaN/inf, values outside [0, 1], or no images; the message
         says what was wrong and how to fix it.
     """
-    if isinstance(X, torch.Tensor):
-        X = X.detach().cpu().numpy()
-    if not isinstance(X, np.ndarray):
-        raise ValueError(f"{name} must be a numpy array, got {type(X).__name__}; {_FIX}")
-    if X.ndim == 4 and X.shape[1] == 1:
-        X = X[:, 0]
-    if X.ndim != 3 or X.shape[1:] != (28, 28):
-        raise ValueError(f"{name} has shape {X.shape}; {_FIX}")
-    if X.shape[0] == 0 and not allow_empty:
-        raise ValueError(f"{name} is empty (0 images); pass at least one image")
-    if X.dtype == np.uint8:
-        return X.astype(np.float32) / 255.0
-    if X.dtype != np.float32:
-        raise ValueError(
-            f"{name} has dtype {X.dtype}; {_FIX} (convert with x.astype(np.float32) / 255 "
-            "for 0-255 data)"
-        )
-    if X.size and not np.isfinite(X).all():
-        raise ValueError(f"{name} contains NaN or inf values; clean or drop those images")
-    if X.size and (X.min() < 0.0 or X.max() > 1.0):
-        raise ValueError(
-            f"{name} has values in [{X.min():.3g}, {X.max():.3g}], outside [0, 1]; "
-            "float images must be scaled to [0, 1] (divide 0-255 data by 255)"
-        )
-    return np.ascontiguousarray(X, dtype=np.float32)
+    return as_float_images(X, name, allow_empty)
 
 
 def images_sha256(X: np.ndarray) -> str:
     """SHA-256 of validated images quantised back to uint8 (stable across input dtypes)."""
     import hashlib
 
-    q = np.rint(check_images(X) * 255.0).astype(np.uint8)
+    q = as_uint8_images(X)
     return hashlib.sha256(np.ascontiguousarray(q).tobytes()).hexdigest()
 
 
