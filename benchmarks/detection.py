@@ -25,7 +25,7 @@ PAPER = {"AnoGAN": (0.99, 0.46), "EGBAD": (0.98, 0.52), "Rt-BiGAN": (0.98, 0.84)
 ABLATIONS = {
     "rtbigan-no-norm": {"normalize_scores": False},
     "rtbigan-no-anchors": {"seed_anchors": False},
-    "rtbigan-no-recon": {"recon_weight": 0.0},
+    "rtbigan+recon": {"recon_weight": 1.0},
     "rtbigan-no-pixelweight": {"pixel_weighting": False},
     "rtbigan-no-meta": {"meta_checkpoint": None},
     "rtbigan-paper": {

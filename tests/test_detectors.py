@@ -124,6 +124,21 @@ def test_gmm_threshold_keeps_a_clean_pool():
     assert (s > gmm_threshold(s)).mean() < 0.01
 
 
+def test_gmm_threshold_uses_seeds_to_keep_a_skewed_clean_pool():
+    # A skewed normal population fits two well-separated Gaussians on its own; the seeds
+    # (normal by definition) score as high as the upper one, so nothing is anomalous.
+    rng = np.random.default_rng(2)
+    s = np.r_[rng.lognormal(-0.7, 0.2, 400), rng.lognormal(0.4, 0.5, 600)]
+    seeds = np.quantile(s, [0.1, 0.5, 0.99])
+    assert (s > gmm_threshold(s)).mean() > 0.2  # without seeds it cuts the pool
+    assert (s > gmm_threshold(s, seed_scores=seeds)).mean() < 0.02
+    assert (s > compute_threshold("gmm", s, seeds)).mean() < 0.02
+    # Real pollution sits above every seed and is still found.
+    polluted = np.r_[s, rng.lognormal(2.5, 0.3, 250)]
+    flagged = polluted > gmm_threshold(polluted, seed_scores=seeds)
+    assert flagged[1000:].mean() > 0.95
+
+
 def test_other_policies():
     s = np.arange(100, dtype=float)
     assert compute_threshold("contamination", s, value=0.1) == pytest.approx(89.1)

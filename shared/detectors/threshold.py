@@ -5,11 +5,12 @@ Four policies, chosen with ``threshold_policy`` and parameterised by ``threshold
 ``"gmm"`` (default, unsupervised)
     Fit a 2-component :class:`sklearn.mixture.GaussianMixture` to the log of the pool scores
     (scores are shifted to be positive first when they are not). The threshold is the score at
-    which the upper (anomalous) component reaches posterior :data:`GMM_POSTERIOR` (0.2): a
-    polluted sample that slips into training costs more than a dropped normal one, so the cut
-    sits below the equal-probability point. When the two components are not
-    separated (Ashman's D below ``threshold_value``, default 2.0) the pool is taken as a single
-    population and the threshold falls back to ``mean + 3 std`` of the log scores, so a clean
+    which the upper (anomalous) component becomes the more probable one (posterior
+    :data:`GMM_POSTERIOR` = 0.5). The pool is taken as a single population, and the threshold
+    falls back to ``mean + 3 std`` of the log scores, when the two components are not separated
+    (Ashman's D below ``threshold_value``, default 2.0) or, when trusted seeds are given, when
+    the upper component does not lie above every seed's score: normal data with a skewed score
+    distribution fits two Gaussians too, and the seeds tell the two cases apart, so a clean
     pool is not cut in half.
 ``"seed-quantile"``
     Quantile ``threshold_value`` (default 1.0, the maximum) of the trusted seeds' scores. With
@@ -29,7 +30,7 @@ from sklearn.mixture import GaussianMixture
 
 POLICIES = ("gmm", "seed-quantile", "contamination", "fixed")
 #: Posterior of the anomalous mixture component at which ``"gmm"`` cuts.
-GMM_POSTERIOR = 0.2
+GMM_POSTERIOR = 0.5
 
 
 def _check_policy(policy: str, value: float | None) -> None:
@@ -45,7 +46,12 @@ def _check_policy(policy: str, value: float | None) -> None:
         raise ValueError(f"seed-quantile threshold_value must be in [0, 1], got {value}")
 
 
-def gmm_threshold(scores: np.ndarray, min_separation: float = 2.0, random_state: int = 0) -> float:
+def gmm_threshold(
+    scores: np.ndarray,
+    min_separation: float = 2.0,
+    random_state: int = 0,
+    seed_scores: np.ndarray | None = None,
+) -> float:
     """Threshold between the two components of a Gaussian mixture on log scores.
 
     Parameters
@@ -57,6 +63,9 @@ def gmm_threshold(scores: np.ndarray, min_separation: float = 2.0, random_state:
         is believed bimodal; below it the threshold is ``mean + 3 std`` of the log scores.
     random_state : int
         Seed of the mixture's initialisation.
+    seed_scores : ndarray, optional
+        Scores of the trusted normal seeds; the upper component counts as anomalous only when
+        its mean lies above all of them.
 
     Returns
     -------
@@ -73,7 +82,9 @@ def gmm_threshold(scores: np.ndarray, min_separation: float = 2.0, random_state:
     sds = np.sqrt(gm.covariances_.ravel())
     lo, hi = np.argsort(means)
     d = np.sqrt(2) * abs(means[hi] - means[lo]) / np.sqrt(sds[lo] ** 2 + sds[hi] ** 2)
-    if d < min_separation or gm.weights_[hi] < 1e-3:
+    above_seeds = seed_scores is None or len(seed_scores) == 0 or means[hi] > np.log(
+        max(float(np.max(seed_scores)) + shift, 1e-300))
+    if d < min_separation or gm.weights_[hi] < 1e-3 or not above_seeds:
         t_log = logs.mean() + 3 * logs.std()
     else:
         grid = np.linspace(means[lo], means[hi], 2001)
@@ -99,7 +110,8 @@ def compute_threshold(
     """
     _check_policy(policy, value)
     if policy == "gmm":
-        return gmm_threshold(pool_scores, 2.0 if value is None else value, random_state)
+        return gmm_threshold(pool_scores, 2.0 if value is None else value, random_state,
+                             seed_scores)
     if policy == "seed-quantile":
         if seed_scores is None or len(seed_scores) == 0:
             raise ValueError(
