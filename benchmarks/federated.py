@@ -19,11 +19,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info  # noqa: E402
-
-from fedsieve.shared.config import RunSettings  # noqa: E402
-from fedsieve.simulations.simulate import settings_for_defense, simulate  # noqa: E402
+from fedsieve.shared.config import RunSettings
+from fedsieve.simulations.machine import machine_info
+from fedsieve.simulations.simulate import settings_for_defense, simulate
 
 RESULTS = Path(__file__).resolve().parent / "results"
 console = Console()

@@ -51,12 +51,9 @@ def _from_file(path: str) -> LocalData:
 def _federation(settings: RunSettings):
     # The example federation comes from the simulation harness; imported lazily so that a
     # deployed client that brings its own file never needs it.
-    from fedsieve.simulations.pollution import build_federation
+    from fedsieve.simulations.pollution import federation_for
 
-    return build_federation(
-        settings.num_clients, settings.contamination, partition=settings.partition,
-        profile=settings.profile, label_policy=settings.label_policy, seed=settings.seed,
-        seed_set_size=settings.seed_set_size, root=settings.data_root or None)
+    return federation_for(settings)
 
 
 def _simulated(settings: RunSettings, partition: int) -> LocalData:

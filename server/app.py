@@ -129,6 +129,7 @@ def run_server(grid: Grid, settings: RunSettings, run_dir: Path) -> Result:
         "settings": settings.to_run_config(),
         "test_data": test.source.to_dict(),
         "num_nodes": num_nodes,
+        "strategy": describe_strategy(strategy),
         "wall_seconds": time.perf_counter() - started,
         "round_seconds": round_times,
         "accuracy": {r: m["accuracy"] for r, m in result.evaluate_metrics_serverapp.items()},
@@ -139,6 +140,17 @@ def run_server(grid: Grid, settings: RunSettings, run_dir: Path) -> Result:
     (run_dir / "result.json").write_text(json.dumps(summary, indent=2, default=_jsonable))
     log(INFO, "fedsieve: results in %s", run_dir)
     return result
+
+
+def describe_strategy(strategy: Strategy) -> dict[str, str]:
+    """What actually ran: the aggregating strategy and the data filter (if any)."""
+    if isinstance(strategy, AnomalyFilter):
+        detector = type(strategy.detector).__name__
+        if getattr(strategy.detector, "name", None):  # peers: which library estimator
+            detector += f"({strategy.detector.name})"
+        return {"aggregator": type(strategy.strategy).__name__,
+                "filter": type(strategy).__name__, "detector": detector}
+    return {"aggregator": type(strategy).__name__, "filter": "", "detector": ""}
 
 
 def _jsonable(value):

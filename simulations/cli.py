@@ -171,9 +171,10 @@ def simulate(
 
 
 def _register_detector_commands() -> None:
-    from fedsieve.simulations.detector_cli import register
+    from fedsieve.simulations import detector_cli, sweep_cli
 
-    register(app)
+    detector_cli.register(app)
+    sweep_cli.register(app)
 
 
 _register_detector_commands()

@@ -19,6 +19,7 @@ from typing import Literal
 
 import numpy as np
 
+from fedsieve.shared.config import RunSettings
 from fedsieve.shared.data import DataSource, ImageSet, load_fashion_mnist, load_mnist
 from fedsieve.shared.seeds import save_seed_file, trusted_seed_indices
 
@@ -332,6 +333,19 @@ def build_federation(
     return Federation(clients, seed_set, tuple(rates), config, sources, _build_args=build_args)
 
 
+def federation_for(settings: RunSettings, contamination: float | None = None) -> Federation:
+    """The federation that a run's settings describe (``contamination`` overrides theirs).
+
+    The ServerApp, the simulated ClientApps and the reports all rebuild the same federation
+    from the same settings: it is deterministic.
+    """
+    return build_federation(
+        settings.num_clients, settings.contamination if contamination is None else contamination,
+        partition=settings.partition, profile=settings.profile,
+        label_policy=settings.label_policy, seed=settings.seed,
+        seed_set_size=settings.seed_set_size, root=settings.data_root or None)
+
+
 def _check_rate(rate: float, what: str) -> None:
     if not (isinstance(rate, int | float) and math.isfinite(rate) and 0.0 <= rate <= 1.0):
         raise ValueError(f"{what} must be a fraction in [0, 1], got {rate!r}")
@@ -379,6 +393,6 @@ def _partition_name(partition) -> str:
 
 __all__ = [
     "ClientData", "DEFAULT_LABEL_MAP", "Federation", "ID_STRIDE", "LABEL_POLICIES",
-    "PARTITIONS", "PROFILES", "SeedSet", "build_federation", "client_rates",
+    "PARTITIONS", "PROFILES", "SeedSet", "build_federation", "client_rates", "federation_for",
     "make_partitioner",
 ]

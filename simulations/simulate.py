@@ -78,15 +78,12 @@ def simulate(settings: RunSettings, out: Path, *, progress=None, verbose: bool =
     progress : callable, optional
         ``progress(message)`` is called at each phase.
     """
-    from fedsieve.simulations.pollution import build_federation
+    from fedsieve.simulations.pollution import federation_for
     from fedsieve.simulations.report import detection_report, write_simulation_report
 
     say = progress or (lambda message: None)
     say("building the polluted federation")
-    federation = build_federation(
-        settings.num_clients, settings.contamination, partition=settings.partition,
-        profile=settings.profile, label_policy=settings.label_policy, seed=settings.seed,
-        seed_set_size=settings.seed_set_size, root=settings.data_root or None)
+    federation = federation_for(settings)
     say(f"running {settings.num_server_rounds} rounds on {settings.num_clients} simulated "
         f"clients (aggregator {settings.aggregator}, detector {settings.detector})")
     started = time.perf_counter()
@@ -97,6 +94,7 @@ def simulate(settings: RunSettings, out: Path, *, progress=None, verbose: bool =
     report = {
         "settings": settings.to_run_config(),
         "wall_seconds": wall,
+        "strategy": result.get("strategy", {}),
         "accuracy": result["accuracy"],
         "final_accuracy": result["accuracy"][str(settings.num_server_rounds)],
         "loss": result["loss"],

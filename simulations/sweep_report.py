@@ -1,0 +1,280 @@
+"""Plots and ``report.md`` of a sweep, built from its result rows."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from fedsieve.simulations.sweep import ORACLE
+
+Key = tuple[tuple[str, str, str], float, str]
+
+
+def _group(row: dict) -> tuple[str, str, str]:
+    return row["partition"], row["profile"], row["label_policy"]
+
+
+def _stat(values: Sequence[float | None]) -> tuple[float, float] | None:
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    return statistics.mean(present), statistics.stdev(present) if len(present) > 1 else 0.0
+
+
+def aggregate(rows: Sequence[dict], metric: str) -> dict[Key, tuple[float, float]]:
+    """Mean and std over seeds of ``metric`` per (group, contamination, defense), ok rows only.
+
+    The oracle also stands for the "none" defense at contamination 0 (the same run).
+    """
+    values: dict[Key, list] = defaultdict(list)
+    for row in rows:
+        if row.get("status") == "ok":
+            values[(_group(row), row["contamination"], row["defense"])].append(row.get(metric))
+            if row["defense"] == ORACLE:
+                values[(_group(row), 0.0, "none")].append(row.get(metric))
+    return {k: s for k, v in values.items() if (s := _stat(v)) is not None}
+
+
+def _fmt(stat: tuple[float, float] | None, spec: str = ".4f") -> str:
+    if stat is None:
+        return "—"
+    return f"{format(stat[0], spec)} ± {format(stat[1], spec)}"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _style(ax, **labels: str) -> None:
+    ax.set(**labels)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _curve(ax, stats: dict[Key, tuple[float, float]], group, defense: str, label: str) -> None:
+    """One mean ± std line over the contamination rates."""
+    pts = sorted((c, s) for (g, c, d), s in stats.items() if g == group and d == defense)
+    ax.errorbar([c for c, _ in pts], [s[0] for _, s in pts], [s[1] for _, s in pts],
+                marker="o", capsize=3, label=label)
+
+
+def plot_accuracy(rows: Sequence[dict], path: Path) -> None:
+    """Final accuracy vs contamination per defense, one panel per federation family."""
+    plt = _plt()
+    acc = aggregate(rows, "final_accuracy")
+    groups = sorted({k[0] for k in acc})
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), squeeze=False)
+    for ax, group in zip(axes[0], groups):
+        defenses = sorted({k[2] for k in acc if k[0] == group and k[2] != ORACLE})
+        for defense in defenses:
+            _curve(ax, acc, group, defense, defense)
+        if (group, 0.0, ORACLE) in acc:
+            mean, std = acc[(group, 0.0, ORACLE)]
+            ax.axhline(mean, color="black", ls="--", lw=1, label="clean oracle")
+            ax.axhspan(mean - std, mean + std, color="black", alpha=0.08)
+        _style(ax, xlabel="contamination", ylabel="final test accuracy", title=" / ".join(group))
+    _save(fig, path)
+
+
+def plot_detection(rows: Sequence[dict], path: Path) -> None:
+    """Upload AUC (federated run) and test AUC (detector-only run) vs contamination."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric, title in ((axes[0], "upload_auc", "AUC on the uploads"),
+                              (axes[1], "test_auc", "AUC on the test set")):
+        stats = aggregate(rows, metric)
+        for (group, defense) in sorted({(k[0], k[2]) for k in stats}):
+            label = defense if len({k[0] for k in stats}) == 1 else f"{defense} ({'/'.join(group)})"
+            _curve(ax, stats, group, defense, label)
+        _style(ax, xlabel="contamination", ylabel="AUC", title=title)
+    _save(fig, path)
+
+
+def plot_rounds(rows: Sequence[dict], path: Path) -> bool:
+    """Rt-BiGAN pool AUC per self-training round, one line per contamination rate."""
+    per_level: dict[float, list[list[float]]] = defaultdict(list)
+    for row in rows:
+        if row.get("status") == "ok" and row["defense"] == "rtbigan" and row.get("rounds_auc"):
+            per_level[row["contamination"]].append(row["rounds_auc"])
+    if not per_level:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    for level, runs in sorted(per_level.items()):
+        n = min(len(r) for r in runs)
+        mean = np.mean([r[:n] for r in runs], axis=0)
+        ax.plot(range(n), mean, marker="o", label=f"c={level:g}")
+    _style(ax, xlabel="self-training round (0 = adapted only)", ylabel="pool AUC",
+           title="Rt-BiGAN: AUC per self-training round")
+    _save(fig, path)
+    return True
+
+
+def client_grids(rows: Sequence[dict], sweep_dir: Path, path: Path, per_side: int = 8,
+                 max_clients: int = 6) -> str | None:
+    """Dropped (red frame) then kept images of each client, for the filter cell nearest 20 %.
+
+    Returns the cell key drawn, or None when no filter cell exists.
+    """
+    from fedsieve.shared.config import RunSettings
+    from fedsieve.simulations.figures import framed_grid
+    from fedsieve.simulations.pollution import federation_for
+    from fedsieve.simulations.report import read_sample_verdicts
+
+    filtered = [r for r in rows if r.get("status") == "ok" and r.get("upload_auc") is not None]
+    if not filtered:
+        return None
+    cell = min(filtered, key=lambda r: (abs(r["contamination"] - 0.2),
+                                        r["defense"] != "rtbigan", r["seed"]))
+    cell_dir = sweep_dir / "cells" / cell["key"]
+    settings = RunSettings.from_run_config(
+        json.loads((cell_dir / "report.json").read_text())["settings"])
+    federation = federation_for(settings)
+    verdicts = read_sample_verdicts(cell_dir / "audit.jsonl")
+    tiles, frames = [], []
+    blank = np.zeros((28, 28), np.uint8)
+    for client in federation.clients[:max_clients]:
+        dropped = [i for i, sid in enumerate(client.ids) if verdicts.get(int(sid), (0, 0))[1]]
+        kept = [i for i, sid in enumerate(client.ids) if not verdicts.get(int(sid), (0, 1))[1]]
+        for chosen, flag in ((dropped[:per_side], True), (kept[:per_side], False)):
+            tiles += [client.x[i] for i in chosen] + [blank] * (per_side - len(chosen))
+            frames += [flag] * len(chosen) + [False] * (per_side - len(chosen))
+    framed_grid(np.stack(tiles), np.array(frames), path, nrow=2 * per_side,
+                max_images=len(tiles))
+    return cell["key"]
+
+
+def verdicts(rows: Sequence[dict]) -> list[str]:
+    """One sentence per (federation family, contamination): which defense holds."""
+    acc = aggregate(rows, "final_accuracy")
+    dropped = aggregate(rows, "pollution_dropped")
+    normal = aggregate(rows, "normal_dropped")
+    lines = []
+    for group in sorted({k[0] for k in acc}):
+        oracle = acc.get((group, 0.0, ORACLE))
+        for level in sorted({k[1] for k in acc if k[0] == group and k[2] != ORACLE}):
+            here = {d: s for (g, c, d), s in acc.items() if g == group and c == level
+                    and d != ORACLE}
+            best = max(here, key=lambda d: here[d][0])
+            text = (f"- {'/'.join(group)}, c={level:g}: best **{best}** "
+                    f"({here[best][0]:.4f})")
+            if oracle:
+                gap = 100 * (here[best][0] - oracle[0])
+                text += f", {gap:+.2f} pp vs the clean oracle ({oracle[0]:.4f})"
+            if "none" in here and best != "none":
+                text += f"; no defense {here['none'][0]:.4f}"
+            if "rtbigan" in here:
+                text += f"; Rt-BiGAN {here['rtbigan'][0]:.4f}"
+                d, n = (dropped.get((group, level, "rtbigan")),
+                        normal.get((group, level, "rtbigan")))
+                if d and n:
+                    text += f" (dropped {d[0]:.1%} of pollution, {n[0]:.1%} of normal data)"
+            lines.append(text + ".")
+    return lines
+
+
+def write_sweep_report(rows: Sequence[dict], out: Path, meta: dict) -> Path:
+    """Plots and ``out/report.md``; returns the report's path."""
+    plots = {"accuracy_vs_contamination.png": "Final accuracy vs contamination"}
+    plot_accuracy(rows, out / "accuracy_vs_contamination.png")
+    if aggregate(rows, "upload_auc") or aggregate(rows, "test_auc"):
+        plot_detection(rows, out / "detection_auc.png")
+        plots["detection_auc.png"] = "Detection AUC vs contamination"
+    if plot_rounds(rows, out / "rounds_auc.png"):
+        plots["rounds_auc.png"] = "Rt-BiGAN AUC per self-training round"
+    grid_cell = client_grids(rows, out, out / "clients_dropped_kept.png")
+    if grid_cell:
+        plots["clients_dropped_kept.png"] = (f"Per client (rows), {grid_cell}: dropped images "
+                                             "(red) then kept ones")
+    paper = meta.get("paper") or {}
+    if (out / "fig4_roc.png").is_file():
+        plots["fig4_roc.png"] = "ROC at 20 % pollution (the paper's Fig. 4)"
+    if (out / "fig3_adaptation.png").is_file():
+        plots["fig3_adaptation.png"] = (
+            "Fig. 3: held-out test digits; reconstructions by the meta-model; by the model "
+            "adapted in 20 steps on 10 shots; samples G(z) of the adapted model")
+
+    grid = meta["grid"]
+    lines = ["# fedsieve sweep", "",
+             f"Command: `{meta['command']}`  ",
+             f"{grid['base']['num-clients']} clients, {grid['base']['num-server-rounds']} rounds "
+             f"x {grid['base']['local-epochs']} local epochs, {grid['seeds']} seed(s); wall time "
+             f"{meta['wall_seconds'] / 60:.1f} min on {meta['machine']['cpu']} "
+             f"({meta['machine']['cores']} cores).", "",
+             "## Verdict per contamination rate", "", *verdicts(rows), ""]
+    acc = aggregate(rows, "final_accuracy")
+    for group in sorted({k[0] for k in acc}):
+        levels = sorted({k[1] for k in acc if k[0] == group and k[2] != ORACLE})
+        defenses = [ORACLE, *sorted({k[2] for k in acc if k[0] == group and k[2] != ORACLE})]
+        lines += [f"## Final accuracy — {' / '.join(group)}", "",
+                  "| defense | " + " | ".join(f"c={c:g}" for c in levels) + " |",
+                  "|---|" + "---|" * len(levels)]
+        for defense in defenses:
+            if defense == ORACLE:
+                cell = _fmt(acc.get((group, 0.0, ORACLE)))
+                lines.append("| clean oracle | " + " | ".join([cell] * len(levels)) + " |")
+            else:
+                lines.append(f"| {defense} | " + " | ".join(
+                    _fmt(acc.get((group, c, defense))) for c in levels) + " |")
+        lines.append("")
+    metrics = {m: aggregate(rows, m) for m in ("upload_auc", "pollution_dropped",
+                                               "normal_dropped", "test_auc")}
+    detectors = sorted({(k[0], k[1], k[2]) for k in metrics["upload_auc"]})
+    if detectors:
+        lines += ["## Detection", "",
+                  "| family | c | detector | upload AUC | pollution dropped | normal dropped | "
+                  "test AUC |", "|---|---|---|---|---|---|---|"]
+        for key in detectors:
+            lines.append(f"| {'/'.join(key[0])} | {key[1]:g} | {key[2]} | "
+                         f"{_fmt(metrics['upload_auc'].get(key))} | "
+                         f"{_fmt(metrics['pollution_dropped'].get(key), '.2%')} | "
+                         f"{_fmt(metrics['normal_dropped'].get(key), '.2%')} | "
+                         f"{_fmt(metrics['test_auc'].get(key))} |")
+        lines.append("")
+    if paper.get("table_one"):
+        t = paper["table_one"]
+        lines += ["## The paper's Table I beside ours (test AUC)", "",
+                  f"Ours: trained on the pooled client data, clean and at "
+                  f"{0.2:.0%} pollution; training budget x{t['budget']:g}.", "",
+                  "| method | paper clean | paper polluted | ours clean | ours polluted |",
+                  "|---|---|---|---|---|"]
+        for method, (clean, polluted) in t["paper"].items():
+            ours = t["auc"].get(method, {})
+            lines.append(f"| {method} | {clean} | {polluted} | {ours.get('clean', 0):.4f} | "
+                         f"{ours.get('polluted', 0):.4f} |")
+        lines.append("")
+    lines += ["## Plots", ""]
+    for name, caption in plots.items():
+        lines += [f"**{caption}**", "", f"![{caption}]({name})", ""]
+    failed = [r for r in rows if r.get("status") != "ok"]
+    if failed:
+        lines += ["## Failed cells (re-run the same command to retry them)", ""]
+        lines += [f"- `{r['key']}`: {r.get('error', '')}" for r in failed]
+        lines.append("")
+    lines += ["## Data and versions", "", "| data | source | location | count | sha256 |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {v['dataset']} {v['split']} | {v['source']} | {v['location']} | {v['count']} "
+              f"| `{v['sha256'][:16]}` |" for v in meta.get("data_sources", {}).values()]
+    lines += ["", "Packages: " + ", ".join(f"{k} {v}" for k, v in
+                                            meta["machine"]["packages"].items()), ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
