@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from hostile import BAD_UPLOADS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -48,35 +49,12 @@ def test_float_upload_converted():
     np.testing.assert_array_equal(upload.x, x)
 
 
-def tamper(content, record, key, value):
-    content[record][key] = value
-    return content
-
-
-@pytest.mark.parametrize("mutate, message", [
-    (lambda c: tamper(c, p.UPLOAD_META, "protocol", 99), "unknown fedsieve protocol version"),
-    (lambda c: tamper(c, p.UPLOAD_META, "num-samples", -1), "negative or absurd"),
-    (lambda c: tamper(c, p.UPLOAD_META, "chunk-index", 1), "wrong message"),
-    (lambda c: tamper(c, p.UPLOAD_RECORD, "x", Array(np.zeros((8, 28, 28), np.int16))),
-     "has dtype int16"),
-    (lambda c: tamper(c, p.UPLOAD_RECORD, "x", Array(np.zeros((8, 28, 27), np.uint8))),
-     "has shape"),
-    (lambda c: tamper(c, p.UPLOAD_RECORD, "x", Array(np.full((8, 28, 28), 2.0, np.float32))),
-     r"outside \[0, 1\]"),
-    (lambda c: tamper(c, p.UPLOAD_RECORD, "x", Array(np.full((8, 28, 28), np.nan, np.float32))),
-     "NaN"),
-    (lambda c: tamper(c, p.UPLOAD_RECORD, "ids", Array(np.arange(7, dtype=np.int64))),
-     "8 samples but 7 ids"),
-    (lambda c: tamper(c, p.UPLOAD_RECORD, "ids", Array(np.zeros(8, np.int64))), "duplicate"),
-    (lambda c: RecordDict({p.UPLOAD_RECORD: c[p.UPLOAD_RECORD]}), "lacks the"),
-    (lambda c: RecordDict({p.UPLOAD_RECORD: c[p.UPLOAD_RECORD],
-                           p.UPLOAD_META: MetricRecord({"protocol": 1})}), "must be a"),
-])
-def test_malformed_uploads_are_named(mutate, message):
+@pytest.mark.parametrize("bad", BAD_UPLOADS, ids=[b.name for b in BAD_UPLOADS])
+def test_malformed_uploads_are_named(bad):
     x, ids = local_data(8)
     request = UploadRequest()
-    with pytest.raises(ProtocolError, match=message):
-        decode_upload(mutate(encode_upload(x, ids, request)), request)
+    with pytest.raises(ProtocolError, match=bad.message):
+        decode_upload(bad.mutate(encode_upload(x, ids, request)), request)
 
 
 def test_upload_cap():

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg
+from hostile import BAD_UPLOADS
 from loopback import LoopbackGrid
 
 from fedsieve.client import FedSieve
@@ -145,6 +148,47 @@ def test_excludes_silent_hostile_and_polluted_clients(settings, federation, tmp_
     reasons = {e["node"]: e["reason"] for e in read_audit(tmp_path / "audit.jsonl")
                if e["kind"] == "client"}
     assert set(reasons) == set(NODES[1:])
+
+
+def hostile_app(federation, mutate):
+    """A client whose upload reply is built from real data, then broken by ``mutate``."""
+    app = ClientApp()
+
+    @app.query(UPLOAD_ACTION)
+    def upload(msg: Message, context: Context) -> Message:
+        client = federation.clients[2]
+        return Message(mutate(encode_upload(client.x, client.ids, replace_request(msg))),
+                       reply_to=msg)
+
+    return app
+
+
+@pytest.mark.parametrize("bad", BAD_UPLOADS, ids=[b.name for b in BAD_UPLOADS])
+def test_bad_upload_excludes_only_its_sender(bad, settings, federation, tmp_path):
+    grid = make_grid(settings, {NODES[2]: hostile_app(federation, bad.mutate)})
+    strategy = make_filter(federation, tmp_path)
+    messages, (arrays, metrics) = run_round(strategy, grid)
+    excluded = strategy.history[-1]["excluded"]
+    assert list(excluded) == [NODES[2]] and re.search(bad.message, excluded[NODES[2]])
+    assert metrics["fedsieve-excluded-nodes"] == [NODES[2]] and arrays is not None
+    assert {m.metadata.dst_node_id for m in messages} == set(NODES) - {NODES[2]}
+    # Every honest sample still has exactly one verdict; the hostile node has none.
+    entries = [e for e in read_audit(tmp_path / "audit.jsonl") if e["kind"] == "sample"]
+    honest = [c for i, c in enumerate(federation.clients) if i != 2]
+    assert sorted(e["id"] for e in entries) == sorted(int(i) for c in honest for i in c.ids)
+    reasons = [e for e in read_audit(tmp_path / "audit.jsonl") if e["kind"] == "client"]
+    assert [(e["node"], e["decision"]) for e in reasons] == [(NODES[2], "excluded")]
+
+
+def test_upload_over_the_cap_excludes_its_sender(settings, federation, tmp_path):
+    cap = min(len(c) for c in federation.clients)
+    too_big = {NODES[i] for i, c in enumerate(federation.clients) if len(c) > cap}
+    assert 0 < len(too_big) < len(NODES)  # the partition makes clients of unequal size
+    strategy = make_filter(federation, tmp_path, max_upload=cap)
+    _, (arrays, _) = run_round(strategy, make_grid(settings))
+    excluded = strategy.history[-1]["excluded"]
+    assert set(excluded) == too_big and arrays is not None
+    assert all("cap" in reason for reason in excluded.values())
 
 
 def replace_request(msg):
