@@ -50,7 +50,7 @@ class RunSettings:
     """
 
     num_server_rounds: int = 3
-    local_epochs: int = 1
+    local_epochs: int = 3
     batch_size: int = 32
     learning_rate: float = 0.05
     aggregator: str = "fedavg"

@@ -127,7 +127,7 @@ def simulate(
     defense: Annotated[str, typer.Option(
         help="none, rtbigan, egbad, anogan, iforest, deepsvdd, fedmedian, krum, trimmedavg."
     )] = "rtbigan",
-    local_epochs: Annotated[int, typer.Option(min=1)] = 1,
+    local_epochs: Annotated[int, typer.Option(min=1)] = 3,
     upload_fraction: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
     max_client_contamination: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.5,
     threshold_policy: Annotated[str, typer.Option(help="gmm, seed-quantile, contamination "
