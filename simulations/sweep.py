@@ -4,8 +4,8 @@ Every cell of the grid is one ``fedsieve simulate`` run (the real ServerApp and 
 Flower's simulation engine) and, for the data-filter defenses, one detector-only run: the same
 detector fitted on the pooled client data with the ground truth at hand, which gives the test
 AUC and the AUC per self-training round that a federated run cannot see. Each cell writes
-``cells/<key>/row.json`` when it is done, so a re-run skips it; a failing cell is recorded
-(``cells/<key>/error.txt``) and the sweep goes on.
+``cells/<key>/row.json`` when it is done, so a re-run with the same settings skips it; a
+failing cell is recorded (``cells/<key>/error.txt``) and the sweep goes on.
 """
 
 from __future__ import annotations
@@ -193,6 +193,7 @@ def run_cell(cell: Cell, base: RunSettings, out: Path) -> dict:
     detection = report["detection"]
     row: dict[str, object] = {
         **asdict(cell), "key": cell.key, "status": "ok",
+        "settings": settings.to_run_config(),
         "final_accuracy": report["final_accuracy"],
         "accuracy": {int(r): a for r, a in report["accuracy"].items()},
         "upload_auc": detection.get("auc"),
@@ -231,9 +232,12 @@ def run_sweep(grid: SweepGrid, out: Path, *,
         cell_dir = out / "cells" / cell.key
         done = cell_dir / "row.json"
         if done.is_file():
-            rows.append(json.loads(done.read_text()))
-            say(cell, "skipped")
-            continue
+            row = json.loads(done.read_text())
+            # Reuse a finished cell only if it ran with the same settings (not a stale grid).
+            if row.get("settings") == cell.settings(grid.base).to_run_config():
+                rows.append(row)
+                say(cell, "skipped")
+                continue
         say(cell, "start")
         cell_dir.mkdir(parents=True, exist_ok=True)
         (cell_dir / "error.txt").unlink(missing_ok=True)

@@ -91,15 +91,19 @@ def test_quick_sweep_writes_rows_plots_and_report(quick_sweep):
     assert set(data["meta"]["paper"]["table_one"]["auc"]) == {"AnoGAN", "EGBAD", "Rt-BiGAN"}
 
 
-def test_rerun_skips_finished_cells_and_redoes_a_missing_one(quick_sweep):
+def test_rerun_skips_finished_cells_and_redoes_a_stale_one(quick_sweep):
+    # A cell finished under other settings (e.g. an older grid) is run again, not reused.
     redo = QUICK.cells()[-1]
-    (quick_sweep / "cells" / redo.key / "row.json").unlink()
+    done = quick_sweep / "cells" / redo.key / "row.json"
+    row = json.loads(done.read_text())
+    row["settings"]["local-epochs"] += 1
+    done.write_text(json.dumps(row))
     events = []
     run_sweep(QUICK, quick_sweep, on_cell=lambda cell, status: events.append((cell.key, status)))
     started = [key for key, status in events if status == "start"]
     assert started == [redo.key]
     assert sum(status == "skipped" for _, status in events) == len(QUICK.cells()) - 1
-    assert (quick_sweep / "cells" / redo.key / "row.json").is_file()
+    assert json.loads(done.read_text())["settings"] == redo.settings(QUICK.base).to_run_config()
 
 
 def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
