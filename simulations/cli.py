@@ -170,14 +170,14 @@ def simulate(
     console.print(f"report: {out / 'report.md'}")
 
 
-def _register_detector_commands() -> None:
+def _register_commands() -> None:
     from fedsieve.simulations import detector_cli, sweep_cli
 
     detector_cli.register(app)
     sweep_cli.register(app)
 
 
-_register_detector_commands()
+_register_commands()
 
 
 def main() -> None:

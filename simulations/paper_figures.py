@@ -23,14 +23,6 @@ PAPER_CONTAMINATION = 0.2
 HELD_OUT_CLASS = 9
 
 
-def _pooled(settings: RunSettings, contamination: float) -> tuple[np.ndarray, np.ndarray]:
-    from fedsieve.simulations.pollution import federation_for
-
-    federation = federation_for(settings, contamination)
-    return (np.concatenate([c.x for c in federation.clients]),
-            np.concatenate([c.polluted for c in federation.clients]).astype(int))
-
-
 def _steps(default: int, budget: float) -> int:
     return max(10, int(round(default * budget)))
 
@@ -52,6 +44,7 @@ def table_one(settings: RunSettings, out: Path, budget: float = 1.0) -> dict:
 
     from fedsieve.server.app import trusted_seeds
     from fedsieve.shared.detectors import EGBAD, AnoGAN, RtBiGAN
+    from fedsieve.simulations.pollution import federation_for
     from fedsieve.simulations.sweep import detection_test_set
 
     started = time.perf_counter()
@@ -67,7 +60,7 @@ def table_one(settings: RunSettings, out: Path, budget: float = 1.0) -> dict:
     auc: dict[str, dict[str, float]] = {m: {} for m in methods}
     curves = {}
     for data, rate in (("clean", 0.0), ("polluted", PAPER_CONTAMINATION)):
-        pool, _ = _pooled(settings, rate)
+        pool, _ = federation_for(settings, rate).pooled()
         for name, make in methods.items():
             scores = make().fit(pool, seeds).decision_function(x_test)
             auc[name][data] = float(roc_auc_score(y_test, scores))

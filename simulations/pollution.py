@@ -106,6 +106,12 @@ class Federation:
         """Sample id -> polluted, for joining with a server's audit log."""
         return {int(i): bool(p) for c in self.clients for i, p in zip(c.ids, c.polluted)}
 
+    def pooled(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every client's images in client order and their pollution flags (int, 1 = polluted):
+        what the server's pool of uploads holds when every client uploads everything."""
+        return (np.concatenate([c.x for c in self.clients]),
+                np.concatenate([c.polluted for c in self.clients]).astype(int))
+
     def clean_oracle(self) -> Federation:
         """The same clients with no pollution injected (same partition, same seed set)."""
         return build_federation(**{**self._build_args, "contamination": 0.0, "rates": None,

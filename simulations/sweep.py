@@ -143,16 +143,15 @@ def detector_only(settings: RunSettings, out: Path) -> dict:
     from fedsieve.simulations.pollution import federation_for
 
     torch.manual_seed(settings.seed)
-    federation = federation_for(settings)
-    pool = np.concatenate([c.x for c in federation.clients])
-    polluted = np.concatenate([c.polluted for c in federation.clients]).astype(int)
+    pool, polluted = federation_for(settings).pooled()
     x_test, y_test = detection_test_set(settings)
     detector = make_detector(settings)
+    seeds = trusted_seeds(settings)
     started = time.perf_counter()
     if isinstance(detector, RtBiGAN) and 0 < polluted.sum() < len(polluted):
-        detector.fit(pool, trusted_seeds(settings), y_true=polluted)
+        detector.fit(pool, seeds, y_true=polluted)
     else:
-        detector.fit(pool, trusted_seeds(settings))
+        detector.fit(pool, seeds)
     fit_seconds = time.perf_counter() - started
     test_scores = detector.decision_function(x_test)
     np.savez_compressed(out / "test_scores.npz", scores=test_scores, y=y_test)
