@@ -46,7 +46,9 @@ def as_float_images(x: Any, name: str = "X", allow_empty: bool = False) -> np.nd
     """Validated images as float32 in [0, 1], (N, 28, 28)."""
     x = validate_image_array(x, name, allow_empty)
     if x.dtype == np.uint8:
-        return x.astype(np.float32) / 255.0
+        out = x.astype(np.float32)
+        out /= 255.0  # in place: one float copy of a large pool, not two
+        return out
     return np.ascontiguousarray(x, dtype=np.float32)
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "latent_search_losses",
     "init_model",
     "to_tensor",
+    "RowSet",
 ]
 
 Sampler = Callable[[torch.Generator], torch.Tensor]
@@ -88,8 +89,48 @@ def make_optimizers(model: BiGAN, cfg: LoopConfig) -> tuple[torch.optim.Adam, to
     )
 
 
+class RowSet:
+    """Some rows of a large image array, followed by a few more images, gathered on demand.
+
+    Self-training draws batches from "the pseudo-normal part of the pool plus the seeds"; a
+    RowSet stands for that set without copying the pool, so 100,000 uploads stay one float32
+    array while the detector trains and scores.
+
+    Parameters
+    ----------
+    pool : numpy.ndarray
+        float32 (N, 28, 28).
+    rows : numpy.ndarray
+        Indices into ``pool`` of the rows that belong to the set, in order.
+    extra : numpy.ndarray, optional
+        float32 (M, 28, 28) images appended after the pool rows (the trusted seeds).
+    """
+
+    def __init__(self, pool: np.ndarray, rows: np.ndarray, extra: np.ndarray | None = None):
+        self.pool = pool
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.extra = np.empty((0, 28, 28), np.float32) if extra is None else extra
+
+    def __len__(self) -> int:
+        return len(self.rows) + len(self.extra)
+
+    def __getitem__(self, index: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """The images at positions ``index`` as a (B, 1, 28, 28) tensor."""
+        k = np.asarray(index, dtype=np.int64)
+        in_pool = k < len(self.rows)
+        out = np.empty((len(k), 28, 28), np.float32)
+        out[in_pool] = self.pool[self.rows[k[in_pool]]]
+        out[~in_pool] = self.extra[k[~in_pool] - len(self.rows)]
+        return torch.from_numpy(out).unsqueeze(1)
+
+    def chunks(self, size: int):
+        """Consecutive (B, 1, 28, 28) tensors of at most ``size`` images, in order."""
+        for start in range(0, len(self), size):
+            yield self[np.arange(start, min(start + size, len(self)))]
+
+
 def batch_sampler(
-    data: torch.Tensor,
+    data: torch.Tensor | RowSet,
     batch_size: int,
     anchors: torch.Tensor | None = None,
     anchor_fraction: float = 0.25,

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from fedsieve.shared.detectors.base import BaseDetector
-from fedsieve.shared.detectors.bigan import LoopConfig, bigan_losses, to_tensor
+from fedsieve.shared.detectors.bigan import LoopConfig, RowSet, bigan_losses
 from fedsieve.shared.networks import BiGAN, NetConfig
 
 #: Added to the per-pixel normal residual before inverting it, so that pixels that are
@@ -65,15 +65,14 @@ class GANDetector(BaseDetector):
             self.score_norm_ = np.array([max(lg.mean(), 1e-8), max(ld.mean(), 1e-8)])
 
     @torch.no_grad()
-    def _set_pixel_weight(self, reference: np.ndarray | None) -> None:
+    def _set_pixel_weight(self, reference: RowSet | None) -> None:
         """Weight each pixel's residual by the inverse of its mean residual on ``reference``
         (the current normal set), so ink where normal images never have any counts more."""
         self.pixel_weight_ = None
         if reference is None or not getattr(self, "pixel_weighting", False):
             return
         total = torch.zeros(1, 28, 28)
-        for i in range(0, len(reference), 2000):
-            x = to_tensor(reference[i : i + 2000])
+        for x in reference.chunks(2000):
             total += (x - self.model_.G(self.model_.E(x))).abs().sum(0)
         w = 1.0 / (total / len(reference) + PIXEL_EPS)
         self.pixel_weight_ = w / w.mean()

@@ -8,11 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from sklearn.metrics import roc_auc_score
 
 from fedsieve.shared.detectors.base import check_images, images_sha256
-from fedsieve.shared.detectors.bigan import batch_sampler, init_model, to_tensor, train_loop
+from fedsieve.shared.detectors.bigan import (
+    RowSet,
+    batch_sampler,
+    init_model,
+    to_tensor,
+    train_loop,
+)
 from fedsieve.shared.detectors.gan import GANDetector
 from fedsieve.shared.networks import NetConfig
 
@@ -193,7 +198,6 @@ class RtBiGAN(GANDetector):
         opts = None
         labels = None
         scores = self._score(X)
-        pool_t = to_tensor(X)
         for rnd in range(int(self.self_training_rounds) + 1):
             seed_scores = self._score(seed)
             thr = self._threshold(scores, seed_scores)
@@ -206,13 +210,12 @@ class RtBiGAN(GANDetector):
                 self._callback(self, rnd)
             if rnd == int(self.self_training_rounds) or (rnd > 0 and changed < self.stop_tol):
                 break
-            normal = pool_t[torch.from_numpy(labels == 0)]
+            # The pseudo-normal set is gathered batch by batch: the pool is never copied.
             anchors = seeds_t if self.seed_anchors else None
-            if self.seed_anchors:
-                normal = torch.cat([normal, seeds_t])
+            normal = RowSet(X, np.flatnonzero(labels == 0), seed if self.seed_anchors else None)
             sampler = batch_sampler(normal, cfg.batch_size, anchors, self.anchor_fraction)
             opts = train_loop(self.model_, sampler, int(self.steps_per_round), cfg, gen, opts)
-            self._set_pixel_weight(normal.squeeze(1).numpy())
+            self._set_pixel_weight(normal)
             self._set_norm(seed)
             scores = self._score(X)
         self.pseudo_labels_ = labels
