@@ -80,11 +80,30 @@ def build_strategy(settings: RunSettings, num_nodes: int, run_dir: Path) -> Stra
     inner = make_aggregator(settings, num_nodes)
     if settings.detector == DETECTORS_NONE:
         return inner
-    return AnomalyFilter(inner, make_detector(settings), seed_images=trusted_seeds(settings),
+    detector = make_detector(settings)
+    check_meta_checkpoint(detector)
+    return AnomalyFilter(inner, detector, seed_images=trusted_seeds(settings),
                          screen_every=settings.screen_every,
                          upload_fraction=settings.upload_fraction,
                          max_client_contamination=settings.max_client_contamination,
                          run_dir=run_dir, random_state=settings.seed)
+
+
+def check_meta_checkpoint(detector) -> None:
+    """Load the detector's meta checkpoint once now, so that a missing, corrupt or foreign
+    file stops the server before any client is contacted (not mid-screening).
+
+    Raises
+    ------
+    fedsieve.shared.checkpoint.CheckpointError
+        Naming the file and what is wrong with it.
+    """
+    from fedsieve.shared.checkpoint import default_meta_checkpoint, load_meta
+
+    path = detector.get_params().get("meta_checkpoint")
+    if path is None:
+        return
+    load_meta(default_meta_checkpoint() if str(path) == "default" else path)
 
 
 def wait_for_nodes(grid: Grid, minimum: int, timeout: float = 600.0) -> int:

@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, version
+from logging import WARNING
 from pathlib import Path
 
 import numpy as np
+from flwr.common.logger import log
 
 
 class AuditLog:
@@ -33,6 +37,35 @@ class AuditLog:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._set_torn_tail_aside()
+
+    def _set_torn_tail_aside(self) -> None:
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            return
+        with self.path.open("rb+") as handle:
+            data = handle.read()
+            if data.endswith(b"\n"):
+                return
+            keep = data.rfind(b"\n") + 1
+            torn = self.path.with_name(self.path.name + ".torn")
+            with torn.open("ab") as aside:
+                aside.write(data[keep:] + b"\n")
+            handle.truncate(keep)
+            handle.flush()
+            os.fsync(handle.fileno())
+        log(WARNING, "fedsieve: %s ended in a partial line (a crash mid-write); moved its "
+            "%d bytes to %s and continuing after the last complete entry", self.path,
+            len(data) - keep, torn)
+
+    def write_start(self, server_round: int, **details: float | int | str) -> None:
+        """Record that a server (re)started deciding at ``server_round``."""
+        try:
+            fedsieve = version("fedsieve")
+        except PackageNotFoundError:  # pragma: no cover - running from a source tree
+            fedsieve = "unknown"
+        self._append([json.dumps({"kind": "start", "round": server_round,
+                                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                  "pid": os.getpid(), "fedsieve": fedsieve, **details})])
 
     def write_samples(self, server_round: int, node_id: int, ids: np.ndarray,
                       scores: np.ndarray, verdicts: np.ndarray, threshold: float) -> None:
@@ -58,7 +91,7 @@ class AuditLog:
 
 
 def read_audit(path: str | Path) -> Iterator[dict]:
-    """Iterate over the entries of an audit log."""
+    """Iterate over the entries of an audit log (``kind`` says which: sample, client, start)."""
     with Path(path).open(encoding="utf-8") as handle:
         for line in handle:
             if line.strip():

@@ -9,7 +9,8 @@ change, the way Flower's ``DifferentialPrivacyServerSide*`` wrappers do. What it
 2. **Verdicts** travel in each client's own train message: an ``ArrayRecord`` of ids to drop.
 3. **Exclusion** before aggregation: clients that failed screening, whose estimated
    contamination exceeds ``max_client_contamination``, or that report more training samples
-   than they kept never reach the inner strategy.
+   than they kept never reach the inner strategy. Clients whose training failed or that
+   never replied are recorded too (the inner strategy skips them as usual).
 4. **Audit**: every decision goes to ``<run_dir>/audit.jsonl``; per-round figures go to
    :attr:`history` and into the round's train MetricRecord.
 
@@ -39,7 +40,7 @@ from fedsieve.shared.protocol import VERDICT_RECORD, encode_verdicts
 
 #: Exclusion reasons, also reported as integer codes in MetricRecords (which hold numbers only).
 REASON_CODES = {"failed-screening": 1, "too-polluted": 2, "over-reported": 3, "not-screened": 4,
-                "nothing-kept": 5}
+                "nothing-kept": 5, "train-error": 6, "dropped-out": 7}
 
 
 class AnomalyFilter(Strategy):
@@ -121,6 +122,10 @@ class AnomalyFilter(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         started = time.perf_counter()
+        if self.audit is not None and self._screening is None:
+            # A (re)started server says so in the log before its first decision.
+            self.audit.write_start(server_round, detector=repr(self.detector),
+                                   seeds=len(self.seed_images))
         if self._needs_screening(server_round):
             self._screening = self._screen(server_round, grid)
         messages = []
@@ -142,10 +147,13 @@ class AnomalyFilter(Strategy):
     def aggregate_train(self, server_round: int, replies: Iterable[Message],
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         started = time.perf_counter()
-        accepted = []
+        accepted, answered = [], set()
         for reply in replies:
             node = int(reply.metadata.src_node_id)
+            answered.add(node)
             if reply.has_error():
+                self._excluded[node] = ("train-error: the client raised an error while "
+                                        f"training: {reply.error.reason}")
                 accepted.append(reply)  # the inner strategy logs and skips failures
                 continue
             if node not in self._allowed:
@@ -158,6 +166,9 @@ class AnomalyFilter(Strategy):
                 log(WARNING, "fedsieve: node %s %s", node, self._excluded[node])
                 continue
             accepted.append(reply)
+        for node in sorted(set(self._allowed) - answered):
+            self._excluded[node] = ("dropped-out: no reply to the train message (the client "
+                                    "disconnected or timed out)")
         arrays, metrics = (self.strategy.aggregate_train(server_round, accepted)
                            if accepted else (None, None))
         self._round_seconds += time.perf_counter() - started
@@ -255,6 +266,8 @@ class AnomalyFilter(Strategy):
             "estimated_contamination": {n: verdicts[n].estimated_contamination for n in nodes},
             "excluded": excluded,
             "screening_seconds": screening.seconds if fresh else 0.0,
+            "upload_seconds": screening.upload_seconds if fresh else 0.0,
+            "detector_seconds": screening.detector_seconds if fresh else 0.0,
             "filter_seconds": self._round_seconds,
         }
         record["metrics"] = {

@@ -1,8 +1,12 @@
-"""An in-process Grid for fast strategy tests.
+"""An in-process Grid: real ClientApps, real messages, no network.
 
-It delivers each message straight to a real ClientApp and returns its real reply (or a Flower
-error reply when the app raises), with no network in between. Flower's own simulation engine
-and a real SuperLink are exercised by test_simulation.py and test_deployment.py.
+:class:`LoopbackGrid` delivers each message straight to a real ClientApp and returns its real
+reply, or a Flower error reply when the app raises, as Flower's engines do. A node that raises
+:class:`~fedsieve.simulations.faults.NoReply`, or is listed in ``silent``, does not answer at
+all (a dropped-out or timed-out client). The strategy tests and the stress benchmark use it to
+drive :class:`~fedsieve.server.AnomalyFilter` through hundreds of clients in one process;
+Flower's simulation engine and a real SuperLink are exercised by ``fedsieve simulate`` and the
+deployment test.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedsieve.simulations.faults import NoReply
+
 
 def set_server_identity() -> None:
     """What a running ServerApp has: the identity messages are created under."""
@@ -21,7 +27,17 @@ def set_server_identity() -> None:
 
 
 class LoopbackGrid(Grid):
-    """Delivers messages to ``apps[node_id]``; nodes in ``silent`` never answer."""
+    """Delivers messages to ``apps[node_id]``; nodes in ``silent`` never answer.
+
+    Parameters
+    ----------
+    apps : dict
+        node id -> ClientApp.
+    node_configs : dict, optional
+        node id -> the node's ``node_config`` (e.g. ``partition-id`` or ``data-path``).
+    run_config : dict, optional
+        The run config every node's Context carries.
+    """
 
     def __init__(self, apps: dict[int, ClientApp], node_configs: dict[int, dict] | None = None,
                  run_config: dict | None = None) -> None:
@@ -65,6 +81,8 @@ class LoopbackGrid(Grid):
                 continue
             try:
                 reply = self.apps[node](message, self.contexts[node])
+            except NoReply:
+                continue
             except Exception as err:  # what Flower turns into an error reply
                 reply = Message(Error(code=1, reason=f"{type(err).__name__}: {err}"),
                                 reply_to=message)

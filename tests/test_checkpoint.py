@@ -90,3 +90,18 @@ def test_shipped_meta_checkpoint_loads_and_scores():
     seed = load_mnist("train").images[:10]
     det = RtBiGAN(self_training_rounds=0).fit(seed, seed)
     assert np.isfinite(det.decision_function(load_mnist("test").images[:20])).all()
+
+
+def test_no_load_path_can_unpickle():
+    """No module of the package calls a loader that unpickles (torch.load, pickle, joblib,
+    np.load with allow_pickle=True)."""
+    import re
+
+    from conftest import REPO
+
+    unsafe = re.compile(r"torch\.load\(|pickle\.loads?\(|joblib\.load\(|allow_pickle\s*=\s*True")
+    hits = [f"{path.relative_to(REPO)}:{n}"
+            for folder in ("shared", "server", "client", "simulations")
+            for path in (REPO / folder).rglob("*.py")
+            for n, line in enumerate(path.read_text().splitlines(), 1) if unsafe.search(line)]
+    assert hits == []

@@ -1,4 +1,4 @@
-"""A real deployment on 127.0.0.1: flower-superlink, two flower-supernodes, ``flwr run``.
+"""A real deployment on 127.0.0.1: flower-superlink, five flower-supernodes, ``flwr run``.
 
 Each SuperNode gets its own polluted partition through ``--node-config data-path=...``; the
 ServerApp gets the trusted seed file through the run config. The test checks that polluted
@@ -25,7 +25,7 @@ from fedsieve.server.audit import read_audit
 from fedsieve.simulations.pollution import build_federation
 
 BIN = Path(sys.executable).parent
-NUM_NODES = 2
+NUM_NODES = 5
 
 
 def free_port() -> int:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
-from hostile import BAD_UPLOADS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from fedsieve.shared import protocol as p
 from fedsieve.shared.protocol import ProtocolError, UploadRequest, decode_upload, encode_upload
+from fedsieve.simulations.faults import BAD_UPLOADS
 
 
 def local_data(n=25, seed=0):

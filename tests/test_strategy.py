@@ -10,8 +10,6 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg
-from hostile import BAD_UPLOADS
-from loopback import LoopbackGrid
 
 from fedsieve.client import FedSieve
 from fedsieve.client.app import make_client_app
@@ -21,6 +19,8 @@ from fedsieve.shared.classifier import DigitNet
 from fedsieve.shared.config import RunSettings
 from fedsieve.shared.detectors import make_detector
 from fedsieve.shared.protocol import UPLOAD_ACTION, VERDICT_RECORD, encode_upload
+from fedsieve.simulations.faults import BAD_UPLOADS
+from fedsieve.simulations.loopback import LoopbackGrid
 from fedsieve.simulations.pollution import ID_STRIDE, build_federation
 
 NODES = [101, 202, 303, 404]
