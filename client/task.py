@@ -1,9 +1,11 @@
 """The example task's local data: which samples this simulated or deployed client holds.
 
 A deployed SuperNode points ``node-config`` at its own file (``data-path=".../client.npz"``
-with ``x``, ``y``, ``ids``, e.g. written by ``fedsieve pollute``). A simulated node rebuilds its
-partition of the polluted example federation from the run settings, the way Flower examples
-load their partition from flwr-datasets; only the public arrays (no ground truth) are kept.
+with ``x``, ``y``, ``ids``, e.g. written by ``fedsieve pollute``). A simulated node loads
+``client_<partition-id>.npz`` from ``federation-dir`` when the run sets it (``fedsieve
+simulate`` does), and otherwise rebuilds its partition of the polluted example federation from
+the run settings, the way Flower examples load their partition from flwr-datasets; only the
+public arrays (no ground truth) are kept.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ def load_local_data(context: Context, settings: RunSettings) -> LocalData:
     if path:
         return _from_file(str(path))
     partition = int(context.node_config.get("partition-id", 0))
+    if settings.federation_dir:
+        return _from_file(str(Path(settings.federation_dir) / f"client_{partition}.npz"))
     # Flower's simulation engine says how many partitions there are: it wins over the setting.
     num_clients = int(context.node_config.get("num-partitions", settings.num_clients))
     return _simulated(replace(settings, num_clients=num_clients), partition)

@@ -47,6 +47,10 @@ class RunSettings:
         Where the audit log and results go (default ``runs/run-<run id>``).
     data_root : str
         Data folder searched first by the loaders.
+    federation_dir : str
+        Folder of ready client files (``client_<partition-id>.npz``) for simulated nodes;
+        ``fedsieve simulate`` fills it so that each simulated ClientApp loads its partition
+        instead of rebuilding the whole federation. Empty: rebuild from the settings.
     """
 
     num_server_rounds: int = 3
@@ -72,6 +76,7 @@ class RunSettings:
     seed: int = 0
     run_dir: str = ""
     data_root: str = ""
+    federation_dir: str = ""
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, object]) -> RunSettings:

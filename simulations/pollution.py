@@ -12,6 +12,7 @@ come from independent streams spawned from it.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -343,13 +344,22 @@ def federation_for(settings: RunSettings, contamination: float | None = None) ->
     """The federation that a run's settings describe (``contamination`` overrides theirs).
 
     The ServerApp, the simulated ClientApps and the reports all rebuild the same federation
-    from the same settings: it is deterministic.
+    from the same settings: it is deterministic. The last few are kept in memory, so a sweep
+    cell's simulation, detector-only run and report share one build.
     """
-    return build_federation(
+    return _cached_federation(
         settings.num_clients, settings.contamination if contamination is None else contamination,
-        partition=settings.partition, profile=settings.profile,
-        label_policy=settings.label_policy, seed=settings.seed,
-        seed_set_size=settings.seed_set_size, root=settings.data_root or None)
+        settings.partition, settings.profile, settings.label_policy, settings.seed,
+        settings.seed_set_size, settings.data_root or None)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_federation(num_clients: int, contamination: float, partition: str, profile: str,
+                       label_policy: str, seed: int, seed_set_size: int,
+                       root: str | None) -> Federation:
+    return build_federation(num_clients, contamination, partition=partition, profile=profile,
+                            label_policy=label_policy, seed=seed, seed_set_size=seed_set_size,
+                            root=root)
 
 
 def _check_rate(rate: float, what: str) -> None:

@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+
+import numpy as np
 
 from fedsieve.shared.config import RunSettings
 
@@ -39,17 +42,39 @@ def settings_for_defense(settings: RunSettings, defense: str) -> RunSettings:
     return replace(settings, aggregator=aggregator, detector=detector)
 
 
-def run_federation(settings: RunSettings, run_dir: Path, *, verbose: bool = False) -> dict:
-    """Run the apps in Flower's simulation engine; returns the ServerApp's ``result.json``."""
+def run_federation(settings: RunSettings, run_dir: Path, *, federation=None,
+                   verbose: bool = False) -> dict:
+    """Run the apps in Flower's simulation engine; returns the ServerApp's ``result.json``.
+
+    The clients' files are written once (from ``federation``, or the one the settings
+    describe) into a temporary ``federation-dir``, so the simulated ClientApps load their
+    partition instead of each rebuilding the whole federation.
+    """
+
+    from fedsieve.simulations.pollution import federation_for
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("audit.jsonl", "result.json"):
+        (run_dir / stale).unlink(missing_ok=True)
+    federation = federation or federation_for(settings)
+    with tempfile.TemporaryDirectory(dir=run_dir, prefix="clients-") as clients:
+        for i, client in enumerate(federation.clients):
+            np.savez(Path(clients) / f"client_{i}.npz", **client.public_arrays())
+        settings = replace(settings, run_dir=str(run_dir), federation_dir=clients)
+        _run_apps(settings, verbose)
+    result_path = run_dir / "result.json"
+    if not result_path.is_file():
+        raise RuntimeError(f"the simulation ended without {result_path}; rerun with "
+                           "--verbose to see Flower's log")
+    return json.loads(result_path.read_text())
+
+
+def _run_apps(settings: RunSettings, verbose: bool) -> None:
     from flwr.simulation import run_simulation
 
     from fedsieve.client.app import make_client_app
     from fedsieve.server.app import make_server_app
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("audit.jsonl", "result.json"):
-        (run_dir / stale).unlink(missing_ok=True)
-    settings = replace(settings, run_dir=str(run_dir))
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     # One CPU per ClientApp actor: both cores work; Ray quietly, without its dashboard.
@@ -59,11 +84,6 @@ def run_federation(settings: RunSettings, run_dir: Path, *, verbose: bool = Fals
                              "logging_level": "error"}}
     run_simulation(make_server_app(settings), make_client_app(settings),
                    num_supernodes=settings.num_clients, backend_config=backend)
-    result_path = run_dir / "result.json"
-    if not result_path.is_file():
-        raise RuntimeError(f"the simulation ended without {result_path}; rerun with "
-                           "--verbose to see Flower's log")
-    return json.loads(result_path.read_text())
 
 
 def simulate(settings: RunSettings, out: Path, *, progress=None, verbose: bool = False) -> dict:
@@ -87,7 +107,7 @@ def simulate(settings: RunSettings, out: Path, *, progress=None, verbose: bool =
     say(f"running {settings.num_server_rounds} rounds on {settings.num_clients} simulated "
         f"clients (aggregator {settings.aggregator}, detector {settings.detector})")
     started = time.perf_counter()
-    result = run_federation(settings, out, verbose=verbose)
+    result = run_federation(settings, out, federation=federation, verbose=verbose)
     wall = time.perf_counter() - started
     say("joining the audit log with the ground truth")
     detection = detection_report(federation, out / "audit.jsonl")

@@ -176,6 +176,11 @@ def verdicts(rows: Sequence[dict]) -> list[str]:
             best = max(here, key=lambda d: here[d][0])
             text = (f"- {'/'.join(group)}, c={level:g}: best **{best}** "
                     f"({here[best][0]:.4f})")
+            # Differences smaller than the seeds' own spread are not a ranking.
+            tied = sorted(d for d in here if d != best and here[best][0] - here[d][0]
+                          <= max(here[best][1], here[d][1]))
+            if tied:
+                text += f", within the seed spread of {', '.join(tied)}"
             if oracle:
                 gap = 100 * (here[best][0] - oracle[0])
                 text += f", {gap:+.2f} pp vs the clean oracle ({oracle[0]:.4f})"
