@@ -43,19 +43,29 @@ class AuditLog:
         if not self.path.is_file() or self.path.stat().st_size == 0:
             return
         with self.path.open("rb+") as handle:
-            data = handle.read()
-            if data.endswith(b"\n"):
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(size - 1)
+            if handle.read(1) == b"\n":
                 return
-            keep = data.rfind(b"\n") + 1
+            keep, end = 0, size  # find the last newline, reading backwards block by block
+            while end > 0:
+                start = max(0, end - 65536)
+                handle.seek(start)
+                newline = handle.read(end - start).rfind(b"\n")
+                if newline >= 0:
+                    keep = start + newline + 1
+                    break
+                end = start
+            handle.seek(keep)
             torn = self.path.with_name(self.path.name + ".torn")
             with torn.open("ab") as aside:
-                aside.write(data[keep:] + b"\n")
+                aside.write(handle.read() + b"\n")
             handle.truncate(keep)
             handle.flush()
             os.fsync(handle.fileno())
         log(WARNING, "fedsieve: %s ended in a partial line (a crash mid-write); moved its "
             "%d bytes to %s and continuing after the last complete entry", self.path,
-            len(data) - keep, torn)
+            size - keep, torn)
 
     def write_start(self, server_round: int, **details: float | int | str) -> None:
         """Record that a server (re)started deciding at ``server_round``."""
