@@ -119,6 +119,7 @@ def screening_stress(settings: RunSettings, images: int = 100_000, *,
         messages = list(strategy.configure_train(
             1, ArrayRecord(DigitNet().state_dict()), ConfigRecord(), grid))
         screened = time.perf_counter()
+        rss_screening = peak_rss_mb()
         arrays, _ = strategy.aggregate_train(1, grid.send_and_receive(messages))
         finished = time.perf_counter()
 
@@ -151,6 +152,7 @@ def screening_stress(settings: RunSettings, images: int = 100_000, *,
         "uploads_screened_per_second": record["uploaded"] / (screened - started),
         "round_seconds": finished - started,
         "peak_rss_mb_before_round": rss_before,
+        "peak_rss_mb_after_screening": rss_screening,
         "peak_rss_mb": peak_rss_mb(),
         "faults_injected": len(injected),
         "faults_survived": sum(survived.values()),

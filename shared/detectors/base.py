@@ -32,12 +32,17 @@ def check_images(X: Any, name: str = "X", allow_empty: bool = False) -> np.ndarr
     return as_float_images(X, name, allow_empty)
 
 
-def images_sha256(X: np.ndarray) -> str:
-    """SHA-256 of validated images quantised back to uint8 (stable across input dtypes)."""
+def images_sha256(X: np.ndarray, chunk: int = 4096) -> str:
+    """SHA-256 of validated images quantised back to uint8 (stable across input dtypes).
+
+    Hashed ``chunk`` images at a time, so a large float pool is never quantised whole.
+    """
     import hashlib
 
-    q = as_uint8_images(X)
-    return hashlib.sha256(np.ascontiguousarray(q).tobytes()).hexdigest()
+    digest = hashlib.sha256()
+    for start in range(0, len(X), chunk):
+        digest.update(np.ascontiguousarray(as_uint8_images(X[start:start + chunk])).tobytes())
+    return digest.hexdigest()
 
 
 class BaseDetector:
