@@ -35,6 +35,10 @@ __all__ = [
 
 Sampler = Callable[[torch.Generator], torch.Tensor]
 
+#: Images per forward pass when scoring: the activations of a batch of 512 take ~100 MB, so
+#: screening 100,000 uploads stays within the server's memory budget (2,000 needed ~400 MB).
+SCORE_BATCH = 512
+
 
 @dataclass(frozen=True)
 class LoopConfig:
@@ -233,7 +237,7 @@ def bigan_losses(
     model: BiGAN,
     X: np.ndarray,
     pixel_weight: torch.Tensor | None = None,
-    batch_size: int = 2000,
+    batch_size: int = SCORE_BATCH,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-image ``L_G`` and ``L_D`` of a BiGAN (float64 arrays of shape (N,)).
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from fedsieve.shared.detectors.base import BaseDetector
-from fedsieve.shared.detectors.bigan import LoopConfig, RowSet, bigan_losses
+from fedsieve.shared.detectors.bigan import SCORE_BATCH, LoopConfig, RowSet, bigan_losses
 from fedsieve.shared.networks import BiGAN, NetConfig
 
 #: Added to the per-pixel normal residual before inverting it, so that pixels that are
@@ -72,7 +72,7 @@ class GANDetector(BaseDetector):
         if reference is None or not getattr(self, "pixel_weighting", False):
             return
         total = torch.zeros(1, 28, 28)
-        for x in reference.chunks(2000):
+        for x in reference.chunks(SCORE_BATCH):
             total += (x - self.model_.G(self.model_.E(x))).abs().sum(0)
         w = 1.0 / (total / len(reference) + PIXEL_EPS)
         self.pixel_weight_ = w / w.mean()
