@@ -5,8 +5,9 @@
 
 Phase 1 runs :func:`fedsieve.simulations.stress.screening_stress` in a fresh process so that
 its peak resident memory (``ru_maxrss``) is the server's plus that of the in-process clients
-(their files and local training): an upper bound for the server alone. Phase 2 runs ``fedsieve simulate`` with
-``--sim-clients`` simulated clients in Flower's simulation engine and reports its wall time.
+(their files and local training): an upper bound for the server alone. Phase 2 runs
+``fedsieve simulate`` with ``--sim-clients`` simulated clients in Flower's simulation engine
+and reports its wall time.
 """
 
 from __future__ import annotations
