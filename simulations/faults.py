@@ -19,9 +19,8 @@ import numpy as np
 from flwr.app import Array, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedsieve.client.sdk import SampleFn
 from fedsieve.shared import protocol as p
-
-SampleFn = Callable[[Context], tuple[np.ndarray, np.ndarray]]
 
 
 class NoReply(Exception):  # noqa: N818 - a signal, not an error
@@ -94,15 +93,16 @@ CLIENT_FAULTS = {
     "over-report": "over-reported: claims",
 }
 
+_BAD_UPLOAD_FAULTS = {f"bad-upload:{b.name}": b for b in BAD_UPLOADS}
+
 #: Every fault :func:`faulty_client_app` can inject.
-FAULT_NAMES = (*CLIENT_FAULTS, *(f"bad-upload:{b.name}" for b in BAD_UPLOADS))
+FAULT_NAMES = (*CLIENT_FAULTS, *_BAD_UPLOAD_FAULTS)
 
 
 def expected_reason(fault: str) -> str:
     """Regex of the exclusion reason the server must record for ``fault``."""
-    if fault.startswith("bad-upload:"):
-        name = fault.split(":", 1)[1]
-        return next(b.message for b in BAD_UPLOADS if b.name == name)
+    if fault in _BAD_UPLOAD_FAULTS:
+        return _BAD_UPLOAD_FAULTS[fault].message
     return CLIENT_FAULTS[fault]
 
 
@@ -118,8 +118,7 @@ def faulty_client_app(fault: str, samples: SampleFn) -> ClientApp:
     """
     if fault not in FAULT_NAMES:
         raise ValueError(f"unknown fault {fault!r}; pick one of {', '.join(FAULT_NAMES)}")
-    mutate = (next(b.mutate for b in BAD_UPLOADS if b.name == fault.split(":", 1)[1])
-              if fault.startswith("bad-upload:") else None)
+    mutate = _BAD_UPLOAD_FAULTS[fault].mutate if fault in _BAD_UPLOAD_FAULTS else None
     app = ClientApp()
 
     @app.query(p.UPLOAD_ACTION)
