@@ -276,6 +276,44 @@ def write_results(rows: Sequence[dict], out: Path, meta: dict) -> None:
                              for c in CSV_COLUMNS] + [accuracy.get(r, "") for r in rounds])
 
 
+def cell_test_scores(grid: SweepGrid, out: Path, group: tuple[str, str, str], *,
+                     seed: int) -> Callable[[object, float], np.ndarray | None]:
+    """Look up the test scores a finished cell's detector-only run saved, for a detector
+    that would score exactly the same: same class and parameters (the threshold aside,
+    it does not move scores), same federation family, contamination and seed.
+
+    Returns
+    -------
+    callable
+        ``lookup(detector, contamination)`` -> scores of :func:`detection_test_set`, or None.
+    """
+    from fedsieve.server.app import make_detector
+
+    def scoring_params(detector) -> tuple[type, dict]:
+        params = detector.get_params()
+        return type(detector), {k: v for k, v in params.items() if not k.startswith("threshold")}
+
+    def lookup(detector, contamination: float) -> np.ndarray | None:
+        for cell in grid.cells():
+            settings = cell.settings(grid.base)
+            if (cell.group, cell.seed, cell.contamination) != (group, seed, contamination) \
+                    or settings.detector == DETECTORS_NONE:
+                continue
+            if scoring_params(make_detector(settings)) != scoring_params(detector):
+                continue
+            cell_dir = out / "cells" / cell.key
+            row = cell_dir / "row.json"
+            scores = cell_dir / "test_scores.npz"
+            done = json.loads(row.read_text()) if row.is_file() else {}
+            if done.get("status") == "ok" and scores.is_file() \
+                    and done.get("settings") == settings.to_run_config():
+                with np.load(scores) as saved:
+                    return saved["scores"]
+        return None
+
+    return lookup
+
+
 def paper_phase(grid: SweepGrid, out: Path) -> dict:
     """Table I / Fig. 4 and Fig. 3 on the first federation family, seed 0; cached in
     ``out/paper.json`` like the cells."""
@@ -286,7 +324,8 @@ def paper_phase(grid: SweepGrid, out: Path) -> dict:
         return json.loads(cached.read_text())
     first = grid.cells()[0]
     settings = replace(first.settings(grid.base), seed=0)
-    paper = {"table_one": table_one(settings, out, grid.paper_budget),
+    paper = {"table_one": table_one(settings, out, grid.paper_budget,
+                                    fitted=cell_test_scores(grid, out, first.group, seed=0)),
              "fig3": fig3_adaptation(settings, out, grid.paper_budget)}
     cached.write_text(json.dumps(paper, indent=1))
     return paper

@@ -258,7 +258,9 @@ def write_sweep_report(rows: Sequence[dict], out: Path, meta: dict) -> Path:
         t = paper["table_one"]
         lines += ["## The paper's Table I beside ours (test AUC)", "",
                   f"Ours: trained on the pooled client data, clean and at "
-                  f"{0.2:.0%} pollution; training budget x{t['budget']:g}.", "",
+                  f"{0.2:.0%} pollution; training budget x{t['budget']:g}."
+                  + (f" Taken from the sweep's own detector-only cells (the same fit): "
+                     f"{', '.join(t['reused'])}." if t.get("reused") else ""), "",
                   "| method | paper clean | paper polluted | ours clean | ours polluted |",
                   "|---|---|---|---|---|"]
         for method, (clean, polluted) in t["paper"].items():

@@ -6,6 +6,7 @@ import csv
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -117,3 +118,32 @@ def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert (tmp_path / "cells" / failed[0]["key"] / "error.txt").is_file()
     assert result["rows"][0]["status"] == "ok"  # the oracle still ran
     assert "Failed cells" in (tmp_path / "report.md").read_text()
+
+
+def test_paper_table_reuses_only_an_identical_cell_fit(tmp_path):
+    from fedsieve.shared.detectors import EGBAD, RtBiGAN
+    from fedsieve.simulations.sweep import cell_test_scores
+
+    grid = SweepGrid(contamination=(0.0, 0.2), defenses=("rtbigan", "egbad"), seeds=2)
+    done = next(c for c in grid.cells() if (c.defense, c.contamination, c.seed)
+                == ("rtbigan", 0.2, 0))
+    cell_dir = tmp_path / "cells" / done.key
+    cell_dir.mkdir(parents=True)
+    saved = np.linspace(0, 1, 8)
+    np.savez(cell_dir / "test_scores.npz", scores=saved, y=np.r_[np.zeros(4), np.ones(4)])
+    row = {"status": "ok", "settings": done.settings(grid.base).to_run_config()}
+    (cell_dir / "row.json").write_text(json.dumps(row))
+    lookup = cell_test_scores(grid, tmp_path, done.group, seed=0)
+
+    np.testing.assert_array_equal(lookup(RtBiGAN(random_state=0), 0.2), saved)
+    # The threshold does not move scores; everything else does.
+    assert lookup(RtBiGAN(threshold_policy="seed-quantile", random_state=0), 0.2) is not None
+    assert lookup(RtBiGAN(steps_per_round=50, random_state=0), 0.2) is None
+    assert lookup(RtBiGAN(random_state=1), 0.2) is None
+    assert lookup(RtBiGAN(random_state=0), 0.0) is None  # that cell never ran
+    assert lookup(EGBAD(random_state=0), 0.2) is None  # nor did EGBAD's
+    assert cell_test_scores(grid, tmp_path, done.group, seed=1)(RtBiGAN(random_state=1),
+                                                                0.2) is None
+    row["settings"]["local-epochs"] += 1  # a stale cell of another grid is not reused
+    (cell_dir / "row.json").write_text(json.dumps(row))
+    assert lookup(RtBiGAN(random_state=0), 0.2) is None
