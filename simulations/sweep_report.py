@@ -221,8 +221,10 @@ def write_sweep_report(rows: Sequence[dict], out: Path, meta: dict) -> Path:
     lines = ["# fedsieve sweep", "",
              f"Command: `{meta['command']}`  ",
              f"{grid['base']['num-clients']} clients, {grid['base']['num-server-rounds']} rounds "
-             f"x {grid['base']['local-epochs']} local epochs, {grid['seeds']} seed(s); wall time "
-             f"{meta['wall_seconds'] / 60:.1f} min on {meta['machine']['cpu']} "
+             f"x {grid['base']['local-epochs']} local epochs, {grid['seeds']} seed(s); "
+             f"{meta['wall_seconds'] / 60:.1f} min of cells and paper figures, "
+             f"{meta['this_invocation_seconds'] / 60:.1f} min for this invocation (less when "
+             f"it resumed finished cells), on {meta['machine']['cpu']} "
              f"({meta['machine']['cores']} cores).", "",
              "## Verdict per contamination rate", "", *verdicts(rows), ""]
     acc = aggregate(rows, "final_accuracy")
