@@ -18,11 +18,15 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedsieve.shared.config import DETECTORS_NONE, RunSettings
 from fedsieve.simulations.simulate import DEFENSES, settings_for_defense
+
+if TYPE_CHECKING:
+    from fedsieve.simulations.paper_figures import FittedScores
 
 #: Defense label of the clean oracle: the same clients without pollution, plain FedAvg.
 ORACLE = "oracle"
@@ -277,7 +281,7 @@ def write_results(rows: Sequence[dict], out: Path, meta: dict) -> None:
 
 
 def cell_test_scores(grid: SweepGrid, out: Path, group: tuple[str, str, str], *,
-                     seed: int) -> Callable[[object, float], np.ndarray | None]:
+                     seed: int) -> FittedScores:
     """Look up the test scores a finished cell's detector-only run saved, for a detector
     that would score exactly the same: same class and parameters (the threshold aside,
     it does not move scores), same federation family, contamination and seed.
