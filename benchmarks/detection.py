@@ -24,13 +24,13 @@ REPO = Path(__file__).resolve().parents[1]
 PAPER = {"AnoGAN": (0.99, 0.46), "EGBAD": (0.98, 0.52), "Rt-BiGAN": (0.98, 0.84)}
 ABLATIONS = {
     "rtbigan-no-norm": {"normalize_scores": False},
-    "rtbigan-no-anchors": {"seed_anchors": False},
+    "rtbigan-no-anchors": {"trusted_anchors": False},
     "rtbigan+recon": {"recon_weight": 1.0},
     "rtbigan-no-pixelweight": {"pixel_weighting": False},
     "rtbigan-no-meta": {"meta_checkpoint": None},
     "rtbigan-paper": {
         "normalize_scores": False,
-        "seed_anchors": False,
+        "trusted_anchors": False,
         "recon_weight": 0.0,
         "pixel_weighting": False,
     },

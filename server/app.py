@@ -24,7 +24,7 @@ from fedsieve.server.strategy import AnomalyFilter
 from fedsieve.shared.classifier import DigitNet, evaluate
 from fedsieve.shared.config import DETECTORS_NONE, RunSettings
 from fedsieve.shared.data import load_mnist
-from fedsieve.shared.seeds import load_seed_file, trusted_seed_indices
+from fedsieve.shared.trusted import load_trusted_file, draw_trusted_indices
 
 
 def make_server_app(settings: RunSettings | None = None) -> ServerApp:
@@ -68,10 +68,10 @@ def make_detector(settings: RunSettings):
 
 def trusted_seeds(settings: RunSettings) -> np.ndarray:
     """The operator's seed file, or the seeded draw the simulation harness also uses."""
-    if settings.seed_file:
-        return load_seed_file(settings.seed_file)
+    if settings.trusted_file:
+        return load_trusted_file(settings.trusted_file)
     train = load_mnist("train", root=settings.data_root or None)
-    return train.images[trusted_seed_indices(train.labels, settings.seed_set_size,
+    return train.images[draw_trusted_indices(train.labels, settings.trusted_size,
                                              settings.seed)]
 
 
@@ -82,7 +82,7 @@ def build_strategy(settings: RunSettings, num_nodes: int, run_dir: Path) -> Stra
         return inner
     detector = make_detector(settings)
     check_meta_checkpoint(detector)
-    return AnomalyFilter(inner, detector, seed_images=trusted_seeds(settings),
+    return AnomalyFilter(inner, detector, trusted_images=trusted_seeds(settings),
                          screen_every=settings.screen_every,
                          upload_fraction=settings.upload_fraction,
                          max_client_contamination=settings.max_client_contamination,

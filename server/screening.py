@@ -151,7 +151,7 @@ def _check_reply(reply: Message, request: UploadRequest, previous: list[Upload],
     return None
 
 
-def score_uploads(uploads: dict[int, ClientUpload], seed_images: np.ndarray,
+def score_uploads(uploads: dict[int, ClientUpload], trusted_images: np.ndarray,
                   make_detector: Callable[[], object]) -> tuple[dict[int, ClientVerdict], float]:
     """Fit a fresh detector on the pooled uploads (anchored by the seeds) and split its verdicts.
 
@@ -162,7 +162,7 @@ def score_uploads(uploads: dict[int, ClientUpload], seed_images: np.ndarray,
         return {}, float("nan")
     pool = np.concatenate([uploads[n].x for n in nodes])
     started = time.perf_counter()
-    detector = make_detector().fit(pool, normal_seed=seed_images)
+    detector = make_detector().fit(pool, trusted=trusted_images)
     log(INFO, "fedsieve: detector fitted on a pool of %d uploads in %.1f s", len(pool),
         time.perf_counter() - started)
     scores = np.asarray(detector.decision_scores_, dtype=np.float64)

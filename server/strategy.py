@@ -52,9 +52,9 @@ class AnomalyFilter(Strategy):
         The strategy that samples clients and aggregates; ``FedAvg()`` when None.
     detector : estimator or callable
         An unfitted fedsieve detector (copied fresh for every screening) or a zero-argument
-        callable returning one. It must offer ``fit(X, normal_seed=...)`` and the fitted
+        callable returning one. It must offer ``fit(X, trusted=...)`` and the fitted
         ``decision_scores_``, ``labels_`` and ``threshold_``.
-    seed_images : numpy.ndarray
+    trusted_images : numpy.ndarray
         The server's trusted normal images, uint8 (k, 28, 28).
     screen_every : int, default 0
         Screen again every this many rounds (0: only before the first round).
@@ -75,7 +75,7 @@ class AnomalyFilter(Strategy):
     """
 
     def __init__(self, strategy: Strategy | None = None, detector=None, *,
-                 seed_images: np.ndarray, screen_every: int = 0, upload_fraction: float = 1.0,
+                 trusted_images: np.ndarray, screen_every: int = 0, upload_fraction: float = 1.0,
                  max_client_contamination: float = 0.5, chunk_size: int = 10_000,
                  max_upload: int = 1_000_000, screening_timeout: float = 600.0,
                  run_dir: str | Path | None = None, random_state: int = 0) -> None:
@@ -89,7 +89,7 @@ class AnomalyFilter(Strategy):
                              f"{max_client_contamination}")
         self.strategy = strategy if strategy is not None else FedAvg()
         self.detector = detector
-        self.seed_images = np.asarray(seed_images)
+        self.trusted_images = np.asarray(trusted_images)
         self.screen_every = screen_every
         self.upload_fraction = upload_fraction
         self.max_client_contamination = max_client_contamination
@@ -112,7 +112,7 @@ class AnomalyFilter(Strategy):
     def summary(self) -> None:
         log(INFO, "\t├──> fedsieve AnomalyFilter:")
         log(INFO, "\t│\t├── detector: %r", self.detector)
-        log(INFO, "\t│\t├── trusted seeds: %d images", len(self.seed_images))
+        log(INFO, "\t│\t├── trusted seeds: %d images", len(self.trusted_images))
         log(INFO, "\t│\t├── upload fraction: %.2f | screen every: %s", self.upload_fraction,
             self.screen_every or "first round only")
         log(INFO, "\t│\t└── max client contamination: %.2f", self.max_client_contamination)
@@ -125,7 +125,7 @@ class AnomalyFilter(Strategy):
         if self.audit is not None and self._screening is None:
             # A (re)started server says so in the log before its first decision.
             self.audit.write_start(server_round, detector=repr(self.detector),
-                                   seeds=len(self.seed_images))
+                                   seeds=len(self.trusted_images))
         if self._needs_screening(server_round):
             self._screening = self._screen(server_round, grid)
         messages = []
@@ -209,7 +209,7 @@ class AnomalyFilter(Strategy):
             timeout=self.screening_timeout)
         screening.upload_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        screening.verdicts, screening.threshold = score_uploads(uploads, self.seed_images,
+        screening.verdicts, screening.threshold = score_uploads(uploads, self.trusted_images,
                                                                 self._make_detector)
         screening.detector_seconds = time.perf_counter() - started
         self._audit_screening(screening)

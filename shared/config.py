@@ -29,8 +29,8 @@ class RunSettings:
         ``none`` for no data filter.
     checkpoint : str
         Meta checkpoint for Rt-BiGAN; empty for the one shipped with fedsieve.
-    seed_file, seed_set_size : str, int
-        Trusted seed images (``.npz`` with ``x``); when empty, ``seed_set_size`` images are
+    trusted_file, trusted_size : str, int
+        Trusted seed images (``.npz`` with ``x``); when empty, ``trusted_size`` images are
         drawn from the MNIST training split with the run's seed (the same ones the
         simulation harness keeps out of every client).
     alpha, threshold_policy
@@ -60,8 +60,8 @@ class RunSettings:
     aggregator: str = "fedavg"
     detector: str = "rtbigan"
     checkpoint: str = ""
-    seed_file: str = ""
-    seed_set_size: int = 10
+    trusted_file: str = ""
+    trusted_size: int = 10
     alpha: float = 0.9
     threshold_policy: str = "gmm"
     upload_fraction: float = 1.0

@@ -82,10 +82,10 @@ def pollute(
         help="Explicit per-client rates, comma separated (overrides --profile).")] = None,
     alpha: Annotated[float, typer.Option(help="Dirichlet concentration.")] = 0.5,
     seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
-    seed_set_size: Annotated[int, typer.Option(help="Trusted seed images for the server.")] = 10,
+    trusted_size: Annotated[int, typer.Option(help="Trusted seed images for the server.")] = 10,
     root: RootOption = None,
 ) -> None:
-    """Write a polluted federation: one .npz per client, seeds.npz, summary.json, PNG grids."""
+    """Write a polluted federation: one .npz per client, trusted.npz, summary.json, PNG grids."""
     from fedsieve.simulations.figures import framed_grid
     from fedsieve.simulations.pollution import build_federation
 
@@ -94,7 +94,7 @@ def pollute(
         federation = build_federation(
             clients, contamination, partition=partition, profile=profile,
             label_policy=label_policy, rates=rate_list, seed=seed,
-            seed_set_size=seed_set_size, alpha=alpha, root=root,
+            trusted_size=trusted_size, alpha=alpha, root=root,
         )
     except (ValueError, FileNotFoundError) as err:
         raise _fail(str(err)) from err
@@ -108,10 +108,10 @@ def pollute(
         framed_grid(c.x, c.polluted, out / "grids" / f"{name}.png")
         table.add_row(str(c.client_id), str(len(c)), str(int(c.polluted.sum())),
                       f"{c.contamination:.3f}")
-    federation.seed_set.save(out / "seeds.npz")
+    federation.trusted_set.save(out / "trusted.npz")
     (out / "summary.json").write_text(json.dumps(federation.summary(), indent=2))
     console.print(table)
-    console.print(f"trusted seed set: {out / 'seeds.npz'} ({len(federation.seed_set.labels)} "
+    console.print(f"trusted seed set: {out / 'trusted.npz'} ({len(federation.trusted_set.labels)} "
                   f"images); grids: {out / 'grids'}")
 
 
@@ -130,7 +130,7 @@ def simulate(
     local_epochs: Annotated[int, typer.Option(min=1)] = 3,
     upload_fraction: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
     max_client_contamination: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.5,
-    threshold_policy: Annotated[str, typer.Option(help="gmm, seed-quantile, contamination "
+    threshold_policy: Annotated[str, typer.Option(help="gmm, trusted-quantile, contamination "
                                                        "or fixed.")] = "gmm",
     checkpoint: Annotated[str, typer.Option(help="Meta checkpoint (default: shipped).")] = "",
     seed: Annotated[int, typer.Option(help="Seed of everything random.")] = 0,

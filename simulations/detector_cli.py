@@ -142,7 +142,7 @@ def detect_cmd(
     detector: Annotated[str, typer.Option(help="|".join(DETECTORS))] = "rtbigan",
     checkpoint: Annotated[Path | None, typer.Option(help="Meta checkpoint for rtbigan.")] = None,
     threshold_policy: Annotated[
-        str, typer.Option(help="gmm|seed-quantile|contamination|fixed")
+        str, typer.Option(help="gmm|trusted-quantile|contamination|fixed")
     ] = "gmm",
     threshold_value: Annotated[float | None, typer.Option(help="Parameter of the policy.")] = None,
     random_state: Annotated[int, typer.Option("--random-state", help="Random seed.")] = 0,
@@ -152,7 +152,7 @@ def detect_cmd(
 
     Without --seed, rtbigan needs stand-in seeds: an IsolationForest (seed-free) scores the
     pool and its 10 least anomalous images are used as the trusted seeds; report.json records
-    this ("seed_source": "iforest-lowest"). Pass real trusted images with --seed when you can.
+    this ("trusted_source": "iforest-lowest"). Pass real trusted images with --seed when you can.
     """
     from fedsieve.shared.detectors import check_images, make_detector
 
@@ -160,10 +160,10 @@ def detect_cmd(
     if detector not in DETECTORS:
         raise typer.BadParameter(f"choose one of {', '.join(DETECTORS)}", param_hint="--detector")
     x_pool, y_pool = _load_npz(pool, "--pool")
-    seeds, seed_source = None, None
+    seeds, trusted_source = None, None
     if seed is not None:
         seeds, _ = _load_npz(seed, "--seed")
-        seed_source = str(seed)
+        trusted_source = str(seed)
     kw: dict[str, object] = {
         "threshold_policy": threshold_policy,
         "threshold_value": threshold_value,
@@ -175,7 +175,7 @@ def detect_cmd(
         if seeds is None:
             ranker = make_detector("iforest", random_state=random_state).fit(x_pool)
             seeds = x_pool[np.argsort(ranker.decision_scores_)[:AUTO_SEEDS]]
-            seed_source = "iforest-lowest"
+            trusted_source = "iforest-lowest"
     try:
         det = make_detector(detector, **kw)
         t0 = time.perf_counter()
@@ -194,13 +194,13 @@ def detect_cmd(
             for k, v in det.get_params().items()
         },
         "threshold": float(det.threshold_),
-        "seed_source": seed_source,
+        "trusted_source": trusted_source,
         "n_pool": len(x_pool),
         "n_flagged": int(verdicts.sum()),
         "timings": {"fit_s": round(fit_s, 3)},
         "data": {
             "pool_sha256": _sha(x_pool),
-            "seed_sha256": None if seeds is None else _sha(seeds),
+            "trusted_sha256": None if seeds is None else _sha(seeds),
         },
         "history": getattr(det, "history_", []),
     }

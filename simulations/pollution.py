@@ -22,7 +22,7 @@ import numpy as np
 
 from fedsieve.shared.config import RunSettings
 from fedsieve.shared.data import DataSource, ImageSet, load_fashion_mnist, load_mnist
-from fedsieve.shared.seeds import save_seed_file, trusted_seed_indices
+from fedsieve.shared.trusted import save_trusted_file, draw_trusted_indices
 
 PARTITIONS = ("iid", "dirichlet", "shard", "pathological", "linear", "square", "exponential")
 PROFILES = ("uniform", "skewed")
@@ -38,7 +38,7 @@ LabelPolicy = Literal["random", "mapped", "original"]
 
 
 @dataclass(frozen=True)
-class SeedSet:
+class TrustedSet:
     """The server's trusted normal images, disjoint from every client's data."""
 
     images: np.ndarray
@@ -47,7 +47,7 @@ class SeedSet:
 
     def save(self, path) -> None:
         """Write the ``.npz`` an operator hands the server (``x``, ``y``)."""
-        save_seed_file(path, self.images, self.labels)
+        save_trusted_file(path, self.images, self.labels)
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ class Federation:
     """A polluted federation, its trusted seed set and how it was made."""
 
     clients: list[ClientData]
-    seed_set: SeedSet
+    trusted_set: TrustedSet
     rates: tuple[float, ...]
     config: dict[str, object]
     sources: dict[str, DataSource] = field(default_factory=dict)
@@ -123,8 +123,8 @@ class Federation:
         return {
             "config": self.config,
             "sources": {k: v.to_dict() for k, v in self.sources.items()},
-            "seed_set": {"size": len(self.seed_set.labels),
-                         "labels": self.seed_set.labels.tolist()},
+            "trusted_set": {"size": len(self.trusted_set.labels),
+                         "labels": self.trusted_set.labels.tolist()},
             "clients": [
                 {
                     "client_id": c.client_id,
@@ -212,7 +212,7 @@ def build_federation(
     label_policy: LabelPolicy = "random",
     rates: Sequence[float] | None = None,
     seed: int = 0,
-    seed_set_size: int = 10,
+    trusted_size: int = 10,
     alpha: float = 0.5,
     classes_per_client: int = 2,
     label_map: Sequence[int] | None = None,
@@ -241,9 +241,9 @@ def build_federation(
         Explicit per-client rates, one per client.
     seed : int
         Seed of every random choice.
-    seed_set_size : int
+    trusted_size : int
         Trusted normal images reserved for the server before partitioning
-        (:func:`fedsieve.shared.seeds.trusted_seed_indices`, so a ServerApp without a seed
+        (:func:`fedsieve.shared.trusted.draw_trusted_indices`, so a ServerApp without a seed
         file draws the same ones).
     alpha, classes_per_client : float, int
         Partitioner parameters (Dirichlet concentration; classes per client for the
@@ -280,7 +280,7 @@ def build_federation(
     build_args = {
         "num_clients": num_clients, "contamination": contamination, "partition": partition,
         "profile": profile, "label_policy": label_policy, "rates": rates, "seed": seed,
-        "seed_set_size": seed_set_size, "alpha": alpha,
+        "trusted_size": trusted_size, "alpha": alpha,
         "classes_per_client": classes_per_client, "label_map": label_map, "root": root,
         "mnist": mnist, "fashion": fashion,
     }
@@ -289,7 +289,7 @@ def build_federation(
         "partition": _partition_name(partition),
         "profile": profile, "label_policy": label_policy,
         "rates": list(rates) if rates is not None else None, "seed": seed,
-        "seed_set_size": seed_set_size, "alpha": alpha,
+        "trusted_size": trusted_size, "alpha": alpha,
         "classes_per_client": classes_per_client, "label_map": list(label_map),
         "root": None if root is None else str(root),
     }
@@ -297,8 +297,8 @@ def build_federation(
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)]
     partition_rng, pick_rng, label_rng, order_rng = streams
 
-    seed_idx = trusted_seed_indices(mnist.labels, seed_set_size, seed)
-    remaining = partition_rng.permutation(np.setdiff1d(np.arange(len(mnist.labels)), seed_idx))
+    trusted_idx = draw_trusted_indices(mnist.labels, trusted_size, seed)
+    remaining = partition_rng.permutation(np.setdiff1d(np.arange(len(mnist.labels)), trusted_idx))
     parts = _partition_indices(partition, remaining, mnist.labels, num_clients, alpha,
                                classes_per_client, seed)
 
@@ -336,8 +336,8 @@ def build_federation(
             ids=cid * ID_STRIDE + np.arange(n_norm + n_poll, dtype=np.int64),
             polluted=polluted[order], origin=origin[order], source_labels=source_labels[order],
         ))
-    seed_set = SeedSet(mnist.images[seed_idx], mnist.labels[seed_idx].astype(np.int64), seed_idx)
-    return Federation(clients, seed_set, tuple(rates), config, sources, _build_args=build_args)
+    trusted_set = TrustedSet(mnist.images[trusted_idx], mnist.labels[trusted_idx].astype(np.int64), trusted_idx)
+    return Federation(clients, trusted_set, tuple(rates), config, sources, _build_args=build_args)
 
 
 def federation_for(settings: RunSettings, contamination: float | None = None) -> Federation:
@@ -350,15 +350,15 @@ def federation_for(settings: RunSettings, contamination: float | None = None) ->
     return _cached_federation(
         settings.num_clients, settings.contamination if contamination is None else contamination,
         settings.partition, settings.profile, settings.label_policy, settings.seed,
-        settings.seed_set_size, settings.data_root or None)
+        settings.trusted_size, settings.data_root or None)
 
 
 @functools.lru_cache(maxsize=4)
 def _cached_federation(num_clients: int, contamination: float, partition: str, profile: str,
-                       label_policy: str, seed: int, seed_set_size: int,
+                       label_policy: str, seed: int, trusted_size: int,
                        root: str | None) -> Federation:
     return build_federation(num_clients, contamination, partition=partition, profile=profile,
-                            label_policy=label_policy, seed=seed, seed_set_size=seed_set_size,
+                            label_policy=label_policy, seed=seed, trusted_size=trusted_size,
                             root=root)
 
 
@@ -409,6 +409,6 @@ def _partition_name(partition) -> str:
 
 __all__ = [
     "ClientData", "DEFAULT_LABEL_MAP", "Federation", "ID_STRIDE", "LABEL_POLICIES",
-    "PARTITIONS", "PROFILES", "SeedSet", "build_federation", "client_rates", "federation_for",
+    "PARTITIONS", "PROFILES", "TrustedSet", "build_federation", "client_rates", "federation_for",
     "make_partitioner",
 ]

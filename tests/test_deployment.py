@@ -53,7 +53,7 @@ def deployment(tmp_path, mnist_train, fashion_train):
                                   fashion=fashion_train)
     for client in federation.clients:
         np.savez(tmp_path / f"client_{client.client_id}.npz", **client.public_arrays())
-    federation.seed_set.save(tmp_path / "seeds.npz")
+    federation.trusted_set.save(tmp_path / "trusted.npz")
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
            "FLWR_HOME": str(tmp_path / "flwr-home"), "PYTHONUNBUFFERED": "1"}
     link_port = free_port()
@@ -125,7 +125,7 @@ def test_flwr_run_against_real_superlink(deployment, tmp_path):
     shutil.copytree(REPO, app_dir, ignore=shutil.ignore_patterns(
         ".venv", ".git", "runs", "__pycache__", "*.egg-info", "benchmarks"))
     config = (f'detector="iforest" num-server-rounds=2 min-nodes={NUM_NODES} '
-              f'seed-file="{tmp_path / "seeds.npz"}" run-dir="{run_dir}"')
+              f'trusted-file="{tmp_path / "trusted.npz"}" run-dir="{run_dir}"')
     completed = subprocess.run([str(BIN / "flwr"), "run", str(app_dir), "test", "--run-config",
                                 config, "--stream"], env=env, capture_output=True, text=True,
                                timeout=420)

@@ -67,7 +67,7 @@ def test_accepted_layouts_agree():
 
 def test_fit_requires_seed_and_fitted_model(data):
     pool, _, _, _, _ = data
-    with pytest.raises(ValueError, match="normal_seed"):
+    with pytest.raises(ValueError, match="trusted"):
         small_rtbigan().fit(pool)
     with pytest.raises(ValueError, match="not fitted"):
         small_rtbigan().decision_function(pool)
@@ -131,21 +131,21 @@ def test_gmm_threshold_uses_seeds_to_keep_a_skewed_clean_pool():
     s = np.r_[rng.lognormal(-0.7, 0.2, 400), rng.lognormal(0.4, 0.5, 600)]
     seeds = np.quantile(s, [0.1, 0.5, 0.99])
     assert (s > gmm_threshold(s)).mean() > 0.2  # without seeds it cuts the pool
-    assert (s > gmm_threshold(s, seed_scores=seeds)).mean() < 0.02
+    assert (s > gmm_threshold(s, trusted_scores=seeds)).mean() < 0.02
     assert (s > compute_threshold("gmm", s, seeds)).mean() < 0.02
     # Real pollution sits above every seed and is still found.
     polluted = np.r_[s, rng.lognormal(2.5, 0.3, 250)]
-    flagged = polluted > gmm_threshold(polluted, seed_scores=seeds)
+    flagged = polluted > gmm_threshold(polluted, trusted_scores=seeds)
     assert flagged[1000:].mean() > 0.95
 
 
 def test_other_policies():
     s = np.arange(100, dtype=float)
     assert compute_threshold("contamination", s, value=0.1) == pytest.approx(89.1)
-    assert compute_threshold("seed-quantile", s, np.array([1.0, 2.0, 3.0])) == 3.0
+    assert compute_threshold("trusted-quantile", s, np.array([1.0, 2.0, 3.0])) == 3.0
     assert compute_threshold("fixed", s, value=42.0) == 42.0
     with pytest.raises(ValueError, match="seeds"):
-        compute_threshold("seed-quantile", s)
+        compute_threshold("trusted-quantile", s)
     with pytest.raises(ValueError, match="unknown"):
         compute_threshold("median", s)
 

@@ -52,7 +52,7 @@ def make_grid(settings, federation, fault=None):
 def make_filter(federation, run_dir):
     return AnomalyFilter(FedAvg(fraction_evaluate=0.0, min_available_nodes=1),
                          make_detector("iforest", random_state=0),
-                         seed_images=federation.seed_set.images, run_dir=run_dir)
+                         trusted_images=federation.trusted_set.images, run_dir=run_dir)
 
 
 def run_round(strategy, grid, server_round=1):

@@ -107,8 +107,8 @@ def test_label_policies(build, fashion_train):
 
 
 def test_seed_set_disjoint_from_clients(build):
-    federation = build(10, 0.2, partition="dirichlet", seed_set_size=10, seed=7)
-    seeds = federation.seed_set
+    federation = build(10, 0.2, partition="dirichlet", trusted_size=10, seed=7)
+    seeds = federation.trusted_set
     assert seeds.images.shape == (10, 28, 28) and sorted(seeds.labels.tolist()) == list(range(10))
     used = np.concatenate([c.origin[~c.polluted] for c in federation.clients])
     assert not set(seeds.origin.tolist()) & set(used.tolist())
@@ -122,7 +122,7 @@ def test_clean_oracle_keeps_the_normal_data(build):
     for polluted, clean in zip(federation.clients, oracle.clients):
         assert not clean.polluted.any()
         assert sorted(polluted.origin[~polluted.polluted]) == sorted(clean.origin)
-    np.testing.assert_array_equal(federation.seed_set.origin, oracle.seed_set.origin)
+    np.testing.assert_array_equal(federation.trusted_set.origin, oracle.trusted_set.origin)
 
 
 def test_cli_pollute_writes_clients_summary_and_grids(tmp_path):
@@ -138,7 +138,7 @@ def test_cli_pollute_writes_clients_summary_and_grids(tmp_path):
             assert int(npz["polluted"].sum()) == client["polluted"]
             assert len(npz["ids"]) == len(npz["y"]) == client["samples"]
         assert (out / "grids" / f"client_{client['client_id']:03d}.png").stat().st_size > 1000
-    with np.load(out / "seeds.npz") as seeds:
+    with np.load(out / "trusted.npz") as seeds:
         assert seeds["x"].shape == (10, 28, 28)
 
 

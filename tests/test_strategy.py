@@ -48,7 +48,7 @@ def make_grid(settings, apps=None):
 def make_filter(federation, tmp_path, **kwargs):
     return AnomalyFilter(FedAvg(fraction_evaluate=0.0, min_available_nodes=1),
                          make_detector("iforest", random_state=0),
-                         seed_images=federation.seed_set.images, run_dir=tmp_path, **kwargs)
+                         trusted_images=federation.trusted_set.images, run_dir=tmp_path, **kwargs)
 
 
 def initial_arrays():
@@ -103,7 +103,7 @@ def test_forwards_what_it_does_not_change(settings, federation, tmp_path):
     grid = make_grid(settings)
     inner = FedAvg(fraction_evaluate=1.0, min_available_nodes=1, min_evaluate_nodes=1)
     strategy = AnomalyFilter(inner, make_detector("iforest", random_state=0),
-                             seed_images=federation.seed_set.images)
+                             trusted_images=federation.trusted_set.images)
     evaluate = list(strategy.configure_evaluate(1, initial_arrays(), ConfigRecord(), grid))
     assert {m.metadata.message_type for m in evaluate} == {"evaluate"}
     assert len(evaluate) == len(NODES)

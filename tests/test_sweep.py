@@ -137,7 +137,7 @@ def test_paper_table_reuses_only_an_identical_cell_fit(tmp_path):
 
     np.testing.assert_array_equal(lookup(RtBiGAN(random_state=0), 0.2), saved)
     # The threshold does not move scores; everything else does.
-    assert lookup(RtBiGAN(threshold_policy="seed-quantile", random_state=0), 0.2) is not None
+    assert lookup(RtBiGAN(threshold_policy="trusted-quantile", random_state=0), 0.2) is not None
     assert lookup(RtBiGAN(steps_per_round=50, random_state=0), 0.2) is None
     assert lookup(RtBiGAN(random_state=1), 0.2) is None
     assert lookup(RtBiGAN(random_state=0), 0.0) is None  # that cell never ran

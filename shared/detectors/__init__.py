@@ -1,6 +1,6 @@
 """Anomaly detectors behind one estimator API (scikit-learn/PyOD conventions).
 
->>> det = make_detector("rtbigan", random_state=0).fit(pool, normal_seed=seeds)
+>>> det = make_detector("rtbigan", random_state=0).fit(pool, trusted=seeds)
 >>> det.labels_, det.decision_function(test), det.predict(test)
 
 Registry names: ``rtbigan``, ``egbad``, ``anogan``, ``iforest``, ``deepsvdd``.

@@ -1,7 +1,7 @@
 """Input validation and the estimator contract every fedsieve detector follows.
 
 The contract follows scikit-learn/PyOD: the constructor only stores hyper-parameters;
-``fit(X, normal_seed=None)`` learns and returns ``self`` and sets ``decision_scores_`` (scores
+``fit(X, trusted=None)`` learns and returns ``self`` and sets ``decision_scores_`` (scores
 of the fitted pool), ``threshold_`` and ``labels_``; ``decision_function(X)`` scores new
 images (higher = more anomalous); ``predict(X)`` returns 1 for anomalies.
 """
@@ -54,7 +54,7 @@ class BaseDetector:
     """
 
     #: Whether ``fit`` requires trusted normal seeds.
-    requires_seed: bool = False
+    requires_trusted: bool = False
     threshold_policy: str
     threshold_value: float | None
     random_state: int | None
@@ -82,16 +82,16 @@ class BaseDetector:
         return f"{type(self).__name__}({args})"
 
     # -- public API ------------------------------------------------------------------------
-    def fit(self, X: Any, normal_seed: Any = None) -> BaseDetector:
+    def fit(self, X: Any, trusted: Any = None) -> BaseDetector:
         """Fit on the (possibly polluted) pool ``X``.
 
         Parameters
         ----------
         X : array-like
             Pool images, uint8 (N, 28, 28) or float32 in [0, 1] ((N, 28, 28) or (N, 1, 28, 28)).
-        normal_seed : array-like, optional
-            The 5-10 trusted normal images. Required by detectors with ``requires_seed``;
-            others use them only for the ``"seed-quantile"`` threshold.
+        trusted : array-like, optional
+            The 5-10 trusted normal images. Required by detectors with ``requires_trusted``;
+            others use them only for the ``"trusted-quantile"`` threshold.
 
         Returns
         -------
@@ -99,16 +99,16 @@ class BaseDetector:
         """
         _check_policy(self.threshold_policy, self.threshold_value)
         pool = check_images(X, "X")
-        seed = None if normal_seed is None else check_images(normal_seed, "normal_seed")
-        if self.requires_seed and seed is None:
+        seed = None if trusted is None else check_images(trusted, "trusted")
+        if self.requires_trusted and seed is None:
             raise ValueError(
-                f"{type(self).__name__} needs trusted normal images: pass normal_seed= "
+                f"{type(self).__name__} needs trusted normal images: pass trusted= "
                 "(5-10 known-normal images)"
             )
         self._fit(pool, seed)
         self.decision_scores_ = self._score(pool)
-        self.seed_scores_ = None if seed is None else self._score(seed)
-        self.threshold_ = self._threshold(self.decision_scores_, self.seed_scores_)
+        self.trusted_scores_ = None if seed is None else self._score(seed)
+        self.threshold_ = self._threshold(self.decision_scores_, self.trusted_scores_)
         self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int64)
         self.n_features_in_ = 784
         return self
@@ -122,16 +122,16 @@ class BaseDetector:
         """Verdicts, int64 of shape (N,): 1 = anomaly, 0 = normal."""
         return (self.decision_function(X) > self.threshold_).astype(np.int64)
 
-    def fit_predict(self, X: Any, normal_seed: Any = None) -> np.ndarray:
+    def fit_predict(self, X: Any, trusted: Any = None) -> np.ndarray:
         """``fit`` then return ``labels_``."""
-        return self.fit(X, normal_seed).labels_
+        return self.fit(X, trusted).labels_
 
     # -- helpers for subclasses -------------------------------------------------------------
-    def _threshold(self, pool_scores: np.ndarray, seed_scores: np.ndarray | None) -> float:
+    def _threshold(self, pool_scores: np.ndarray, trusted_scores: np.ndarray | None) -> float:
         return compute_threshold(
             self.threshold_policy,
             pool_scores,
-            seed_scores,
+            trusted_scores,
             self.threshold_value,
             random_state=0 if self.random_state is None else int(self.random_state),
         )

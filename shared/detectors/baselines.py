@@ -26,7 +26,7 @@ _COMMON_DOC = """
         Shared loop settings (Adam, beta1 = 0.5).
     z_dim, width, d_hidden : int
         Network sizes (same networks as Rt-BiGAN).
-    threshold_policy : {"gmm", "seed-quantile", "contamination", "fixed"}
+    threshold_policy : {"gmm", "trusted-quantile", "contamination", "fixed"}
         See :mod:`fedsieve.shared.detectors.threshold`.
     threshold_value : float, optional
         Parameter of the policy.

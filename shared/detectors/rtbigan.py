@@ -25,7 +25,7 @@ from fedsieve.shared.networks import NetConfig
 class RtBiGAN(GANDetector):
     """Trusted Rt-BiGAN detector (paper section V) with optional improvements.
 
-    ``fit(pool, normal_seed)`` (Algorithm 2 then section V.B):
+    ``fit(pool, trusted)`` (Algorithm 2 then section V.B):
 
     1. copy the meta-trained weights Phi (``meta_checkpoint``);
     2. run ``adapt_steps`` adversarial steps (D step, then E+G step) on the trusted seeds;
@@ -53,12 +53,12 @@ class RtBiGAN(GANDetector):
     normalize_scores : bool
         Improvement: divide ``L_G`` and ``L_D`` by their means on the seeds before mixing, so
         ``alpha`` mixes comparable quantities. False = the paper's raw mix.
-    seed_anchors : bool
+    trusted_anchors : bool
         Improvement: the seeds are part of the normal set in every round and fill
         ``anchor_fraction`` of every training batch, so "normal" stays defined by them even
         when most of the pseudo-normal set is polluted.
     anchor_fraction : float
-        Share of each self-training batch drawn from the seeds when ``seed_anchors``.
+        Share of each self-training batch drawn from the seeds when ``trusted_anchors``.
     recon_weight : float
         Weight of an L1 reconstruction (cycle) term ``||x - G(E(x))||_1`` in the E+G step of
         adaptation and self-training. 0 (default) = the paper's pure adversarial objective;
@@ -72,7 +72,7 @@ class RtBiGAN(GANDetector):
         Shared loop settings (Adam, beta1 = 0.5).
     z_dim, width, d_hidden : int
         Network sizes, used only when ``meta_checkpoint`` is None.
-    threshold_policy : {"gmm", "seed-quantile", "contamination", "fixed"}
+    threshold_policy : {"gmm", "trusted-quantile", "contamination", "fixed"}
         See :mod:`fedsieve.shared.detectors.threshold`.
     threshold_value : float, optional
         Parameter of the policy.
@@ -86,7 +86,7 @@ class RtBiGAN(GANDetector):
         labels changed, elapsed seconds, and ``auc`` when ``y_true`` was given to ``fit``.
     """
 
-    requires_seed = True
+    requires_trusted = True
 
     def __init__(
         self,
@@ -97,7 +97,7 @@ class RtBiGAN(GANDetector):
         stop_tol: float = 0.002,
         alpha: float = 0.9,
         normalize_scores: bool = True,
-        seed_anchors: bool = True,
+        trusted_anchors: bool = True,
         anchor_fraction: float = 0.25,
         recon_weight: float = 0.0,
         pixel_weighting: bool = True,
@@ -118,7 +118,7 @@ class RtBiGAN(GANDetector):
         self.stop_tol = stop_tol
         self.alpha = alpha
         self.normalize_scores = normalize_scores
-        self.seed_anchors = seed_anchors
+        self.trusted_anchors = trusted_anchors
         self.anchor_fraction = anchor_fraction
         self.recon_weight = recon_weight
         self.pixel_weighting = pixel_weighting
@@ -135,18 +135,18 @@ class RtBiGAN(GANDetector):
     def fit(
         self,
         X: Any,
-        normal_seed: Any = None,
+        trusted: Any = None,
         *,
         y_true: Any = None,
         callback: Callable[[RtBiGAN, int], None] | None = None,
     ) -> RtBiGAN:
-        """Adapt on ``normal_seed`` and self-train on the pool ``X``.
+        """Adapt on ``trusted`` and self-train on the pool ``X``.
 
         Parameters
         ----------
         X : array-like
             Pool images (see :func:`~fedsieve.shared.detectors.base.check_images`).
-        normal_seed : array-like
+        trusted : array-like
             The 5-10 trusted normal images (required).
         y_true : array-like of shape (N,), optional
             Ground truth (1 = anomaly) for ``X``; only used to record ``auc`` in ``history_``.
@@ -163,7 +163,7 @@ class RtBiGAN(GANDetector):
             raise ValueError("y_true must have one label per pool image")
         self._callback = callback
         try:
-            return super().fit(X, normal_seed)
+            return super().fit(X, trusted)
         finally:
             del self._y_true, self._callback
 
@@ -186,10 +186,10 @@ class RtBiGAN(GANDetector):
         self._init_weights()
         gen = self._generator()
         cfg = self._loop_config()
-        seeds_t = to_tensor(seed)
+        trusted_t = to_tensor(seed)
 
         # Algorithm 2: K adversarial steps on the trusted seeds (the whole seed set per step).
-        train_loop(self.model_, lambda g: seeds_t, int(self.adapt_steps), cfg, gen)
+        train_loop(self.model_, lambda g: trusted_t, int(self.adapt_steps), cfg, gen)
         self.pixel_weight_ = None
         self._set_norm(seed)
         self.adapt_time_ = time.perf_counter() - t0
@@ -199,8 +199,8 @@ class RtBiGAN(GANDetector):
         labels = None
         scores = self._score(X)
         for rnd in range(int(self.self_training_rounds) + 1):
-            seed_scores = self._score(seed)
-            thr = self._threshold(scores, seed_scores)
+            trusted_scores = self._score(seed)
+            thr = self._threshold(scores, trusted_scores)
             new = (scores > thr).astype(np.int64)
             changed = 1.0 if labels is None else float(np.mean(new != labels))
             labels = new  # replace, never accumulate
@@ -211,8 +211,8 @@ class RtBiGAN(GANDetector):
             if rnd == int(self.self_training_rounds) or (rnd > 0 and changed < self.stop_tol):
                 break
             # The pseudo-normal set is gathered batch by batch: the pool is never copied.
-            anchors = seeds_t if self.seed_anchors else None
-            normal = RowSet(X, np.flatnonzero(labels == 0), seed if self.seed_anchors else None)
+            anchors = trusted_t if self.trusted_anchors else None
+            normal = RowSet(X, np.flatnonzero(labels == 0), seed if self.trusted_anchors else None)
             sampler = batch_sampler(normal, cfg.batch_size, anchors, self.anchor_fraction)
             opts = train_loop(self.model_, sampler, int(self.steps_per_round), cfg, gen, opts)
             self._set_pixel_weight(normal)
@@ -220,7 +220,7 @@ class RtBiGAN(GANDetector):
             scores = self._score(X)
         self.pseudo_labels_ = labels
         self.fit_time_ = time.perf_counter() - t0
-        self.data_hashes_ = {"pool_sha256": images_sha256(X), "seed_sha256": images_sha256(seed)}
+        self.data_hashes_ = {"pool_sha256": images_sha256(X), "trusted_sha256": images_sha256(seed)}
 
     def _record(self, rnd: int, scores: np.ndarray, thr: float, labels: np.ndarray,
                 changed: float, t0: float) -> None:

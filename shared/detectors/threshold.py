@@ -12,7 +12,7 @@ Four policies, chosen with ``threshold_policy`` and parameterised by ``threshold
     the upper component does not lie above every seed's score: normal data with a skewed score
     distribution fits two Gaussians too, and the seeds tell the two cases apart, so a clean
     pool is not cut in half.
-``"seed-quantile"``
+``"trusted-quantile"``
     Quantile ``threshold_value`` (default 1.0, the maximum) of the trusted seeds' scores. With
     5-10 seeds the estimate is coarse; the seeds are in-sample for the adapted detector, so
     this policy tends to flag more normal data than ``"gmm"``.
@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.mixture import GaussianMixture
 
-POLICIES = ("gmm", "seed-quantile", "contamination", "fixed")
+POLICIES = ("gmm", "trusted-quantile", "contamination", "fixed")
 #: Posterior of the anomalous mixture component at which ``"gmm"`` cuts.
 GMM_POSTERIOR = 0.5
 
@@ -42,15 +42,15 @@ def _check_policy(policy: str, value: float | None) -> None:
         raise ValueError("threshold_policy='fixed' needs threshold_value (the threshold itself)")
     if policy == "contamination" and value is not None and not 0.0 < value < 0.5 + 1e-9:
         raise ValueError(f"contamination threshold_value must be in (0, 0.5], got {value}")
-    if policy == "seed-quantile" and value is not None and not 0.0 <= value <= 1.0:
-        raise ValueError(f"seed-quantile threshold_value must be in [0, 1], got {value}")
+    if policy == "trusted-quantile" and value is not None and not 0.0 <= value <= 1.0:
+        raise ValueError(f"trusted-quantile threshold_value must be in [0, 1], got {value}")
 
 
 def gmm_threshold(
     scores: np.ndarray,
     min_separation: float = 2.0,
     random_state: int = 0,
-    seed_scores: np.ndarray | None = None,
+    trusted_scores: np.ndarray | None = None,
 ) -> float:
     """Threshold between the two components of a Gaussian mixture on log scores.
 
@@ -63,7 +63,7 @@ def gmm_threshold(
         is believed bimodal; below it the threshold is ``mean + 3 std`` of the log scores.
     random_state : int
         Seed of the mixture's initialisation.
-    seed_scores : ndarray, optional
+    trusted_scores : ndarray, optional
         Scores of the trusted normal seeds; the upper component counts as anomalous only when
         its mean lies above all of them.
 
@@ -82,9 +82,9 @@ def gmm_threshold(
     sds = np.sqrt(gm.covariances_.ravel())
     lo, hi = np.argsort(means)
     d = np.sqrt(2) * abs(means[hi] - means[lo]) / np.sqrt(sds[lo] ** 2 + sds[hi] ** 2)
-    above_seeds = seed_scores is None or len(seed_scores) == 0 or means[hi] > np.log(
-        max(float(np.max(seed_scores)) + shift, 1e-300))
-    if d < min_separation or gm.weights_[hi] < 1e-3 or not above_seeds:
+    above_trusted = trusted_scores is None or len(trusted_scores) == 0 or means[hi] > np.log(
+        max(float(np.max(trusted_scores)) + shift, 1e-300))
+    if d < min_separation or gm.weights_[hi] < 1e-3 or not above_trusted:
         t_log = logs.mean() + 3 * logs.std()
     else:
         grid = np.linspace(means[lo], means[hi], 2001)
@@ -97,7 +97,7 @@ def gmm_threshold(
 def compute_threshold(
     policy: str,
     pool_scores: np.ndarray,
-    seed_scores: np.ndarray | None = None,
+    trusted_scores: np.ndarray | None = None,
     value: float | None = None,
     random_state: int = 0,
 ) -> float:
@@ -106,18 +106,18 @@ def compute_threshold(
     Raises
     ------
     ValueError
-        Unknown policy, missing ``value`` for ``"fixed"``, or ``"seed-quantile"`` without seeds.
+        Unknown policy, missing ``value`` for ``"fixed"``, or ``"trusted-quantile"`` without seeds.
     """
     _check_policy(policy, value)
     if policy == "gmm":
         return gmm_threshold(pool_scores, 2.0 if value is None else value, random_state,
-                             seed_scores)
-    if policy == "seed-quantile":
-        if seed_scores is None or len(seed_scores) == 0:
+                             trusted_scores)
+    if policy == "trusted-quantile":
+        if trusted_scores is None or len(trusted_scores) == 0:
             raise ValueError(
-                "threshold_policy='seed-quantile' needs trusted seeds: pass normal_seed to fit()"
+                "threshold_policy='trusted-quantile' needs trusted seeds: pass trusted to fit()"
             )
-        return float(np.quantile(seed_scores, 1.0 if value is None else value))
+        return float(np.quantile(trusted_scores, 1.0 if value is None else value))
     if policy == "contamination":
         rate = 0.1 if value is None else value
         return float(np.quantile(pool_scores, 1.0 - rate))

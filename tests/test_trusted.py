@@ -1,4 +1,4 @@
-"""The trusted seed file and the shared seed draw."""
+"""The trusted file and the shared draw of trusted images."""
 
 from __future__ import annotations
 
@@ -7,28 +7,28 @@ import pickle
 import numpy as np
 import pytest
 
-from fedsieve.shared.seeds import (
-    SeedFileError,
-    load_seed_file,
-    save_seed_file,
-    trusted_seed_indices,
+from fedsieve.shared.trusted import (
+    TrustedFileError,
+    load_trusted_file,
+    save_trusted_file,
+    draw_trusted_indices,
 )
 
 
 def test_draw_cycles_classes_and_is_seeded():
     labels = np.repeat(np.arange(10), 50)
-    picks = trusted_seed_indices(labels, 12, seed=3)
+    picks = draw_trusted_indices(labels, 12, seed=3)
     assert labels[picks].tolist() == [*range(10), 0, 1]
-    np.testing.assert_array_equal(picks, trusted_seed_indices(labels, 12, seed=3))
-    assert not np.array_equal(picks, trusted_seed_indices(labels, 12, seed=4))
+    np.testing.assert_array_equal(picks, draw_trusted_indices(labels, 12, seed=3))
+    assert not np.array_equal(picks, draw_trusted_indices(labels, 12, seed=4))
 
 
 def test_round_trip_and_float_input(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (6, 28, 28), dtype=np.uint8)
-    np.testing.assert_array_equal(load_seed_file(save_seed_file(tmp_path / "s.npz", images)),
+    np.testing.assert_array_equal(load_trusted_file(save_trusted_file(tmp_path / "s.npz", images)),
                                   images)
     np.savez(tmp_path / "f.npz", x=images[:, None].astype(np.float32) / 255)
-    np.testing.assert_array_equal(load_seed_file(tmp_path / "f.npz"), images)
+    np.testing.assert_array_equal(load_trusted_file(tmp_path / "f.npz"), images)
 
 
 @pytest.mark.parametrize("arrays, message", [
@@ -39,16 +39,16 @@ def test_round_trip_and_float_input(tmp_path):
 ])
 def test_bad_seed_files(tmp_path, arrays, message):
     np.savez(tmp_path / "bad.npz", **arrays)
-    with pytest.raises(SeedFileError, match=message):
-        load_seed_file(tmp_path / "bad.npz")
+    with pytest.raises(TrustedFileError, match=message):
+        load_trusted_file(tmp_path / "bad.npz")
 
 
 def test_missing_and_pickled_seed_files_refused(tmp_path):
-    with pytest.raises(SeedFileError, match="does not exist"):
-        load_seed_file(tmp_path / "nope.npz")
+    with pytest.raises(TrustedFileError, match="does not exist"):
+        load_trusted_file(tmp_path / "nope.npz")
     np.savez(tmp_path / "obj.npz", x=np.array([{"a": 1}], dtype=object))
-    with pytest.raises(SeedFileError, match="not a readable"):
-        load_seed_file(tmp_path / "obj.npz")
+    with pytest.raises(TrustedFileError, match="not a readable"):
+        load_trusted_file(tmp_path / "obj.npz")
     (tmp_path / "p.npz").write_bytes(pickle.dumps(np.zeros((3, 28, 28))))
-    with pytest.raises(SeedFileError, match="not a readable"):
-        load_seed_file(tmp_path / "p.npz")
+    with pytest.raises(TrustedFileError, match="not a readable"):
+        load_trusted_file(tmp_path / "p.npz")

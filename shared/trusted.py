@@ -1,0 +1,87 @@
+"""The server's trusted images: a handful of normal images the operator vouches for.
+
+The trusted file is an ``.npz`` with ``x`` (uint8 (k, 28, 28) or float in [0, 1]) and an
+optional ``y``. :func:`draw_trusted_indices` is the one draw both the simulation harness and
+a ServerApp without a trusted file use, so that they are the same images the harness kept
+out of every client.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fedsieve.shared.protocol import validate_images
+
+#: Mixed into the RNG seed so that this draw is independent of every other use of that seed.
+TRUSTED_STREAM = 0x5EED
+MIN_TRUSTED = 1
+
+
+class TrustedFileError(ValueError):
+    """The trusted file is missing, unreadable or holds the wrong arrays."""
+
+
+def draw_trusted_indices(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Indices of ``size`` trusted images, cycling through the classes so each digit shows.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Labels of the split the trusted images come from.
+    size : int
+        Number of trusted images (the paper uses 5-10).
+    seed : int
+        Seed of the draw.
+    """
+    if size < 0:
+        raise ValueError(f"trusted set size must be >= 0, got {size}")
+    rng = np.random.default_rng([seed, TRUSTED_STREAM])
+    classes = np.unique(labels)
+    by_class = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+    picks = [by_class[i % len(classes)][i // len(classes)] for i in range(size)]
+    return np.asarray(picks, dtype=np.int64)
+
+
+def save_trusted_file(path: str | Path, images: np.ndarray, labels: np.ndarray | None = None) -> Path:
+    """Write a trusted file (``x``, and ``y`` when labels are given)."""
+    path = Path(path)
+    arrays = {"x": np.asarray(images, dtype=np.uint8)}
+    if labels is not None:
+        arrays["y"] = np.asarray(labels, dtype=np.int64)
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def load_trusted_file(path: str | Path) -> np.ndarray:
+    """Read and validate a trusted file; returns uint8 images (k, 28, 28).
+
+    Raises
+    ------
+    TrustedFileError
+        Missing file, not an ``.npz`` without pickles, no ``x``, wrong shape or dtype, or
+        fewer than one image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TrustedFileError(f"trusted file {path} does not exist; write one with "
+                            "`fedsieve pollute --out DIR` (DIR/trusted.npz) or "
+                            "fedsieve.shared.trusted.save_trusted_file")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "x" not in npz.files:
+                raise TrustedFileError(f"{path} holds {npz.files}; the trusted images must be "
+                                    "stored under 'x'")
+            raw = npz["x"]
+    except TrustedFileError:
+        raise
+    except Exception as err:  # corrupt zip, pickled object arrays, not an npz at all
+        raise TrustedFileError(f"{path} is not a readable .npz trusted file ({err})") from err
+    try:
+        images = validate_images(raw, what=f"trusted images in {path}")
+    except ValueError as err:
+        raise TrustedFileError(str(err)) from err
+    if len(images) < MIN_TRUSTED:
+        raise TrustedFileError(f"{path} holds no images; give 5-10 trusted normal images")
+    return images
