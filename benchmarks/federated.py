@@ -12,16 +12,16 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from fedsieve.shared.config import RunSettings
+from fedsieve.shared.config import HarnessSettings, RunSettings, TaskSettings
 from fedsieve.simulations.machine import machine_info
-from fedsieve.simulations.simulate import settings_for_defense, simulate
+from fedsieve.simulations.simulate import ORACLE, settings_for_defense, simulate
+from fedsieve.simulations.tables import format_mean_std, mean_std
 
 RESULTS = Path(__file__).resolve().parent / "results"
 console = Console()
@@ -58,18 +58,15 @@ def summarise(runs: list[dict]) -> dict:
         by_label.setdefault(run["label"], []).append(run)
 
     def stat(label: str, key: str) -> dict | None:
-        values = [r[key] for r in by_label.get(label, []) if r[key] is not None]
-        if not values:
-            return None
-        return {"mean": statistics.mean(values),
-                "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+        found = mean_std(r[key] for r in by_label.get(label, []))
+        return None if found is None else {"mean": found[0], "std": found[1]}
 
     summary = {label: {k: stat(label, k) for k in (
         "final_accuracy", "auc", "pollution_dropped", "normal_dropped", "later_round_seconds",
         "filter_seconds_later_rounds", "screening_seconds")} for label in by_label}
-    if "oracle" in by_label and "rtbigan" in by_label:
+    if ORACLE in by_label and "rtbigan" in by_label:
         gaps = [o["final_accuracy"] - f["final_accuracy"]
-                for o, f in zip(by_label["oracle"], by_label["rtbigan"])]
+                for o, f in zip(by_label[ORACLE], by_label["rtbigan"])]
         summary["rtbigan_gap_to_oracle_pp"] = 100 * statistics.mean(gaps)
     if "none" in by_label and "rtbigan" in by_label:
         plain = statistics.mean(r["later_round_seconds"] for r in by_label["none"])
@@ -92,12 +89,10 @@ def markdown(result: dict) -> str:
 
     def cell(label, key, spec=".4f"):
         value = s.get(label, {}).get(key)
-        if value is None:
-            return "—"
-        return f"{format(value['mean'], spec)} ± {format(value['std'], spec)}"
+        return format_mean_std(value and (value["mean"], value["std"]), spec)
 
-    for label in ("oracle", "none", "rtbigan", *[k for k in s if k not in (
-            "oracle", "none", "rtbigan") and isinstance(s[k], dict)]):
+    for label in (ORACLE, "none", "rtbigan", *[k for k in s if k not in (
+            ORACLE, "none", "rtbigan") and isinstance(s[k], dict)]):
         if label in s:
             lines.append(f"| {label} | {cell(label, 'final_accuracy')} | {cell(label, 'auc')} | "
                          f"{cell(label, 'pollution_dropped', '.2%')} | "
@@ -122,21 +117,22 @@ def main(
     work: Annotated[Path, typer.Option(help="Run directories.")] = Path("runs/bench-federated"),
 ) -> None:
     """Run the oracle and each defense for every seed, then write JSON and Markdown."""
-    base = RunSettings(num_clients=10, contamination=0.2, label_policy="random",
-                       num_server_rounds=rounds, local_epochs=local_epochs)
+    base = RunSettings(
+        task=TaskSettings(num_server_rounds=rounds, local_epochs=local_epochs),
+        harness=HarnessSettings(num_clients=10, contamination=0.2, label_policy="random"))
     runs = []
     seed_list = [int(s) for s in seeds.split(",")]
     for seed in seed_list:
-        oracle = settings_for_defense(replace(base, contamination=0.0, seed=seed), "none")
-        runs.append(run_one("oracle", oracle, work / f"oracle-{seed}"))
+        oracle = settings_for_defense(base.replace(contamination=0.0, seed=seed), "none")
+        runs.append(run_one(ORACLE, oracle, work / f"{ORACLE}-{seed}"))
         for defense in defenses.split(","):
-            settings = settings_for_defense(replace(base, seed=seed), defense)
+            settings = settings_for_defense(base.replace(seed=seed), defense)
             runs.append(run_one(defense, settings, work / f"{defense}-{seed}"))
     result = {
         "command": "python benchmarks/federated.py " + " ".join(sys.argv[1:]),
-        "config": base.to_run_config() | {"num_clients": base.num_clients,
-                                          "contamination": base.contamination,
-                                          "label_policy": base.label_policy,
+        "config": base.to_run_config() | {"num_clients": base.harness.num_clients,
+                                          "contamination": base.harness.contamination,
+                                          "label_policy": base.harness.label_policy,
                                           "num_server_rounds": rounds,
                                           "local_epochs": local_epochs},
         "seeds": seed_list,

@@ -16,7 +16,6 @@ import json
 import multiprocessing
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -57,7 +56,7 @@ def run_simulation(clients: int, rounds: int, seed: int, work: Path) -> dict:
     from fedsieve.simulations.stress import stress_settings
 
     # The example training defaults (3 local epochs): 100 clients hold ~50 samples each.
-    settings = replace(stress_settings(clients, seed), num_server_rounds=rounds, local_epochs=3)
+    settings = stress_settings(clients, seed).replace(num_server_rounds=rounds, local_epochs=3)
     started = time.perf_counter()
     report = simulate(settings, work, progress=lambda m: console.log(f"[simulation] {m}"))
     detection = report["detection"]

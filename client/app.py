@@ -36,8 +36,9 @@ def make_client_app(settings: RunSettings | None = None) -> ClientApp:
         model = DigitNet()
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
         server_round = int(msg.content["config"].get("server-round", 0))
-        loss = train_local(model, x, y, epochs=run.local_epochs, batch_size=run.batch_size,
-                           lr=run.learning_rate,
+        task = run.task
+        loss = train_local(model, x, y, epochs=task.local_epochs, batch_size=task.batch_size,
+                           lr=task.learning_rate,
                            seed=run.seed * 100_003 + server_round * 1_009 + _partition(context))
         return sieve.reply(msg, ArrayRecord(model.state_dict()), num_examples=len(x),
                            metrics={"train-loss": loss})

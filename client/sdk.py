@@ -16,7 +16,10 @@ A Flower user adds it to an existing ClientApp in a few lines::
         return sieve.reply(msg, model_record, num_examples=len(x), metrics={...})
 
 ``samples(context)`` returns the client's local images (uint8 (N, 28, 28) or float32 in
-[0, 1]) and their ids (int64, unique). The ids are how the server names what to drop.
+[0, 1]) and their ids (int64, unique). The ids are how the server names what to drop. When the
+server's inner strategy weights by another key than ``"num-examples"`` (Flower's
+``FedAvg(weighted_by_key="n")``), pass the same key: ``FedSieve(app, samples,
+weighted_by_key="n")``.
 """
 
 from __future__ import annotations
@@ -47,10 +50,17 @@ class FedSieve:
         The user's ClientApp; a ``query`` handler named :data:`UPLOAD_ACTION` is added.
     samples : callable
         ``samples(context) -> (x, ids)``: the local samples and their ids.
+    weighted_by_key : str, default "num-examples"
+        The metric key :meth:`reply` writes the number of trained samples under: the key the
+        server's inner strategy weights by (its ``weighted_by_key``; Flower's strategies use
+        ``"num-examples"`` unless told otherwise). The server's AnomalyFilter reads the same
+        key to check the count against what the client kept.
     """
 
-    def __init__(self, app: ClientApp, samples: SampleFn) -> None:
+    def __init__(self, app: ClientApp, samples: SampleFn, *,
+                 weighted_by_key: str = "num-examples") -> None:
         self.samples = samples
+        self.weighted_by_key = weighted_by_key
         app.query(UPLOAD_ACTION)(self._upload)
 
     def _upload(self, msg: Message, context: Context) -> Message:
@@ -78,13 +88,13 @@ class FedSieve:
 
         return Subset(dataset, np.flatnonzero(self.keep_mask(msg, ids)).tolist())
 
-    @staticmethod
-    def reply(msg: Message, arrays: ArrayRecord, num_examples: int,
+    def reply(self, msg: Message, arrays: ArrayRecord, num_examples: int,
               metrics: dict[str, float] | None = None) -> Message:
-        """The train reply Flower's strategies expect: the model and ``num-examples``.
+        """The train reply Flower's strategies expect: the model, and the number of samples
+        trained on under :attr:`weighted_by_key`.
 
         ``num_examples`` must be the number of samples actually trained on; the server
         excludes a client that reports more than it kept.
         """
-        record = MetricRecord({**(metrics or {}), "num-examples": int(num_examples)})
+        record = MetricRecord({**(metrics or {}), self.weighted_by_key: int(num_examples)})
         return Message(RecordDict({"arrays": arrays, "metrics": record}), reply_to=msg)

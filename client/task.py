@@ -10,7 +10,7 @@ public arrays (no ground truth) are kept.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -35,11 +35,12 @@ def load_local_data(context: Context, settings: RunSettings) -> LocalData:
     if path:
         return _from_file(str(path))
     partition = int(context.node_config.get("partition-id", 0))
-    if settings.federation_dir:
-        return _from_file(str(Path(settings.federation_dir) / f"client_{partition}.npz"))
+    harness = settings.harness
+    if harness.federation_dir:
+        return _from_file(str(Path(harness.federation_dir) / f"client_{partition}.npz"))
     # Flower's simulation engine says how many partitions there are: it wins over the setting.
-    num_clients = int(context.node_config.get("num-partitions", settings.num_clients))
-    return _simulated(replace(settings, num_clients=num_clients), partition)
+    num_clients = int(context.node_config.get("num-partitions", harness.num_clients))
+    return _simulated(settings.replace(num_clients=num_clients), partition)
 
 
 @lru_cache(maxsize=4)

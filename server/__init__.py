@@ -1,5 +1,7 @@
-"""fedsieve's server side: the AnomalyFilter strategy wrapper and the ServerApp."""
+"""fedsieve's server side: the AnomalyFilter strategy wrapper (here), the strategy factory for
+an operator's ServerApp (:mod:`fedsieve.server.factory`) and the example ServerApp
+(:mod:`fedsieve.server.app`)."""
 
-from fedsieve.server.strategy import AnomalyFilter
+from fedsieve.server.strategy import REASON_CODES, AnomalyFilter, Exclusion
 
-__all__ = ["AnomalyFilter"]
+__all__ = ["AnomalyFilter", "Exclusion", "REASON_CODES"]

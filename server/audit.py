@@ -1,14 +1,21 @@
-"""The audit log: every screening decision, appended and flushed, so every drop is reviewable.
+"""The audit log: every screening decision, appended and fsynced, so every drop is reviewable.
 
-One JSON object per line in ``<run dir>/audit.jsonl``:
+One JSON object per line in ``<run dir>/audit.jsonl``; ``kind`` says which:
 
+- ``{"kind": "start", "round", "time", "pid", "fedsieve", ...}`` when a server (re)starts
+  deciding (the details name the detector and the number of trusted images);
 - ``{"kind": "sample", "round", "node", "id", "score", "verdict", "threshold"}`` for each
-  uploaded sample (verdict 1 = dropped as an anomaly);
-- ``{"kind": "client", "round", "node", "decision", "reason", ...}`` for each client-level
-  decision (kept, or excluded with the reason).
+  uploaded sample (verdict 1 = dropped as an anomaly, 0 = kept);
+- ``{"kind": "client", "round", "node", "decision": "excluded", "code", "reason"}`` for each
+  client left out of a round: ``code`` is one of
+  :data:`fedsieve.server.strategy.REASON_CODES`, ``reason`` the human-readable explanation.
+  Clients are kept unless excluded, so only exclusions are written.
 
-The file is only ever appended to, and flushed to disk after each round, so a server that
-restarts between rounds finds a consistent log and continues it.
+The file is only ever appended to, and every write is flushed and fsynced before it returns:
+a screening's sample verdicts are on disk before the train messages carrying them are sent,
+and a server that restarts finds a consistent log and continues it. A line cut short by a
+crash mid-write is moved to ``audit.jsonl.torn`` when the log is opened again for writing;
+:func:`read_audit` skips such a torn last line of a log that was not reopened.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 from logging import WARNING
 from pathlib import Path
@@ -24,9 +31,15 @@ from pathlib import Path
 import numpy as np
 from flwr.common.logger import log
 
+#: The entry kinds an audit log holds.
+KINDS = ("start", "sample", "client")
+
 
 class AuditLog:
-    """Append-only JSONL writer.
+    """Append-only JSONL writer; every write is fsynced before it returns.
+
+    Opening a log whose last line was cut short (a crash mid-write) moves that partial line to
+    ``<name>.torn`` and continues after the last complete entry.
 
     Parameters
     ----------
@@ -73,36 +86,69 @@ class AuditLog:
             fedsieve = version("fedsieve")
         except PackageNotFoundError:  # pragma: no cover - running from a source tree
             fedsieve = "unknown"
-        self._append([json.dumps({"kind": "start", "round": server_round,
-                                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                  "pid": os.getpid(), "fedsieve": fedsieve, **details})])
+        self._append([{"kind": "start", "round": server_round,
+                       "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "pid": os.getpid(),
+                       "fedsieve": fedsieve, **details}])
 
     def write_samples(self, server_round: int, node_id: int, ids: np.ndarray,
                       scores: np.ndarray, verdicts: np.ndarray, threshold: float) -> None:
-        lines = (
-            json.dumps({"kind": "sample", "round": server_round, "node": node_id,
-                        "id": int(i), "score": float(s), "verdict": int(v),
-                        "threshold": float(threshold)})
-            for i, s, v in zip(ids, scores, verdicts)
-        )
-        self._append(lines)
+        """Record one node's sample verdicts (1 = dropped) of a screening."""
+        self._append({"kind": "sample", "round": server_round, "node": node_id, "id": int(i),
+                      "score": float(s), "verdict": int(v), "threshold": float(threshold)}
+                     for i, s, v in zip(ids, scores, verdicts))
 
-    def write_client(self, server_round: int, node_id: int, decision: str,
-                     reason: str = "", **details: float | int | str) -> None:
-        self._append([json.dumps({"kind": "client", "round": server_round, "node": node_id,
-                                  "decision": decision, "reason": reason, **details})])
+    def write_exclusion(self, server_round: int, node_id: int, code: str, reason: str) -> None:
+        """Record that ``node_id`` is left out of ``server_round``.
 
-    def _append(self, lines) -> None:
+        Parameters
+        ----------
+        code : str
+            The machine-readable reason (a key of ``REASON_CODES``).
+        reason : str
+            What happened, for a reader of the log.
+        """
+        self._append([{"kind": "client", "round": server_round, "node": node_id,
+                       "decision": "excluded", "code": code, "reason": reason}])
+
+    def _append(self, entries: Iterable[dict]) -> None:
         with self.path.open("a", encoding="utf-8") as handle:
-            for line in lines:
-                handle.write(line + "\n")
+            for entry in entries:
+                handle.write(json.dumps(entry) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
 
 
-def read_audit(path: str | Path) -> Iterator[dict]:
-    """Iterate over the entries of an audit log (``kind`` says which: sample, client, start)."""
-    with Path(path).open(encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                yield json.loads(line)
+def read_audit(path: str | Path, kind: str | None = None) -> Iterator[dict]:
+    """Iterate over the entries of an audit log, oldest first.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``audit.jsonl`` file.
+    kind : {"start", "sample", "client"}, optional
+        Only entries of this kind; all of them when None.
+
+    Raises
+    ------
+    ValueError
+        A line that is not JSON, other than a torn last line (one without its newline, left by
+        a crash mid-write), which is skipped with a warning.
+    """
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    path = Path(path)
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as err:
+                if not line.endswith("\n"):
+                    log(WARNING, "fedsieve: %s ends in a partial line (a crash mid-write); "
+                        "skipping it", path)
+                    return
+                raise ValueError(f"{path}:{number} is not a JSON audit entry: {err}") from err
+            if kind is None or entry.get("kind") == kind:
+                yield entry
+

@@ -153,9 +153,10 @@ def _check_reply(reply: Message, request: UploadRequest, previous: list[Upload],
 
 def score_uploads(uploads: dict[int, ClientUpload], trusted_images: np.ndarray,
                   make_detector: Callable[[], object]) -> tuple[dict[int, ClientVerdict], float]:
-    """Fit a fresh detector on the pooled uploads (anchored by the seeds) and split its verdicts.
+    """Fit a fresh detector on the pooled uploads and split its verdicts by node.
 
-    Returns the per-node verdicts and the detector's threshold.
+    The detector is anchored by ``trusted_images``. Returns the per-node verdicts and the
+    detector's threshold.
     """
     nodes = sorted(uploads)
     if not nodes:

@@ -5,14 +5,21 @@ change, the way Flower's ``DifferentialPrivacyServerSide*`` wrappers do. What it
 
 1. **Screening** (round 1, and every ``screen_every`` rounds after): ``query`` messages ask
    each client for its samples; the trusted detector is fitted on the pooled uploads,
-   anchored by the operator's seed images, and scores every sample.
+   anchored by the operator's trusted images, and scores every sample.
 2. **Verdicts** travel in each client's own train message: an ``ArrayRecord`` of ids to drop.
 3. **Exclusion** before aggregation: clients that failed screening, whose estimated
    contamination exceeds ``max_client_contamination``, or that report more training samples
    than they kept never reach the inner strategy. Clients whose training failed or that
-   never replied are recorded too (the inner strategy skips them as usual).
-4. **Audit**: every decision goes to ``<run_dir>/audit.jsonl``; per-round figures go to
-   :attr:`history` and into the round's train MetricRecord.
+   never replied are recorded too (the inner strategy skips them as usual). Each exclusion is
+   an :class:`Exclusion`: a code of :data:`REASON_CODES` and a human-readable message.
+4. **Audit**: every sample verdict and every exclusion goes to ``<run_dir>/audit.jsonl``
+   (:mod:`fedsieve.server.audit`) when it is decided; per-round figures go to :attr:`history`
+   and into the round's train MetricRecord.
+
+The training-sample count a client reports is read under the inner strategy's
+``weighted_by_key`` (``"num-examples"`` for a strategy without one), as Flower's
+``DifferentialPrivacy*`` wrappers do, so ``AnomalyFilter(FedAvg(weighted_by_key="n"))`` checks
+the key the inner strategy weights by.
 
 With ``upload_fraction < 1`` only a random fraction of each client's samples is uploaded.
 Samples the server never saw get the client-level verdict: the client is kept (and trains on
@@ -23,8 +30,10 @@ and excluded otherwise.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from logging import INFO, WARNING
 from pathlib import Path
 
@@ -41,6 +50,37 @@ from fedsieve.shared.protocol import VERDICT_RECORD, encode_verdicts
 #: Exclusion reasons, also reported as integer codes in MetricRecords (which hold numbers only).
 REASON_CODES = {"failed-screening": 1, "too-polluted": 2, "over-reported": 3, "not-screened": 4,
                 "nothing-kept": 5, "train-error": 6, "dropped-out": 7}
+#: The metric key Flower's strategies weight by unless told otherwise.
+DEFAULT_WEIGHTED_BY_KEY = "num-examples"
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """Why a client is left out of a round.
+
+    Attributes
+    ----------
+    code : str
+        A key of :data:`REASON_CODES` (checked).
+    message : str
+        What happened, for people reading logs and reports.
+    """
+
+    code: str
+    message: str
+
+    def __post_init__(self) -> None:
+        if self.code not in REASON_CODES:
+            raise ValueError(f"unknown exclusion code {self.code!r}; one of "
+                             f"{', '.join(REASON_CODES)}")
+
+    @property
+    def number(self) -> int:
+        """The integer code reported in MetricRecords."""
+        return REASON_CODES[self.code]
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
 
 
 class AnomalyFilter(Strategy):
@@ -49,7 +89,9 @@ class AnomalyFilter(Strategy):
     Parameters
     ----------
     strategy : flwr.serverapp.strategy.Strategy, optional
-        The strategy that samples clients and aggregates; ``FedAvg()`` when None.
+        The strategy that samples clients and aggregates; ``FedAvg()`` when None. Clients
+        report their training-sample count under its ``weighted_by_key``
+        (:attr:`weighted_by_key`).
     detector : estimator or callable
         An unfitted fedsieve detector (copied fresh for every screening) or a zero-argument
         callable returning one. It must offer ``fit(X, trusted=...)`` and the fitted
@@ -72,6 +114,15 @@ class AnomalyFilter(Strategy):
         Where ``audit.jsonl`` goes; no audit file without it.
     random_state : int, default 0
         Seed of the upload sampling.
+
+    Attributes
+    ----------
+    history : list of dict
+        One entry per round: uploads, drops, threshold, per-node estimated contamination,
+        exclusions (``excluded``: node -> reason text, ``excluded_codes``: node -> code of
+        :data:`REASON_CODES`) and timings.
+    audit : AuditLog or None
+        The audit log, when ``run_dir`` is given.
     """
 
     def __init__(self, strategy: Strategy | None = None, detector=None, *,
@@ -99,20 +150,26 @@ class AnomalyFilter(Strategy):
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.random_state = random_state
         self.audit = AuditLog(self.run_dir / "audit.jsonl") if self.run_dir else None
-        #: One dict per round: uploads, drops, exclusions with reasons, timings.
         self.history: list[dict] = []
         self._screening: Screening | None = None
         self._allowed: dict[int, int] = {}  # node -> samples it may train on this round
-        self._excluded: dict[int, str] = {}  # node -> reason, this round
+        self._excluded: dict[int, Exclusion] = {}  # this round's
         self._round_seconds = 0.0
 
     def __repr__(self) -> str:
         return f"AnomalyFilter(strategy={self.strategy!r}, detector={self.detector!r})"
 
+    @property
+    def weighted_by_key(self) -> str:
+        """The metric key a client's training-sample count is read under: the inner
+        strategy's ``weighted_by_key``, or ``"num-examples"`` when it has none."""
+        return getattr(self.strategy, "weighted_by_key", DEFAULT_WEIGHTED_BY_KEY)
+
     def summary(self) -> None:
         log(INFO, "\t├──> fedsieve AnomalyFilter:")
         log(INFO, "\t│\t├── detector: %r", self.detector)
-        log(INFO, "\t│\t├── trusted seeds: %d images", len(self.trusted_images))
+        log(INFO, "\t│\t├── trusted images: %d", len(self.trusted_images))
+        log(INFO, "\t│\t├── training-sample count read under: %r", self.weighted_by_key)
         log(INFO, "\t│\t├── upload fraction: %.2f | screen every: %s", self.upload_fraction,
             self.screen_every or "first round only")
         log(INFO, "\t│\t└── max client contamination: %.2f", self.max_client_contamination)
@@ -125,22 +182,20 @@ class AnomalyFilter(Strategy):
         if self.audit is not None and self._screening is None:
             # A (re)started server says so in the log before its first decision.
             self.audit.write_start(server_round, detector=repr(self.detector),
-                                   seeds=len(self.trusted_images))
+                                   trusted_images=len(self.trusted_images))
         if self._needs_screening(server_round):
             self._screening = self._screen(server_round, grid)
         messages = []
         self._allowed, self._excluded = {}, {}
         for message in self.strategy.configure_train(server_round, arrays, config, grid):
             node = int(message.metadata.dst_node_id)
-            reason = self._screening_exclusion(node)
-            if reason:
-                self._excluded[node] = reason
+            exclusion = self._screening_exclusion(node)
+            if exclusion:
+                self._exclude(server_round, node, exclusion)
                 continue
             verdict = self._screening.verdicts[node]
             self._allowed[node] = verdict.kept
             messages.append(self._with_verdicts(message, verdict.drop_ids))
-        for node, reason in self._excluded.items():
-            log(WARNING, "fedsieve: round %d excludes node %s: %s", server_round, node, reason)
         self._round_seconds = time.perf_counter() - started
         return messages
 
@@ -148,27 +203,38 @@ class AnomalyFilter(Strategy):
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         started = time.perf_counter()
         accepted, answered = [], set()
+        count_key = self.weighted_by_key
         for reply in replies:
             node = int(reply.metadata.src_node_id)
+            if node in answered or node in self._excluded:
+                continue  # a second reply, or one from a node that was sent no train message
             answered.add(node)
             if reply.has_error():
-                self._excluded[node] = ("train-error: the client raised an error while "
-                                        f"training: {reply.error.reason}")
+                self._exclude(server_round, node, Exclusion(
+                    "train-error", "the client raised an error while training: "
+                    f"{reply.error.reason}"))
                 accepted.append(reply)  # the inner strategy logs and skips failures
                 continue
             if node not in self._allowed:
-                self._excluded.setdefault(node, "not-screened: no verdicts were sent to it")
+                self._exclude(server_round, node, Exclusion(
+                    "not-screened", "no verdicts were sent to it"))
                 continue
-            reported = _num_examples(reply.content)
-            if reported is None or reported > self._allowed[node]:
-                self._excluded[node] = (f"over-reported: claims {reported} training samples "
-                                        f"but kept {self._allowed[node]}")
-                log(WARNING, "fedsieve: node %s %s", node, self._excluded[node])
+            reported = _reported_count(reply.content, count_key)
+            if reported is None:
+                self._exclude(server_round, node, Exclusion(
+                    "over-reported", "reports no valid training-sample count under "
+                    f"{count_key!r} but kept {self._allowed[node]}"))
+                continue
+            if reported > self._allowed[node]:
+                self._exclude(server_round, node, Exclusion(
+                    "over-reported", f"claims {reported} training samples under "
+                    f"{count_key!r} but kept {self._allowed[node]}"))
                 continue
             accepted.append(reply)
         for node in sorted(set(self._allowed) - answered):
-            self._excluded[node] = ("dropped-out: no reply to the train message (the client "
-                                    "disconnected or timed out)")
+            self._exclude(server_round, node, Exclusion(
+                "dropped-out", "no reply to the train message (the client disconnected or "
+                "timed out)"))
         arrays, metrics = (self.strategy.aggregate_train(server_round, accepted)
                            if accepted else (None, None))
         self._round_seconds += time.perf_counter() - started
@@ -215,19 +281,30 @@ class AnomalyFilter(Strategy):
         self._audit_screening(screening)
         return screening
 
-    def _screening_exclusion(self, node: int) -> str | None:
+    def _screening_exclusion(self, node: int) -> Exclusion | None:
         screening = self._screening
         if node in screening.failures:
-            return f"failed-screening: {screening.failures[node]}"
+            return Exclusion("failed-screening", screening.failures[node])
         if node not in screening.verdicts:
-            return "not-screened: the node joined after the last screening"
+            return Exclusion("not-screened", "the node joined after the last screening")
         estimate = screening.verdicts[node].estimated_contamination
         if estimate > self.max_client_contamination:
-            return (f"too-polluted: estimated contamination {estimate:.3f} exceeds "
-                    f"max_client_contamination {self.max_client_contamination:.3f}")
+            return Exclusion("too-polluted", f"estimated contamination {estimate:.3f} exceeds "
+                             f"max_client_contamination {self.max_client_contamination:.3f}")
         if screening.verdicts[node].kept <= 0:
-            return "nothing-kept: every sample of the node was dropped"
+            return Exclusion("nothing-kept", "every sample of the node was dropped, or it "
+                             "holds none")
         return None
+
+    def _exclude(self, server_round: int, node: int, exclusion: Exclusion) -> None:
+        """Leave ``node`` out of this round: remember, log and audit the decision now."""
+        self._excluded[node] = exclusion
+        log(WARNING, "fedsieve: round %d excludes node %s: %s", server_round, node, exclusion)
+        screening = self._screening
+        already_audited = (screening.server_round == server_round
+                           and node in screening.failures)  # by _audit_screening
+        if self.audit is not None and not already_audited:
+            self.audit.write_exclusion(server_round, node, exclusion.code, str(exclusion))
 
     @staticmethod
     def _with_verdicts(message: Message, drop_ids: np.ndarray) -> Message:
@@ -243,19 +320,17 @@ class AnomalyFilter(Strategy):
         for node, verdict in sorted(screening.verdicts.items()):
             self.audit.write_samples(screening.server_round, node, verdict.ids, verdict.scores,
                                      verdict.verdicts, screening.threshold)
+        # Every node that failed is recorded at once, sampled for training this round or not.
         for node, reason in sorted(screening.failures.items()):
-            self.audit.write_client(screening.server_round, node, "excluded",
-                                    f"failed-screening: {reason}")
+            exclusion = Exclusion("failed-screening", reason)
+            self.audit.write_exclusion(screening.server_round, node, exclusion.code,
+                                       str(exclusion))
 
     def _record_round(self, server_round: int) -> dict:
         screening = self._screening
         fresh = screening.server_round == server_round
         verdicts = screening.verdicts
         excluded = dict(sorted(self._excluded.items()))
-        if self.audit is not None:
-            for node, reason in excluded.items():
-                if not (fresh and node in screening.failures):
-                    self.audit.write_client(server_round, node, "excluded", reason)
         nodes = sorted(verdicts)
         record = {
             "round": server_round,
@@ -264,7 +339,8 @@ class AnomalyFilter(Strategy):
             "dropped": int(sum(int(v.verdicts.sum()) for v in verdicts.values())),
             "threshold": screening.threshold,
             "estimated_contamination": {n: verdicts[n].estimated_contamination for n in nodes},
-            "excluded": excluded,
+            "excluded": {n: str(e) for n, e in excluded.items()},
+            "excluded_codes": {n: e.code for n, e in excluded.items()},
             "screening_seconds": screening.seconds if fresh else 0.0,
             "upload_seconds": screening.upload_seconds if fresh else 0.0,
             "detector_seconds": screening.detector_seconds if fresh else 0.0,
@@ -275,8 +351,7 @@ class AnomalyFilter(Strategy):
             "fedsieve-dropped": record["dropped"],
             "fedsieve-excluded": len(excluded),
             "fedsieve-excluded-nodes": [int(n) for n in excluded],
-            "fedsieve-excluded-reasons": [REASON_CODES[r.split(":")[0]]
-                                          for r in excluded.values()],
+            "fedsieve-excluded-reasons": [e.number for e in excluded.values()],
             "fedsieve-nodes": nodes,
             "fedsieve-contamination": [verdicts[n].estimated_contamination for n in nodes],
             "fedsieve-screening-s": record["screening_seconds"],
@@ -286,10 +361,14 @@ class AnomalyFilter(Strategy):
         return record
 
 
-def _num_examples(content: RecordDict) -> int | None:
+def _reported_count(content: RecordDict, key: str) -> int | None:
+    """The training-sample count a reply reports under ``key``; None when it reports none, or
+    one that is not a finite non-negative number (a hostile NaN must not crash the server)."""
     for record in content.metric_records.values():
-        value = record.get("num-examples")
+        value = record.get(key)
         if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value) or value < 0:
+                return None
             return int(value)
     return None
 

@@ -2,10 +2,13 @@
 
 A checkpoint at ``PATH`` is the pair ``PATH.safetensors`` + ``PATH.json`` (a ``PATH`` given
 with either suffix means the same pair). The JSON holds the format name and version, the kind
-(``"meta"`` for a Reptile meta-model, ``"detector"`` for a fitted detector), the detector
-class and parameters, network sizes, the threshold, data hashes and the SHA-256 of the weights
-file, which is checked before the weights are read. Loading never unpickles anything: weights
-go through :func:`safetensors.torch.load_file` only.
+(``"meta"`` for a Reptile meta-model, ``"detector"`` for a fitted detector), network sizes, the
+SHA-256 of the weights file, which is checked before the weights are read, and what the kind
+adds (a detector's class, parameters, threshold and data hashes). Loading never unpickles
+anything: weights go through :func:`safetensors.torch.load_file` only.
+
+This module holds the file format and the meta-models; fitted detectors are saved and loaded
+by :mod:`fedsieve.shared.detectors.persist`.
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise CheckpointError(
             f"{jpath} has format_version {header.get('format_version')!r}; this fedsieve reads "
             f"version {FORMAT_VERSION}: re-create it with this version (fedsieve meta-train / "
-            "detector.save)"
+            "save_detector)"
         )
     if not wpath.is_file():
         raise CheckpointError(f"checkpoint weights {wpath} not found")
@@ -104,22 +107,42 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
 # -- meta-models ----------------------------------------------------------------------------
 def save_meta(model: BiGAN, path: str | Path, info: dict[str, Any]) -> Path:
     """Save a meta-trained BiGAN (``info``: training command, config, data hash, ...)."""
-    tensors = {f"model.{k}": v.detach().clone() for k, v in model.state_dict().items()}
-    return write_checkpoint(path, tensors, {"kind": "meta", "net": model.cfg.to_dict(), **info})
+    return write_checkpoint(path, model_tensors(model),
+                            {"kind": "meta", "net": model.cfg.to_dict(), **info})
 
 
 def load_meta(path: str | Path) -> tuple[BiGAN, dict[str, Any]]:
-    """Load a meta-model saved by :func:`save_meta`; returns ``(model, header)``."""
+    """Load a meta-model saved by :func:`save_meta`; returns ``(model, header)``.
+
+    Raises
+    ------
+    CheckpointError
+        As :func:`read_checkpoint`, or the file is not a meta-model, or its weights do not
+        fit the networks its header describes.
+    """
     tensors, header = read_checkpoint(path)
     if header.get("kind") != "meta":
         raise CheckpointError(f"{path} is a {header.get('kind')!r} checkpoint, not a meta-model")
-    model = _build(tensors, header)
-    return model, header
+    return bigan_from_tensors(tensors, header.get("net")), header
 
 
-def _build(tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> BiGAN:
+# -- networks <-> tensors -------------------------------------------------------------------
+def model_tensors(model: BiGAN) -> dict[str, torch.Tensor]:
+    """A BiGAN's weights as checkpoint tensors (its ``state_dict`` under ``model.``)."""
+    return {f"model.{k}": v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def bigan_from_tensors(tensors: dict[str, torch.Tensor], net: Any) -> BiGAN:
+    """The BiGAN sized by ``net`` (a :class:`NetConfig` dict) holding the ``model.`` tensors,
+    in eval mode.
+
+    Raises
+    ------
+    CheckpointError
+        ``net`` is not a network config, or the weights do not fit the networks exactly.
+    """
     try:
-        model = BiGAN(NetConfig(**header["net"]))
+        model = BiGAN(NetConfig(**net))
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
                               strict=True)
     except (KeyError, TypeError, RuntimeError) as exc:
@@ -127,42 +150,3 @@ def _build(tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> BiGAN:
         raise CheckpointError(msg) from exc
     model.eval()
     return model
-
-
-# -- fitted detectors -----------------------------------------------------------------------
-def save_detector(det: Any, path: str | Path) -> Path:
-    """Save a fitted GAN detector (RtBiGAN, EGBAD, AnoGAN); returns the JSON path."""
-    det._check_fitted()
-    params = {k: (str(v) if isinstance(v, Path) else v) for k, v in det.get_params().items()}
-    header = {
-        "kind": "detector",
-        "detector": type(det).__name__,
-        "params": params,
-        "net": det.model_.cfg.to_dict(),
-        "threshold": float(det.threshold_),
-        "data": getattr(det, "data_hashes_", {}),
-        "meta_checkpoint": getattr(det, "meta_info_", {}).get("weights_sha256"),
-        **det._extra_json(),
-    }
-    return write_checkpoint(path, det._state_tensors(), header)
-
-
-def load_detector(path: str | Path) -> Any:
-    """Load a detector saved by :func:`save_detector`."""
-    from fedsieve.shared.detectors import EGBAD, AnoGAN, RtBiGAN
-
-    classes = {c.__name__: c for c in (RtBiGAN, EGBAD, AnoGAN)}
-    tensors, header = read_checkpoint(path)
-    if header.get("kind") != "detector" or header.get("detector") not in classes:
-        raise CheckpointError(f"{path} is not a saved RtBiGAN/EGBAD/AnoGAN detector")
-    cls = classes[header["detector"]]
-    try:
-        det = cls(**header["params"])
-    except TypeError as exc:
-        raise CheckpointError(f"{path} has parameters this version does not know: {exc}") from exc
-    _build(tensors, header)  # validates shapes with a clear error before restoring
-    det._restore_state(tensors, header["net"])
-    det.threshold_ = float(header["threshold"])
-    det.data_hashes_ = header.get("data", {})
-    det.history_ = header.get("history", [])
-    return det

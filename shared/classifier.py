@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fedsieve.shared.images import check_images
+
 
 class DigitNet(nn.Module):
     """Two conv blocks and a small head: ~30k parameters, fast on two CPU cores."""
@@ -28,9 +30,18 @@ class DigitNet(nn.Module):
         return self.fc2(F.relu(self.fc1(x.flatten(1))))
 
 
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, 28, 28) -> float (N, 1, 28, 28) in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32) / 255.0).unsqueeze(1)
+def classifier_batch(images: np.ndarray, name: str = "images") -> torch.Tensor:
+    """Images as the classifier's input: float32 (N, 1, 28, 28) in [0, 1].
+
+    Accepts what the SDK accepts, through the one image validator: uint8 (N, 28, 28) is
+    scaled by 1/255, float32 already in [0, 1] is taken as it is (never scaled twice).
+
+    Raises
+    ------
+    ValueError
+        Images of another shape or dtype, or float values outside [0, 1].
+    """
+    return torch.from_numpy(check_images(images, name, allow_empty=True)).unsqueeze(1)
 
 
 def train_local(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: int = 1,
@@ -39,7 +50,7 @@ def train_local(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epo
     if len(images) == 0:
         return float("nan")
     generator = torch.Generator().manual_seed(seed)
-    x, y = to_tensor(images), torch.tensor(np.asarray(labels), dtype=torch.long)
+    x, y = classifier_batch(images), torch.tensor(np.asarray(labels), dtype=torch.long)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     model.train()
     total, count = 0.0, 0
@@ -64,7 +75,7 @@ def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray,
     y = torch.tensor(np.asarray(labels), dtype=torch.long)
     loss, correct = 0.0, 0
     for start in range(0, len(images), batch_size):
-        logits = model(to_tensor(images[start:start + batch_size]))
+        logits = model(classifier_batch(images[start:start + batch_size]))
         target = y[start:start + batch_size]
         loss += F.cross_entropy(logits, target, reduction="sum").item()
         correct += (logits.argmax(1) == target).sum().item()

@@ -1,89 +1,47 @@
-"""Run settings shared by the ServerApp, the ClientApp and ``fedsieve simulate``.
+"""Run settings in three parts with one job each, read from Flower's flat run config.
 
-They come from ``[tool.flwr.app.config]`` (kebab-case keys, as Flower passes them in
-``context.run_config``) or are built directly in Python.
+- :class:`FilterSettings`: what an operator deploys (the inner aggregator, the detector, the
+  trusted file, the AnomalyFilter's options). The library's strategy factory,
+  :func:`fedsieve.server.factory.build_strategy`, takes only this part.
+- :class:`TaskSettings`: the example classifier's federated training.
+- :class:`HarnessSettings`: the simulated federation; a deployment whose nodes bring their own
+  data ignores it.
+- :class:`RunSettings`: the three together, for the example ServerApp/ClientApp and
+  ``fedsieve simulate``.
+
+Every part reads and writes the flat kebab-case keys of ``[tool.flwr.app.config]`` (what Flower
+passes in ``context.run_config``): field ``trusted_file`` is key ``trusted-file``. Field names
+are unique across the parts, so the flat config maps onto them without prefixes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Self
 
+#: Detector name meaning: no data filter, the inner aggregator alone.
 DETECTORS_NONE = "none"
+#: Inner strategies :func:`fedsieve.server.factory.make_aggregator` builds.
 AGGREGATORS = ("fedavg", "fedmedian", "krum", "trimmedavg")
 
 
-@dataclass(frozen=True)
-class RunSettings:
-    """Everything a fedsieve run is configured with.
-
-    Attributes
-    ----------
-    num_server_rounds, local_epochs, batch_size, learning_rate
-        Federated training of the example classifier.
-    aggregator : str
-        Inner strategy: ``fedavg``, ``fedmedian``, ``krum`` or ``trimmedavg``.
-    detector : str
-        Trusted detector name (``rtbigan``, ``egbad``, ``anogan``, ``iforest``, ...) or
-        ``none`` for no data filter.
-    checkpoint : str
-        Meta checkpoint for Rt-BiGAN; empty for the one shipped with fedsieve.
-    trusted_file, trusted_size : str, int
-        Trusted seed images (``.npz`` with ``x``); when empty, ``trusted_size`` images are
-        drawn from the MNIST training split with the run's seed (the same ones the
-        simulation harness keeps out of every client).
-    alpha, threshold_policy
-        Detector score weight and threshold policy.
-    upload_fraction, max_client_contamination, screen_every
-        AnomalyFilter options.
-    min_nodes : int
-        Nodes the ServerApp waits for before screening and training.
-    num_clients, contamination, partition, profile, label_policy
-        The simulated federation (ignored by real deployments whose nodes bring data).
-    seed : int
-        Seed of everything random.
-    run_dir : str
-        Where the audit log and results go (default ``runs/run-<run id>``).
-    data_root : str
-        Data folder searched first by the loaders.
-    federation_dir : str
-        Folder of ready client files (``client_<partition-id>.npz``) for simulated nodes;
-        ``fedsieve simulate`` fills it so that each simulated ClientApp loads its partition
-        instead of rebuilding the whole federation. Empty: rebuild from the settings.
-    """
-
-    num_server_rounds: int = 3
-    local_epochs: int = 3
-    batch_size: int = 32
-    learning_rate: float = 0.05
-    aggregator: str = "fedavg"
-    detector: str = "rtbigan"
-    checkpoint: str = ""
-    trusted_file: str = ""
-    trusted_size: int = 10
-    alpha: float = 0.9
-    threshold_policy: str = "gmm"
-    upload_fraction: float = 1.0
-    max_client_contamination: float = 0.5
-    screen_every: int = 0
-    min_nodes: int = 2
-    num_clients: int = 10
-    contamination: float = 0.2
-    partition: str = "iid"
-    profile: str = "uniform"
-    label_policy: str = "random"
-    seed: int = 0
-    run_dir: str = ""
-    data_root: str = ""
-    federation_dir: str = ""
+class _RunConfigPart:
+    """Reading and writing a frozen settings dataclass as flat kebab-case run config."""
 
     @classmethod
-    def from_run_config(cls, run_config: Mapping[str, object]) -> RunSettings:
-        """Read Flower's ``context.run_config``; unknown keys are ignored, types are checked."""
+    def from_run_config(cls, run_config: Mapping[str, object]) -> Self:
+        """Read this part's keys of ``run_config``; other keys are ignored, types are checked.
+
+        Raises
+        ------
+        ValueError
+            A value of the wrong type, or one :meth:`validated` rejects.
+        """
         values = {}
         for f in dataclasses.fields(cls):
-            key = f.name.replace("_", "-")
+            key = _key(f.name)
             if key not in run_config:
                 continue
             raw, kind = run_config[key], type(f.default)
@@ -95,14 +53,193 @@ class RunSettings:
         return cls(**values).validated()
 
     def to_run_config(self) -> dict[str, object]:
-        """The kebab-case mapping Flower uses."""
-        return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
+        """This part as the kebab-case mapping Flower uses."""
+        return {_key(f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
 
-    def validated(self) -> RunSettings:
+    def validated(self) -> Self:
+        """``self`` if its values are consistent; raises ``ValueError`` otherwise."""
+        return self
+
+
+@dataclass(frozen=True)
+class FilterSettings(_RunConfigPart):
+    """What an operator deploys: the inner aggregator and the trusted data filter around it.
+
+    Attributes
+    ----------
+    aggregator : str
+        Inner strategy: one of :data:`AGGREGATORS`.
+    detector : str
+        Trusted detector name (``rtbigan``, ``egbad``, ``anogan``, ``iforest``, ``deepsvdd``;
+        see :data:`fedsieve.shared.detectors.DETECTORS`) or ``none`` for no data filter.
+    checkpoint : str
+        Meta checkpoint for the GAN detectors; empty for the one shipped with fedsieve.
+    trusted_file : str
+        The operator's trusted images: an ``.npz`` with ``x`` holding 5-10 normal images
+        (:func:`fedsieve.shared.trusted.load_trusted_file`). Required by a deployment's data
+        filter; ``fedsieve pollute`` or :func:`fedsieve.shared.trusted.save_trusted_file`
+        writes one.
+    alpha : float
+        Weight of the generator loss in the GAN detectors' anomaly score.
+    threshold_policy : str
+        How the detector cuts its scores (``gmm``, ``trusted-quantile``, ``contamination``,
+        ``fixed``).
+    upload_fraction, max_client_contamination, screen_every
+        :class:`fedsieve.server.AnomalyFilter` options.
+    min_nodes : int
+        Nodes the ServerApp waits for before screening and training.
+    seed : int
+        Seed of everything random in the run (detector, client sampling, and in the example
+        app the training and the simulated federation).
+    run_dir : str
+        Where the audit log and results go; empty: ``runs/run-<run id>``.
+    """
+
+    aggregator: str = "fedavg"
+    detector: str = "rtbigan"
+    checkpoint: str = ""
+    trusted_file: str = ""
+    alpha: float = 0.9
+    threshold_policy: str = "gmm"
+    upload_fraction: float = 1.0
+    max_client_contamination: float = 0.5
+    screen_every: int = 0
+    min_nodes: int = 2
+    seed: int = 0
+    run_dir: str = ""
+
+    @property
+    def filtered(self) -> bool:
+        """Whether a data filter wraps the aggregator (the detector is not ``none``)."""
+        return self.detector != DETECTORS_NONE
+
+    def validated(self) -> FilterSettings:
         if self.aggregator not in AGGREGATORS:
-            raise ValueError(f"aggregator must be one of {AGGREGATORS}, got {self.aggregator!r}")
+            raise ValueError(f"aggregator must be one of {', '.join(AGGREGATORS)}, "
+                             f"got {self.aggregator!r}")
         if not 0.0 < self.upload_fraction <= 1.0:
             raise ValueError(f"upload-fraction must be in (0, 1], got {self.upload_fraction}")
-        if self.num_server_rounds < 1 or self.num_clients < 1:
-            raise ValueError("num-server-rounds and num-clients must be at least 1")
         return self
+
+
+@dataclass(frozen=True)
+class TaskSettings(_RunConfigPart):
+    """The example task: federated training of the MNIST classifier.
+
+    Attributes
+    ----------
+    num_server_rounds, local_epochs, batch_size, learning_rate
+        Rounds of FedAvg (or the configured aggregator) and each client's local SGD.
+    data_root : str
+        Data folder the MNIST/Fashion-MNIST loaders search first (empty: their default order).
+    """
+
+    num_server_rounds: int = 3
+    local_epochs: int = 3
+    batch_size: int = 32
+    learning_rate: float = 0.05
+    data_root: str = ""
+
+    def validated(self) -> TaskSettings:
+        if self.num_server_rounds < 1:
+            raise ValueError(f"num-server-rounds must be at least 1, got "
+                             f"{self.num_server_rounds}")
+        return self
+
+
+@dataclass(frozen=True)
+class HarnessSettings(_RunConfigPart):
+    """The simulated federation (:mod:`fedsieve.simulations.pollution`).
+
+    Attributes
+    ----------
+    num_clients, contamination, partition, profile, label_policy
+        How many clients, how much Fashion-MNIST pollution, how MNIST is split between them,
+        how rates differ between clients, and the labels of the injected images.
+    trusted_size : int
+        Trusted images the harness keeps out of every client for the server. The example
+        ServerApp without a ``trusted-file`` draws this many MNIST digits (and says so).
+    federation_dir : str
+        Folder of ready client files (``client_<partition-id>.npz``) for simulated nodes;
+        ``fedsieve simulate`` fills it so that each simulated ClientApp loads its partition
+        instead of rebuilding the whole federation. Empty: rebuild from the settings.
+    """
+
+    num_clients: int = 10
+    contamination: float = 0.2
+    partition: str = "iid"
+    profile: str = "uniform"
+    label_policy: str = "random"
+    trusted_size: int = 10
+    federation_dir: str = ""
+
+    def validated(self) -> HarnessSettings:
+        if self.num_clients < 1:
+            raise ValueError(f"num-clients must be at least 1, got {self.num_clients}")
+        return self
+
+
+_PARTS = {"filter": FilterSettings, "task": TaskSettings, "harness": HarnessSettings}
+#: Field name -> the part that holds it.
+_PART_OF = {f.name: part for part, cls in _PARTS.items() for f in dataclasses.fields(cls)}
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The example app's settings: what to deploy, what to train, what to simulate.
+
+    Build one from the flat run config (:meth:`from_run_config`), or from the defaults with
+    flat field names: ``RunSettings().replace(num_clients=4, detector="iforest")``.
+
+    Attributes
+    ----------
+    filter : FilterSettings
+    task : TaskSettings
+    harness : HarnessSettings
+    """
+
+    filter: FilterSettings = field(default_factory=FilterSettings)
+    task: TaskSettings = field(default_factory=TaskSettings)
+    harness: HarnessSettings = field(default_factory=HarnessSettings)
+
+    @property
+    def seed(self) -> int:
+        """The run's one seed (kept in :attr:`FilterSettings.seed`)."""
+        return self.filter.seed
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, object]) -> RunSettings:
+        """Read Flower's ``context.run_config``; unknown keys are ignored, types are checked."""
+        return cls(**{part: kind.from_run_config(run_config) for part, kind in _PARTS.items()})
+
+    def to_run_config(self) -> dict[str, object]:
+        """The flat kebab-case mapping Flower uses (every part's keys)."""
+        return {k: v for part in _PARTS for k, v in getattr(self, part).to_run_config().items()}
+
+    def replace(self, **changes: Any) -> RunSettings:
+        """A copy with the given fields changed, named flat (``seed=1``, ``num_clients=4``).
+
+        Raises
+        ------
+        TypeError
+            A name that is no field of any part.
+        """
+        by_part: dict[str, dict[str, Any]] = {}
+        for name, value in changes.items():
+            if name not in _PART_OF:
+                raise TypeError(f"{name!r} is not a run setting; settings are "
+                                f"{', '.join(sorted(_PART_OF))}")
+            by_part.setdefault(_PART_OF[name], {})[name] = value
+        return dataclasses.replace(self, **{
+            part: dataclasses.replace(getattr(self, part), **values)
+            for part, values in by_part.items()})
+
+    def validated(self) -> RunSettings:
+        """``self`` if every part is consistent; raises ``ValueError`` otherwise."""
+        for part in _PARTS:
+            getattr(self, part).validated()
+        return self
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")

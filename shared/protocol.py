@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from fedsieve.shared.images import as_uint8_images
+from fedsieve.shared.images import check_images
 
 PROTOCOL_VERSION = 1
 UPLOAD_ACTION = "fedsieve_upload"
@@ -177,7 +177,10 @@ def _decode_upload(content: RecordDict, request: UploadRequest, max_upload: int)
     missing = {"x", "ids"} - set(arrays.keys())
     if missing:
         raise ProtocolError(f"upload lacks array(s) {sorted(missing)}")
-    x = validate_images(arrays["x"].numpy(), what="uploaded x")
+    try:
+        x = check_images(arrays["x"].numpy(), "uploaded x", dtype=np.uint8, allow_empty=True)
+    except ValueError as err:
+        raise ProtocolError(str(err)) from err
     ids = arrays["ids"].numpy()
     if ids.dtype != np.int64 or ids.ndim != 1:
         raise ProtocolError(f"ids must be a 1-D int64 array, got {ids.dtype} {ids.shape}")
@@ -189,17 +192,6 @@ def _decode_upload(content: RecordDict, request: UploadRequest, max_upload: int)
     if len(np.unique(ids)) != len(ids):
         raise ProtocolError("upload holds duplicate ids; every sample needs its own id")
     return Upload(x, ids, num_samples, num_selected, chunk_index, num_chunks)
-
-
-def validate_images(x: np.ndarray, *, what: str = "images") -> np.ndarray:
-    """Check images (see :mod:`fedsieve.shared.images`) and return them as uint8 (N, 28, 28).
-
-    Raises :class:`ProtocolError` (a ``ValueError``) naming what was wrong.
-    """
-    try:
-        return as_uint8_images(x, what, allow_empty=True)
-    except ValueError as err:
-        raise ProtocolError(str(err)) from err
 
 
 def encode_verdicts(drop_ids: np.ndarray) -> ArrayRecord:

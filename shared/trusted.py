@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsieve.shared.protocol import validate_images
+from fedsieve.shared.images import check_images
 
 #: Mixed into the RNG seed so that this draw is independent of every other use of that seed.
 TRUSTED_STREAM = 0x5EED
@@ -44,10 +44,15 @@ def draw_trusted_indices(labels: np.ndarray, size: int, seed: int) -> np.ndarray
     return np.asarray(picks, dtype=np.int64)
 
 
-def save_trusted_file(path: str | Path, images: np.ndarray, labels: np.ndarray | None = None) -> Path:
-    """Write a trusted file (``x``, and ``y`` when labels are given)."""
+def save_trusted_file(path: str | Path, images: np.ndarray,
+                      labels: np.ndarray | None = None) -> Path:
+    """Write a trusted file (``x``, and ``y`` when labels are given).
+
+    ``images`` are validated like every image input: uint8, or float32 in [0, 1] (stored as
+    the nearest uint8 level).
+    """
     path = Path(path)
-    arrays = {"x": np.asarray(images, dtype=np.uint8)}
+    arrays = {"x": check_images(images, "trusted images", dtype=np.uint8)}
     if labels is not None:
         arrays["y"] = np.asarray(labels, dtype=np.int64)
     np.savez_compressed(path, **arrays)
@@ -79,7 +84,7 @@ def load_trusted_file(path: str | Path) -> np.ndarray:
     except Exception as err:  # corrupt zip, pickled object arrays, not an npz at all
         raise TrustedFileError(f"{path} is not a readable .npz trusted file ({err})") from err
     try:
-        images = validate_images(raw, what=f"trusted images in {path}")
+        images = check_images(raw, f"trusted images in {path}", dtype=np.uint8, allow_empty=True)
     except ValueError as err:
         raise TrustedFileError(str(err)) from err
     if len(images) < MIN_TRUSTED:

@@ -5,9 +5,10 @@
   and breaks one thing.
 - :data:`CLIENT_FAULTS`: what a client can do wrong besides a malformed upload (crash or go
   silent during screening or training, lie about its training samples), with the exclusion
-  reason the server must record.
+  the server must record.
 - :func:`faulty_client_app`: a real ClientApp that uploads its samples and breaks in the way
-  one fault names.
+  one fault names; :func:`expected_code` and :func:`expected_reason` say how the server must
+  exclude it.
 """
 
 from __future__ import annotations
@@ -30,9 +31,21 @@ class NoReply(Exception):  # noqa: N818 - a signal, not an error
 
 @dataclass(frozen=True)
 class BadUpload:
+    """A malformed upload: ``mutate`` breaks a valid one; the decoder's error matches
+    ``message`` (a regex), and the server excludes the sender as ``failed-screening``."""
+
     name: str
     mutate: Callable[[RecordDict], RecordDict]
-    message: str  # regex the error must match
+    message: str
+
+
+@dataclass(frozen=True)
+class ClientFault:
+    """How the server must exclude a faulty client: the exclusion ``code`` (a key of
+    ``fedsieve.server.strategy.REASON_CODES``) and a regex its message matches."""
+
+    code: str
+    message: str
 
 
 def _set(record: str, key: str, value: Callable) -> Callable[[RecordDict], RecordDict]:
@@ -53,44 +66,44 @@ def _ids(content: RecordDict) -> np.ndarray:
 
 BAD_UPLOADS = [
     BadUpload("unknown-protocol", _set(p.UPLOAD_META, "protocol", lambda c: 99),
-              "unknown fedsieve protocol version"),
+              "unknown fedsieve protocol version 99"),
     BadUpload("negative-count", _set(p.UPLOAD_META, "num-samples", lambda c: -1),
-              "negative or absurd"),
+              "num-samples -1 is negative or absurd"),
     BadUpload("absurd-count", _set(p.UPLOAD_META, "num-samples", lambda c: 10**12),
-              "negative or absurd"),
+              "num-samples 1000000000000 is negative or absurd"),
     BadUpload("wrong-message", _set(p.UPLOAD_META, "chunk-index", lambda c: 1),
-              "wrong message"),
+              "reply is for chunk 1 but chunk 0 was asked"),
     BadUpload("wrong-dtype", _set(p.UPLOAD_RECORD, "x",
                                   lambda c: Array(_x(c).astype(np.int16))), "has dtype int16"),
     BadUpload("wrong-shape", _set(p.UPLOAD_RECORD, "x",
                                   lambda c: Array(np.ascontiguousarray(_x(c)[:, :, :27]))),
-              "has shape"),
+              r"has shape \(\d+, 28, 27\)"),
     BadUpload("out-of-range", _set(p.UPLOAD_RECORD, "x", lambda c: Array(
         np.full(_x(c).shape, 2.0, np.float32))), r"outside \[0, 1\]"),
     BadUpload("nan", _set(p.UPLOAD_RECORD, "x", lambda c: Array(
-        np.full(_x(c).shape, np.nan, np.float32))), "NaN"),
+        np.full(_x(c).shape, np.nan, np.float32))), "contains NaN or inf"),
     BadUpload("inf", _set(p.UPLOAD_RECORD, "x", lambda c: Array(
         np.where(np.arange(_x(c).size).reshape(_x(c).shape) == 7, np.inf,
-                 _x(c) / np.float32(255)).astype(np.float32))), "inf"),
+                 _x(c) / np.float32(255)).astype(np.float32))), "contains NaN or inf"),
     BadUpload("ids-length", _set(p.UPLOAD_RECORD, "ids", lambda c: Array(_ids(c)[:-1].copy())),
               r"\d+ samples but \d+ ids"),
     BadUpload("duplicate-ids", _set(p.UPLOAD_RECORD, "ids",
-                                    lambda c: Array(np.zeros_like(_ids(c)))), "duplicate"),
+                                    lambda c: Array(np.zeros_like(_ids(c)))), "duplicate ids"),
     BadUpload("missing-meta", lambda c: RecordDict({p.UPLOAD_RECORD: c[p.UPLOAD_RECORD]}),
-              "lacks the"),
+              f"lacks the '{p.UPLOAD_META}' record"),
     BadUpload("meta-wrong-type", lambda c: RecordDict({
         p.UPLOAD_RECORD: c[p.UPLOAD_RECORD], p.UPLOAD_META: MetricRecord({"protocol": 1})}),
-        "must be a"),
+        f"'{p.UPLOAD_META}' must be a ConfigRecord, got MetricRecord"),
 ]
 
 
-#: Client faults other than malformed uploads -> regex of the exclusion reason they must get.
+#: Client faults other than malformed uploads -> the exclusion they must get.
 CLIENT_FAULTS = {
-    "upload-crash": "raised an error while uploading",
-    "upload-silent": "no reply to the screening request",
-    "train-crash": "train-error: the client raised an error",
-    "train-silent": "dropped-out: no reply to the train message",
-    "over-report": "over-reported: claims",
+    "upload-crash": ClientFault("failed-screening", "raised an error while uploading"),
+    "upload-silent": ClientFault("failed-screening", "no reply to the screening request"),
+    "train-crash": ClientFault("train-error", "the client raised an error while training"),
+    "train-silent": ClientFault("dropped-out", "no reply to the train message"),
+    "over-report": ClientFault("over-reported", "claims \\d+ training samples"),
 }
 
 _BAD_UPLOAD_FAULTS = {f"bad-upload:{b.name}": b for b in BAD_UPLOADS}
@@ -99,14 +112,22 @@ _BAD_UPLOAD_FAULTS = {f"bad-upload:{b.name}": b for b in BAD_UPLOADS}
 FAULT_NAMES = (*CLIENT_FAULTS, *_BAD_UPLOAD_FAULTS)
 
 
+def expected_code(fault: str) -> str:
+    """The exclusion code the server must record for ``fault`` (one of :data:`FAULT_NAMES`)."""
+    if fault in _BAD_UPLOAD_FAULTS:
+        return "failed-screening"
+    return CLIENT_FAULTS[fault].code
+
+
 def expected_reason(fault: str) -> str:
     """Regex of the exclusion reason the server must record for ``fault``."""
     if fault in _BAD_UPLOAD_FAULTS:
         return _BAD_UPLOAD_FAULTS[fault].message
-    return CLIENT_FAULTS[fault]
+    return CLIENT_FAULTS[fault].message
 
 
-def faulty_client_app(fault: str, samples: SampleFn) -> ClientApp:
+def faulty_client_app(fault: str, samples: SampleFn, *,
+                      weighted_by_key: str = "num-examples") -> ClientApp:
     """A ClientApp that uploads ``samples(context)`` but breaks the way ``fault`` says.
 
     Parameters
@@ -115,6 +136,9 @@ def faulty_client_app(fault: str, samples: SampleFn) -> ClientApp:
         One of :data:`FAULT_NAMES`.
     samples : callable
         ``samples(context) -> (x, ids)``, the client's local data.
+    weighted_by_key : str, default "num-examples"
+        The metric key its train reply reports the (inflated) sample count under: the server
+        strategy's ``weighted_by_key``.
     """
     if fault not in FAULT_NAMES:
         raise ValueError(f"unknown fault {fault!r}; pick one of {', '.join(FAULT_NAMES)}")
@@ -139,7 +163,7 @@ def faulty_client_app(fault: str, samples: SampleFn) -> ClientApp:
             raise NoReply
         # over-report (or a fault that should never reach training): claim more than it has.
         claimed = len(samples(context)[1]) + 1_000
-        metrics = MetricRecord({"num-examples": claimed, "train-loss": 0.0})
+        metrics = MetricRecord({weighted_by_key: claimed, "train-loss": 0.0})
         return Message(RecordDict({"arrays": msg.content["arrays"], "metrics": metrics}),
                        reply_to=msg)
 

@@ -42,15 +42,19 @@ class LoopbackGrid(Grid):
     def __init__(self, apps: dict[int, ClientApp], node_configs: dict[int, dict] | None = None,
                  run_config: dict | None = None) -> None:
         set_server_identity()
-        self.apps = apps
+        self.apps: dict[int, ClientApp] = {}
+        self.contexts: dict[int, Context] = {}
         self.silent: set[int] = set()
         self.sent: list[Message] = []
-        self.contexts = {
-            node: Context(run_id=1, node_id=node,
-                          node_config=(node_configs or {}).get(node, {}),
-                          state=RecordDict(), run_config=run_config or {})
-            for node in apps
-        }
+        self._run_config = run_config or {}
+        for node, app in apps.items():
+            self.add_node(node, app, (node_configs or {}).get(node))
+
+    def add_node(self, node_id: int, app: ClientApp, node_config: dict | None = None) -> None:
+        """Connect a node (at any time: e.g. one that joins after the server screened)."""
+        self.apps[node_id] = app
+        self.contexts[node_id] = Context(run_id=1, node_id=node_id, node_config=node_config or {},
+                                         state=RecordDict(), run_config=self._run_config)
 
     def set_run(self, run) -> None:  # pragma: no cover - not used by strategies
         self._run = run

@@ -8,29 +8,33 @@ sweep can draw the same figures in seconds.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score, roc_curve
 
+from fedsieve.shared.checkpoint import save_meta
 from fedsieve.shared.config import RunSettings
+from fedsieve.shared.data import load_mnist
+from fedsieve.shared.detectors import EGBAD, AnoGAN, RtBiGAN
+from fedsieve.shared.detectors.bigan import as_batch
+from fedsieve.shared.detectors.metatrain import MetaConfig, meta_train
+from fedsieve.shared.images import check_images
+from fedsieve.simulations.benchmark import (
+    PAPER_CONTAMINATION,
+    PAPER_TABLE_1,
+    FittedScores,
+    detection_test_set,
+)
+from fedsieve.simulations.pollution import federation_for
 
-#: Test AUC of the paper's Table I: method -> (trained on clean data, on polluted data).
-PAPER_TABLE_1 = {"AnoGAN": (0.99, 0.46), "EGBAD": (0.98, 0.52), "Rt-BiGAN": (0.98, 0.84)}
-#: The contamination of the paper's polluted training set and of Fig. 4.
-PAPER_CONTAMINATION = 0.2
 #: The digit class held out of meta-training in Fig. 3.
 HELD_OUT_CLASS = 9
 
 
 def _steps(default: int, budget: float) -> int:
     return max(10, int(round(default * budget)))
-
-
-#: ``fitted(detector, contamination)``: test-set scores of an identical detector already
-#: fitted on that pool (e.g. by a sweep cell), or None.
-FittedScores = Callable[[object, float], "np.ndarray | None"]
 
 
 def table_one(settings: RunSettings, out: Path, budget: float = 1.0,
@@ -41,7 +45,8 @@ def table_one(settings: RunSettings, out: Path, budget: float = 1.0,
     Parameters
     ----------
     settings, out, budget
-        Federation settings (its seed seeds the fits), output folder, training-length scale.
+        Federation settings (its seed seeds the fits; its trusted set is the detectors'
+        trusted images), output folder, training-length scale.
     fitted : callable, optional
         Where it returns the test scores of an identical fit (same detector parameters,
         pool and seed), that fit is not repeated; ``reused`` in the result names them.
@@ -56,16 +61,11 @@ def table_one(settings: RunSettings, out: Path, budget: float = 1.0,
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    from fedsieve.server.app import trusted_seeds
-    from fedsieve.shared.detectors import EGBAD, AnoGAN, RtBiGAN
-    from fedsieve.simulations.pollution import federation_for
-    from fedsieve.simulations.sweep import detection_test_set
 
     started = time.perf_counter()
-    seeds = trusted_seeds(settings)
-    x_test, y_test = detection_test_set(settings)
+    trusted = federation_for(settings).trusted_set.images
+    root = settings.task.data_root or None
+    x_test, y_test, _ = detection_test_set(root, root)
     seed = settings.seed
     methods = {
         "AnoGAN": lambda: AnoGAN(steps=_steps(1000, budget), latent_steps=_steps(20, budget),
@@ -86,7 +86,7 @@ def table_one(settings: RunSettings, out: Path, budget: float = 1.0,
             else:
                 if pool is None:
                     pool, _ = federation_for(settings, rate).pooled()
-                scores = detector.fit(pool, seeds).decision_function(x_test)
+                scores = detector.fit(pool, trusted).decision_function(x_test)
             auc[name][data] = float(roc_auc_score(y_test, scores))
             curves[(name, data)] = roc_curve(y_test, scores)[:2]
 
@@ -120,15 +120,9 @@ def fig3_adaptation(settings: RunSettings, out: Path, budget: float = 1.0) -> di
     """
     from torchvision.utils import save_image
 
-    from fedsieve.shared.checkpoint import save_meta
-    from fedsieve.shared.data import load_mnist
-    from fedsieve.shared.detectors import RtBiGAN
-    from fedsieve.shared.detectors.bigan import to_tensor
-    from fedsieve.shared.detectors.metatrain import MetaConfig, meta_train
-
     started = time.perf_counter()
-    train = load_mnist("train", root=settings.data_root or None)
-    test = load_mnist("test", root=settings.data_root or None)
+    train = load_mnist("train", root=settings.task.data_root or None)
+    test = load_mnist("test", root=settings.task.data_root or None)
     cfg = MetaConfig(iterations=_steps(200, budget), holdout_classes=(HELD_OUT_CLASS,),
                      seed=settings.seed)
     phi = meta_train(train.images, train.labels, cfg)
@@ -140,7 +134,7 @@ def fig3_adaptation(settings: RunSettings, out: Path, budget: float = 1.0) -> di
     queries = test.images[np.flatnonzero(test.labels == HELD_OUT_CLASS)[:10]]
     adapted = RtBiGAN(meta_checkpoint=path, self_training_rounds=0,
                       random_state=settings.seed).fit(queries, shots)
-    x = to_tensor(queries)
+    x = as_batch(check_images(queries, "held-out queries"))  # uint8 digits -> [0, 1]
     z = torch.randn(10, adapted.model_.cfg.z_dim,
                     generator=torch.Generator().manual_seed(settings.seed))
     rows = torch.cat([x, _reconstruct(phi, x), _reconstruct(adapted.model_, x),

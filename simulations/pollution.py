@@ -5,7 +5,7 @@ ground-truth flags next to the arrays, but what a client would send to a server 
 from ``x``, ``y`` and ``ids`` alone (see :meth:`ClientData.public_arrays`); the flags are
 joined back by sample id when a run is scored.
 
-Everything is deterministic from one integer ``seed``: the trusted seed set, the
+Everything is deterministic from one integer ``seed``: the trusted set, the
 partition, the choice of Fashion images, their labels and the order of each client's data
 come from independent streams spawned from it.
 """
@@ -22,7 +22,7 @@ import numpy as np
 
 from fedsieve.shared.config import RunSettings
 from fedsieve.shared.data import DataSource, ImageSet, load_fashion_mnist, load_mnist
-from fedsieve.shared.trusted import save_trusted_file, draw_trusted_indices
+from fedsieve.shared.trusted import draw_trusted_indices, save_trusted_file
 
 PARTITIONS = ("iid", "dirichlet", "shard", "pathological", "linear", "square", "exponential")
 PROFILES = ("uniform", "skewed")
@@ -95,7 +95,7 @@ class ClientData:
 
 @dataclass(frozen=True)
 class Federation:
-    """A polluted federation, its trusted seed set and how it was made."""
+    """A polluted federation, its trusted set and how it was made."""
 
     clients: list[ClientData]
     trusted_set: TrustedSet
@@ -114,7 +114,7 @@ class Federation:
                 np.concatenate([c.polluted for c in self.clients]).astype(int))
 
     def clean_oracle(self) -> Federation:
-        """The same clients with no pollution injected (same partition, same seed set)."""
+        """The same clients with no pollution injected (same partition, same trusted set)."""
         return build_federation(**{**self._build_args, "contamination": 0.0, "rates": None,
                                    "profile": "uniform"})
 
@@ -243,8 +243,8 @@ def build_federation(
         Seed of every random choice.
     trusted_size : int
         Trusted normal images reserved for the server before partitioning
-        (:func:`fedsieve.shared.trusted.draw_trusted_indices`, so a ServerApp without a seed
-        file draws the same ones).
+        (:func:`fedsieve.shared.trusted.draw_trusted_indices`, so the example ServerApp
+        without a trusted file draws the same ones).
     alpha, classes_per_client : float, int
         Partitioner parameters (Dirichlet concentration; classes per client for the
         shard and pathological partitioners).
@@ -336,7 +336,8 @@ def build_federation(
             ids=cid * ID_STRIDE + np.arange(n_norm + n_poll, dtype=np.int64),
             polluted=polluted[order], origin=origin[order], source_labels=source_labels[order],
         ))
-    trusted_set = TrustedSet(mnist.images[trusted_idx], mnist.labels[trusted_idx].astype(np.int64), trusted_idx)
+    trusted_set = TrustedSet(mnist.images[trusted_idx],
+                             mnist.labels[trusted_idx].astype(np.int64), trusted_idx)
     return Federation(clients, trusted_set, tuple(rates), config, sources, _build_args=build_args)
 
 
@@ -347,10 +348,11 @@ def federation_for(settings: RunSettings, contamination: float | None = None) ->
     from the same settings: it is deterministic. The last few are kept in memory, so a sweep
     cell's simulation, detector-only run and report share one build.
     """
+    harness = settings.harness
     return _cached_federation(
-        settings.num_clients, settings.contamination if contamination is None else contamination,
-        settings.partition, settings.profile, settings.label_policy, settings.seed,
-        settings.trusted_size, settings.data_root or None)
+        harness.num_clients, harness.contamination if contamination is None else contamination,
+        harness.partition, harness.profile, harness.label_policy, settings.seed,
+        harness.trusted_size, settings.task.data_root or None)
 
 
 @functools.lru_cache(maxsize=4)

@@ -8,33 +8,25 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import precision_recall_fscore_support, roc_auc_score, roc_curve
 
+from fedsieve.server.audit import read_audit
 from fedsieve.simulations.pollution import ID_STRIDE, Federation
+from fedsieve.simulations.tables import MISSING, format_value
 
 
 def read_sample_verdicts(audit_path: Path) -> dict[int, tuple[float, int, int]]:
     """Sample id -> (score, verdict, node) from the latest screening in an audit log."""
-    verdicts: dict[int, tuple[float, int, int]] = {}
     if not audit_path.is_file():
-        return verdicts
-    with audit_path.open(encoding="utf-8") as handle:
-        for line in handle:
-            entry = json.loads(line)
-            if entry.get("kind") == "sample":
-                verdicts[int(entry["id"])] = (float(entry["score"]), int(entry["verdict"]),
-                                              int(entry["node"]))
-    return verdicts
+        return {}
+    return {int(e["id"]): (float(e["score"]), int(e["verdict"]), int(e["node"]))
+            for e in read_audit(audit_path, "sample")}
 
 
 def read_exclusions(audit_path: Path) -> dict[int, str]:
     """Node -> the reason of its latest exclusion."""
-    excluded: dict[int, str] = {}
-    if audit_path.is_file():
-        with audit_path.open(encoding="utf-8") as handle:
-            for line in handle:
-                entry = json.loads(line)
-                if entry.get("kind") == "client" and entry.get("decision") == "excluded":
-                    excluded[int(entry["node"])] = entry.get("reason", "")
-    return excluded
+    if not audit_path.is_file():
+        return {}
+    return {int(e["node"]): e.get("reason", "") for e in read_audit(audit_path, "client")
+            if e.get("decision") == "excluded"}
 
 
 def detection_report(federation: Federation, audit_path: Path) -> dict:
@@ -143,10 +135,6 @@ def write_simulation_report(report: dict, out: Path) -> None:
     (out / "report.md").write_text(simulation_markdown(report, plots))
 
 
-def _fmt(value, spec=".4f") -> str:
-    return "—" if value is None else format(value, spec)
-
-
 def simulation_markdown(report: dict, plots: list[str]) -> str:
     s = report["settings"]
     lines = [
@@ -167,14 +155,16 @@ def simulation_markdown(report: dict, plots: list[str]) -> str:
             "## Screening of the uploads", "",
             "| uploads | polluted | AUC | precision | recall | F1 | pollution dropped | "
             "normal dropped |", "|---|---|---|---|---|---|---|---|",
-            f"| {d['uploads']} | {d['polluted']} | {_fmt(d['auc'])} | {_fmt(d['precision'])} | "
-            f"{_fmt(d['recall'])} | {_fmt(d['f1'])} | {_fmt(d['pollution_dropped'], '.2%')} | "
-            f"{_fmt(d['normal_dropped'], '.2%')} |", "",
+            "| " + " | ".join([str(d["uploads"]), str(d["polluted"]),
+                               *(format_value(d[k]) for k in ("auc", "precision", "recall", "f1")),
+                               *(format_value(d[k], ".2%") for k in ("pollution_dropped",
+                                                                     "normal_dropped"))]) + " |",
+            "",
             "| client | samples | polluted | dropped polluted | dropped normal | excluded |",
             "|---|---|---|---|---|---|",
         ]
         lines += [f"| {c['client_id']} | {c['samples']} | {c['true_polluted']} | "
-                  f"{c['dropped_polluted']} | {c['dropped_normal']} | {c['excluded'] or '—'} |"
+                  f"{c['dropped_polluted']} | {c['dropped_normal']} | {c['excluded'] or MISSING} |"
                   for c in d["clients"]]
         lines.append("")
     else:

@@ -4,6 +4,9 @@ The run itself never sees ground truth: the ServerApp writes ``audit.jsonl`` and
 ``result.json`` into the run directory. Afterwards this module rebuilds the same federation
 (deterministic from the settings), joins its pollution flags to the audit log by sample id and
 writes ``report.json``, plots and ``report.md``.
+
+The ServerApp gets the harness's trusted images explicitly: they are written to
+``<run dir>/trusted.npz`` and passed as its ``trusted-file`` (unless the settings name one).
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from fedsieve.shared.config import RunSettings
+from fedsieve.simulations.pollution import Federation, federation_for
+from fedsieve.simulations.report import detection_report, write_simulation_report
 
 #: What ``--defense`` means: (inner aggregator, detector).
 DEFENSES = {
@@ -32,6 +36,9 @@ DEFENSES = {
     "krum": ("krum", "none"),
     "trimmedavg": ("trimmedavg", "none"),
 }
+#: Label of the clean oracle in sweeps and benchmarks: the same clients without pollution,
+#: plain FedAvg (the "none" defense at contamination 0).
+ORACLE = "oracle"
 
 
 def settings_for_defense(settings: RunSettings, defense: str) -> RunSettings:
@@ -39,29 +46,31 @@ def settings_for_defense(settings: RunSettings, defense: str) -> RunSettings:
     if defense not in DEFENSES:
         raise ValueError(f"defense must be one of {sorted(DEFENSES)}, got {defense!r}")
     aggregator, detector = DEFENSES[defense]
-    return replace(settings, aggregator=aggregator, detector=detector)
+    return settings.replace(aggregator=aggregator, detector=detector)
 
 
-def run_federation(settings: RunSettings, run_dir: Path, *, federation=None,
+def run_federation(settings: RunSettings, run_dir: Path, *, federation: Federation | None = None,
                    verbose: bool = False) -> dict:
     """Run the apps in Flower's simulation engine; returns the ServerApp's ``result.json``.
 
     The clients' files are written once (from ``federation``, or the one the settings
     describe) into a temporary ``federation-dir``, so the simulated ClientApps load their
-    partition instead of each rebuilding the whole federation.
+    partition instead of each rebuilding the whole federation. Without a ``trusted-file`` in
+    the settings, the federation's trusted set is written to ``run_dir/trusted.npz`` and the
+    ServerApp reads it from there.
     """
-
-    from fedsieve.simulations.pollution import federation_for
-
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("audit.jsonl", "result.json"):
         (run_dir / stale).unlink(missing_ok=True)
     federation = federation or federation_for(settings)
+    if settings.filter.filtered and not settings.filter.trusted_file:
+        trusted = run_dir / "trusted.npz"
+        federation.trusted_set.save(trusted)
+        settings = settings.replace(trusted_file=str(trusted))
     with tempfile.TemporaryDirectory(dir=run_dir, prefix="clients-") as clients:
         for i, client in enumerate(federation.clients):
             np.savez(Path(clients) / f"client_{i}.npz", **client.public_arrays())
-        settings = replace(settings, run_dir=str(run_dir), federation_dir=clients)
-        _run_apps(settings, verbose)
+        _run_apps(settings.replace(run_dir=str(run_dir), federation_dir=clients), verbose)
     result_path = run_dir / "result.json"
     if not result_path.is_file():
         raise RuntimeError(f"the simulation ended without {result_path}; rerun with "
@@ -70,6 +79,7 @@ def run_federation(settings: RunSettings, run_dir: Path, *, federation=None,
 
 
 def _run_apps(settings: RunSettings, verbose: bool) -> None:
+    # Imported here: Ray and the apps (torch) are slow to load and only a run needs them.
     from flwr.simulation import run_simulation
 
     from fedsieve.client.app import make_client_app
@@ -83,7 +93,7 @@ def _run_apps(settings: RunSettings, verbose: bool) -> None:
                "init_args": {"include_dashboard": False, "log_to_driver": verbose,
                              "logging_level": "error"}}
     run_simulation(make_server_app(settings), make_client_app(settings),
-                   num_supernodes=settings.num_clients, backend_config=backend)
+                   num_supernodes=settings.harness.num_clients, backend_config=backend)
 
 
 def simulate(settings: RunSettings, out: Path, *, progress=None, verbose: bool = False) -> dict:
@@ -98,14 +108,12 @@ def simulate(settings: RunSettings, out: Path, *, progress=None, verbose: bool =
     progress : callable, optional
         ``progress(message)`` is called at each phase.
     """
-    from fedsieve.simulations.pollution import federation_for
-    from fedsieve.simulations.report import detection_report, write_simulation_report
-
     say = progress or (lambda message: None)
     say("building the polluted federation")
     federation = federation_for(settings)
-    say(f"running {settings.num_server_rounds} rounds on {settings.num_clients} simulated "
-        f"clients (aggregator {settings.aggregator}, detector {settings.detector})")
+    say(f"running {settings.task.num_server_rounds} rounds on {settings.harness.num_clients} "
+        f"simulated clients (aggregator {settings.filter.aggregator}, detector "
+        f"{settings.filter.detector})")
     started = time.perf_counter()
     result = run_federation(settings, out, federation=federation, verbose=verbose)
     wall = time.perf_counter() - started
@@ -116,7 +124,7 @@ def simulate(settings: RunSettings, out: Path, *, progress=None, verbose: bool =
         "wall_seconds": wall,
         "strategy": result.get("strategy", {}),
         "accuracy": result["accuracy"],
-        "final_accuracy": result["accuracy"][str(settings.num_server_rounds)],
+        "final_accuracy": result["accuracy"][str(settings.task.num_server_rounds)],
         "loss": result["loss"],
         "round_seconds": result["round_seconds"],
         "filter": result["filter"],

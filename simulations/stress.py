@@ -19,13 +19,25 @@ import resource
 import tempfile
 import time
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord
 
+from fedsieve.client.app import make_client_app
+from fedsieve.server.audit import read_audit
+from fedsieve.server.factory import build_strategy
+from fedsieve.shared.classifier import DigitNet
 from fedsieve.shared.config import RunSettings
-from fedsieve.simulations.faults import FAULT_NAMES, expected_reason
+from fedsieve.simulations.faults import (
+    FAULT_NAMES,
+    expected_code,
+    expected_reason,
+    faulty_client_app,
+)
+from fedsieve.simulations.loopback import LoopbackGrid
+from fedsieve.simulations.pollution import ID_STRIDE, federation_for
 
 
 def peak_rss_mb() -> float:
@@ -38,8 +50,6 @@ def scaled_clients(settings: RunSettings, images: int) -> tuple[list[dict], int]
 
     Returns the clients' arrays (``x``, ``y``, ``ids``, ``polluted``) and the repeat factor.
     """
-    from fedsieve.simulations.pollution import ID_STRIDE, federation_for
-
     federation = federation_for(settings)
     total = sum(len(c) for c in federation.clients)
     repeat = max(1, math.ceil(images / total))
@@ -55,12 +65,14 @@ def scaled_clients(settings: RunSettings, images: int) -> tuple[list[dict], int]
 def screening_stress(settings: RunSettings, images: int = 100_000, *,
                      faults: tuple[str, ...] = FAULT_NAMES, work: Path | None = None,
                      say=print) -> dict:
-    """Screen ``images`` uploads from ``settings.num_clients`` clients, ``faults`` injected.
+    """Screen ``images`` uploads from ``settings.harness.num_clients`` clients, ``faults``
+    injected.
 
     Parameters
     ----------
     settings : RunSettings
-        Federation (clients, contamination, seed), detector and training settings.
+        Federation (clients, contamination, seed), detector and training settings; the
+        detector's trusted images are the federation's trusted set.
     images : int
         About how many samples the clients hold in all.
     faults : tuple of str
@@ -76,22 +88,13 @@ def screening_stress(settings: RunSettings, images: int = 100_000, *,
         Sizes, timings, throughput, peak memory, faults injected and survived, and the
         bookkeeping check (``lost``: uploaded ids without exactly one verdict).
     """
-    import torch
-    from flwr.app import ArrayRecord, ConfigRecord
-
-    from fedsieve.client.app import make_client_app
-    from fedsieve.server.app import build_strategy
-    from fedsieve.server.audit import read_audit
-    from fedsieve.shared.classifier import DigitNet
-    from fedsieve.simulations.faults import faulty_client_app
-    from fedsieve.simulations.loopback import LoopbackGrid
-
-    if len(faults) > settings.num_clients - 2:
-        raise ValueError(f"{len(faults)} faults need more than {settings.num_clients} clients")
+    num_clients = settings.harness.num_clients
+    if len(faults) > num_clients - 2:
+        raise ValueError(f"{len(faults)} faults need more than {num_clients} clients")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(work or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        say(f"building {images:,} samples over {settings.num_clients} clients")
+        say(f"building {images:,} samples over {num_clients} clients")
         clients, repeat = scaled_clients(settings, images)
         nodes = [1000 + i for i in range(len(clients))]
         configs, truth = {}, {}
@@ -111,7 +114,8 @@ def screening_stress(settings: RunSettings, images: int = 100_000, *,
                 np.load(p, allow_pickle=False)["x"], i))
         grid = LoopbackGrid(apps, configs)
         torch.manual_seed(settings.seed)
-        strategy = build_strategy(settings, len(nodes), work)
+        strategy = build_strategy(settings.filter, len(nodes), work,
+                                  trusted_images=federation_for(settings).trusted_set.images)
         rss_before = peak_rss_mb()
 
         say("round 1: screening, verdicts, local training, aggregation")
@@ -124,17 +128,16 @@ def screening_stress(settings: RunSettings, images: int = 100_000, *,
         finished = time.perf_counter()
 
         record = strategy.history[-1]
-        excluded = record["excluded"]
+        excluded, codes = record["excluded"], record["excluded_codes"]
         # Every sample of every client that passed screening must have exactly one verdict.
-        screened_nodes = [n for n in nodes
-                          if not excluded.get(n, "").startswith("failed-screening")]
+        screened_nodes = [n for n in nodes if codes.get(n) != "failed-screening"]
         ids = np.concatenate([truth[n][0] for n in screened_nodes])
         flags = np.concatenate([truth[n][1] for n in screened_nodes])
         entries = [e for e in read_audit(work / "audit.jsonl") if e["kind"] == "sample"]
         verdicts = Counter(e["id"] for e in entries)
         lost = int(sum(verdicts[int(i)] != 1 for i in ids)) + len(set(verdicts) - set(ids.tolist()))
-        survived = {fault: node in excluded and bool(re.search(expected_reason(fault),
-                                                               excluded[node]))
+        survived = {fault: codes.get(node) == expected_code(fault)
+                    and bool(re.search(expected_reason(fault), excluded[node]))
                     for node, fault in injected.items()}
         wrongly_excluded = sorted(set(excluded) - set(injected))
         dropped = np.fromiter((e["id"] for e in entries if e["verdict"] == 1), np.int64)
@@ -169,5 +172,5 @@ def screening_stress(settings: RunSettings, images: int = 100_000, *,
 def stress_settings(num_clients: int = 100, seed: int = 0, detector: str = "rtbigan",
                     ) -> RunSettings:
     """The stress run's settings: the example federation at 20 % pollution, one local epoch."""
-    return replace(RunSettings(), num_clients=num_clients, contamination=0.2, seed=seed,
-                   detector=detector, local_epochs=1, min_nodes=1)
+    return RunSettings().replace(num_clients=num_clients, contamination=0.2, seed=seed,
+                                 detector=detector, local_epochs=1, min_nodes=1)

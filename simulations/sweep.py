@@ -16,22 +16,26 @@ import json
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
+from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
 
-from fedsieve.shared.config import DETECTORS_NONE, RunSettings
-from fedsieve.simulations.simulate import DEFENSES, settings_for_defense
-
-if TYPE_CHECKING:
-    from fedsieve.simulations.paper_figures import FittedScores
-
-#: Defense label of the clean oracle: the same clients without pollution, plain FedAvg.
-ORACLE = "oracle"
-#: Test images per class (MNIST digits, Fashion-MNIST) in the detector-only runs.
-TEST_PER_SIDE = 2000
+from fedsieve.server.factory import build_detector
+from fedsieve.shared.config import HarnessSettings, RunSettings, TaskSettings
+from fedsieve.simulations.benchmark import FittedScores, detection_test_set
+from fedsieve.simulations.machine import machine_info
+from fedsieve.simulations.paper_figures import fig3_adaptation, table_one
+from fedsieve.simulations.pollution import (
+    LABEL_POLICIES,
+    PARTITIONS,
+    PROFILES,
+    federation_for,
+)
+from fedsieve.simulations.simulate import DEFENSES, ORACLE, settings_for_defense, simulate
+from fedsieve.simulations.sweep_report import write_sweep_report
 
 
 @dataclass(frozen=True)
@@ -58,9 +62,9 @@ class Cell:
 
     def settings(self, base: RunSettings) -> RunSettings:
         """``base`` with this cell's federation and defense (the oracle: no pollution)."""
-        settings = replace(base, partition=self.partition, profile=self.profile,
-                           label_policy=self.label_policy, contamination=self.contamination,
-                           seed=self.seed)
+        settings = base.replace(partition=self.partition, profile=self.profile,
+                                label_policy=self.label_policy,
+                                contamination=self.contamination, seed=self.seed)
         return settings_for_defense(settings, "none" if self.defense == ORACLE else self.defense)
 
 
@@ -92,8 +96,6 @@ class SweepGrid:
         bad = [c for c in self.contamination if not 0.0 <= c < 1.0]
         if bad:
             raise ValueError(f"contamination rates must be in [0, 1), got {bad}")
-        from fedsieve.simulations.pollution import LABEL_POLICIES, PARTITIONS, PROFILES
-
         for given, allowed, what in ((self.partitions, PARTITIONS, "partition"),
                                      (self.profiles, PROFILES, "profile"),
                                      (self.label_policies, LABEL_POLICIES, "label policy")):
@@ -128,7 +130,8 @@ QUICK = SweepGrid(
     contamination=(0.0, 0.3),
     defenses=("none", "iforest", "fedmedian"),
     seeds=1,
-    base=RunSettings(num_clients=4, num_server_rounds=2),
+    base=RunSettings(task=TaskSettings(num_server_rounds=2),
+                     harness=HarnessSettings(num_clients=4)),
     paper_budget=0.1,
 )
 
@@ -137,25 +140,17 @@ def detector_only(settings: RunSettings, out: Path) -> dict:
     """Fit the cell's detector on the pooled client data, with the ground truth at hand.
 
     Writes ``out/test_scores.npz`` (scores and labels of the test set) and returns the pool
-    and test AUC, the verdict quality on the pool and, for Rt-BiGAN, the AUC per round.
+    and test AUC, the verdict quality on the pool and the pool AUC per self-training round
+    (one round for the single-round detectors). The trusted images are the harness's.
     """
-    import torch
-    from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
-
-    from fedsieve.server.app import make_detector, trusted_seeds
-    from fedsieve.shared.detectors import RtBiGAN
-    from fedsieve.simulations.pollution import federation_for
-
     torch.manual_seed(settings.seed)
-    pool, polluted = federation_for(settings).pooled()
-    x_test, y_test = detection_test_set(settings)
-    detector = make_detector(settings)
-    seeds = trusted_seeds(settings)
+    federation = federation_for(settings)
+    pool, polluted = federation.pooled()
+    root = settings.task.data_root or None
+    x_test, y_test, _ = detection_test_set(root, root)
+    detector = build_detector(settings.filter)
     started = time.perf_counter()
-    if isinstance(detector, RtBiGAN) and 0 < polluted.sum() < len(polluted):
-        detector.fit(pool, seeds, y_true=polluted)
-    else:
-        detector.fit(pool, seeds)
+    detector.fit(pool, federation.trusted_set.images, y_true=polluted)
     fit_seconds = time.perf_counter() - started
     test_scores = detector.decision_function(x_test)
     np.savez_compressed(out / "test_scores.npz", scores=test_scores, y=y_test)
@@ -174,23 +169,8 @@ def detector_only(settings: RunSettings, out: Path) -> dict:
     return row
 
 
-def detection_test_set(settings: RunSettings) -> tuple[np.ndarray, np.ndarray]:
-    """Up to 2,000 MNIST test digits (normal) and as many Fashion-MNIST test images."""
-    from fedsieve.shared.data import load_fashion_mnist, load_mnist
-
-    digits = load_mnist("test", root=settings.data_root or None).images
-    fashion = load_fashion_mnist("test", root=settings.data_root or None).images
-    n = min(TEST_PER_SIDE, len(digits), len(fashion))
-    rng = np.random.default_rng(1234)
-    x = np.concatenate([digits[rng.choice(len(digits), n, replace=False)],
-                        fashion[rng.choice(len(fashion), n, replace=False)]])
-    return x, np.r_[np.zeros(n), np.ones(n)].astype(int)
-
-
 def run_cell(cell: Cell, base: RunSettings, out: Path) -> dict:
     """Run one cell (federated run, then the detector-only run); returns its result row."""
-    from fedsieve.simulations.simulate import simulate
-
     settings = cell.settings(base)
     report = simulate(settings, out)
     detection = report["detection"]
@@ -210,13 +190,18 @@ def run_cell(cell: Cell, base: RunSettings, out: Path) -> dict:
                                    if h.get("screened")), None),
         "wall_seconds": report["wall_seconds"],
     }
-    if settings.detector != DETECTORS_NONE:
+    if settings.filter.filtered:
         row |= detector_only(settings, out)
     return row
 
 
+#: What runs one cell: ``runner(cell, base, cell_dir)`` -> the cell's result row.
+CellRunner = Callable[[Cell, RunSettings, Path], dict]
+
+
 def run_sweep(grid: SweepGrid, out: Path, *,
-              on_cell: Callable[[Cell, str], None] | None = None) -> list[dict]:
+              on_cell: Callable[[Cell, str], None] | None = None,
+              runner: CellRunner | None = None) -> list[dict]:
     """Run every cell not already done in ``out``; returns one row per cell (failures too).
 
     Parameters
@@ -228,15 +213,19 @@ def run_sweep(grid: SweepGrid, out: Path, *,
     on_cell : callable, optional
         ``on_cell(cell, status)`` with status ``"start"``, ``"skipped"``, ``"ok"`` or
         ``"failed"``.
+    runner : callable, optional
+        Runs one cell (default :func:`run_cell`). Its row must carry the cell's
+        ``settings`` (``to_run_config()``), by which a re-run recognises a finished cell.
     """
     say = on_cell or (lambda cell, status: None)
+    runner = runner or run_cell
     rows = []
     for cell in grid.cells():
         cell_dir = out / "cells" / cell.key
         done = cell_dir / "row.json"
-        if done.is_file():
-            row = json.loads(done.read_text())
-            # Reuse a finished cell only if it ran with the same settings (not a stale grid).
+        row = _finished_row(done)
+        # Reuse a finished cell only if it ran with the same settings (not a stale grid).
+        if row is not None:
             if row.get("settings") == cell.settings(grid.base).to_run_config():
                 rows.append(row)
                 say(cell, "skipped")
@@ -245,17 +234,30 @@ def run_sweep(grid: SweepGrid, out: Path, *,
         cell_dir.mkdir(parents=True, exist_ok=True)
         (cell_dir / "error.txt").unlink(missing_ok=True)
         try:
-            row = run_cell(cell, grid.base, cell_dir)
+            row = runner(cell, grid.base, cell_dir)
         except Exception as error:  # one broken cell must not end a long sweep
             (cell_dir / "error.txt").write_text(traceback.format_exc())
             rows.append({**asdict(cell), "key": cell.key, "status": "failed",
                          "error": f"{type(error).__name__}: {error}"})
             say(cell, "failed")
             continue
-        done.write_text(json.dumps(row, indent=1))
+        # Write then rename: a sweep killed mid-write leaves no half-written row.json.
+        partial = done.with_suffix(".json.partial")
+        partial.write_text(json.dumps(row, indent=1))
+        partial.replace(done)
         rows.append(row)
         say(cell, "ok")
     return rows
+
+
+def _finished_row(path: Path) -> dict | None:
+    """The row a finished cell saved, or None when there is none or it cannot be read
+    (an unreadable row means the cell runs again)."""
+    try:
+        row = json.loads(path.read_text())
+    except (FileNotFoundError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return row if isinstance(row, dict) else None
 
 
 #: Scalar columns of ``results.csv`` (accuracy per round follows as ``accuracy_round_<r>``).
@@ -291,8 +293,6 @@ def cell_test_scores(grid: SweepGrid, out: Path, group: tuple[str, str, str], *,
     callable
         ``lookup(detector, contamination)`` -> scores of :func:`detection_test_set`, or None.
     """
-    from fedsieve.server.app import make_detector
-
     def scoring_params(detector) -> tuple[type, dict]:
         params = detector.get_params()
         return type(detector), {k: v for k, v in params.items() if not k.startswith("threshold")}
@@ -301,9 +301,9 @@ def cell_test_scores(grid: SweepGrid, out: Path, group: tuple[str, str, str], *,
         for cell in grid.cells():
             settings = cell.settings(grid.base)
             if (cell.group, cell.seed, cell.contamination) != (group, seed, contamination) \
-                    or settings.detector == DETECTORS_NONE:
+                    or not settings.filter.filtered:
                 continue
-            if scoring_params(make_detector(settings)) != scoring_params(detector):
+            if scoring_params(build_detector(settings.filter)) != scoring_params(detector):
                 continue
             cell_dir = out / "cells" / cell.key
             row = cell_dir / "row.json"
@@ -321,13 +321,11 @@ def cell_test_scores(grid: SweepGrid, out: Path, group: tuple[str, str, str], *,
 def paper_phase(grid: SweepGrid, out: Path) -> dict:
     """Table I / Fig. 4 and Fig. 3 on the first federation family, seed 0; cached in
     ``out/paper.json`` like the cells."""
-    from fedsieve.simulations.paper_figures import fig3_adaptation, table_one
-
     cached = out / "paper.json"
     if cached.is_file():
         return json.loads(cached.read_text())
     first = grid.cells()[0]
-    settings = replace(first.settings(grid.base), seed=0)
+    settings = first.settings(grid.base).replace(seed=0)
     paper = {"table_one": table_one(settings, out, grid.paper_budget,
                                     fitted=cell_test_scores(grid, out, first.group, seed=0)),
              "fig3": fig3_adaptation(settings, out, grid.paper_budget)}
@@ -337,18 +335,17 @@ def paper_phase(grid: SweepGrid, out: Path) -> dict:
 
 def sweep(grid: SweepGrid, out: Path, *, command: str = "",
           on_cell: Callable[[Cell, str], None] | None = None,
-          on_phase: Callable[[str], None] | None = None) -> dict:
+          on_phase: Callable[[str], None] | None = None,
+          runner: CellRunner | None = None) -> dict:
     """Run (or resume) the whole sweep and write results, plots and ``report.md`` into ``out``.
 
-    Returns the ``results.json`` content.
+    ``on_cell`` and ``runner`` are passed to :func:`run_sweep`. Returns the ``results.json``
+    content.
     """
-    from fedsieve.simulations.machine import machine_info
-    from fedsieve.simulations.sweep_report import write_sweep_report
-
     phase = on_phase or (lambda message: None)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    rows = run_sweep(grid, out, on_cell=on_cell)
+    rows = run_sweep(grid, out, on_cell=on_cell, runner=runner)
     paper: dict = {}
     if grid.paper_figures:
         phase("regenerating the paper's Table I, Fig. 3 and Fig. 4")

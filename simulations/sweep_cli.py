@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-console = Console()
+from fedsieve.shared.cli_common import RootOption, console, fail
 
 
 def _floats(text: str, what: str) -> tuple[float, ...]:
@@ -46,9 +45,10 @@ def sweep_cmd(
         help="The reduced grid CI runs (a few minutes); options given still apply.")] = False,
     paper_figures: Annotated[bool, typer.Option(
         help="Regenerate the paper's Table I, Fig. 3 and Fig. 4.")] = True,
-    root: Annotated[Path | None, typer.Option(help="Data folder searched first.")] = None,
+    root: RootOption = None,
 ) -> None:
     """Contamination-rate experiments: every defense on every federation, plots and a report."""
+    # Imported here, not at the top: the sweep pulls in Flower, torch and the detectors.
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fedsieve.simulations.sweep import QUICK, SweepGrid
@@ -57,11 +57,11 @@ def sweep_cmd(
     grid = QUICK if quick else SweepGrid()
     base = grid.base
     if clients:
-        base = replace(base, num_clients=clients)
+        base = base.replace(num_clients=clients)
     if rounds:
-        base = replace(base, num_server_rounds=rounds)
+        base = base.replace(num_server_rounds=rounds)
     if root:
-        base = replace(base, data_root=str(root))
+        base = base.replace(data_root=str(root))
     changes: dict[str, object] = {"base": base, "paper_figures": paper_figures}
     if contamination:
         changes["contamination"] = _floats(contamination, "--contamination")
@@ -75,8 +75,7 @@ def sweep_cmd(
         grid = replace(grid, **changes)
         base.validated()
     except ValueError as err:
-        console.print(f"[bold red]error:[/] {err}", highlight=False)
-        raise typer.Exit(code=1) from err
+        raise fail(str(err)) from err
 
     cells = grid.cells()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

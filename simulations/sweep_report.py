@@ -3,27 +3,25 @@
 from __future__ import annotations
 
 import json
-import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from fedsieve.simulations.sweep import ORACLE
+from fedsieve.shared.config import RunSettings
+from fedsieve.simulations.benchmark import PAPER_CONTAMINATION
+from fedsieve.simulations.figures import framed_grid
+from fedsieve.simulations.pollution import federation_for
+from fedsieve.simulations.report import read_sample_verdicts
+from fedsieve.simulations.simulate import ORACLE
+from fedsieve.simulations.tables import format_mean_std, mean_std
 
 Key = tuple[tuple[str, str, str], float, str]
 
 
 def _group(row: dict) -> tuple[str, str, str]:
     return row["partition"], row["profile"], row["label_policy"]
-
-
-def _stat(values: Sequence[float | None]) -> tuple[float, float] | None:
-    present = [v for v in values if v is not None]
-    if not present:
-        return None
-    return statistics.mean(present), statistics.stdev(present) if len(present) > 1 else 0.0
 
 
 def aggregate(rows: Sequence[dict], metric: str) -> dict[Key, tuple[float, float]]:
@@ -37,13 +35,7 @@ def aggregate(rows: Sequence[dict], metric: str) -> dict[Key, tuple[float, float
             values[(_group(row), row["contamination"], row["defense"])].append(row.get(metric))
             if row["defense"] == ORACLE:
                 values[(_group(row), 0.0, "none")].append(row.get(metric))
-    return {k: s for k, v in values.items() if (s := _stat(v)) is not None}
-
-
-def _fmt(stat: tuple[float, float] | None, spec: str = ".4f") -> str:
-    if stat is None:
-        return "—"
-    return f"{format(stat[0], spec)} ± {format(stat[1], spec)}"
+    return {k: s for k, v in values.items() if (s := mean_std(v)) is not None}
 
 
 def _plt():
@@ -134,11 +126,6 @@ def client_grids(rows: Sequence[dict], sweep_dir: Path, path: Path, per_side: in
 
     Returns the cell key drawn, or None when no filter cell exists.
     """
-    from fedsieve.shared.config import RunSettings
-    from fedsieve.simulations.figures import framed_grid
-    from fedsieve.simulations.pollution import federation_for
-    from fedsieve.simulations.report import read_sample_verdicts
-
     filtered = [r for r in rows if r.get("status") == "ok" and r.get("upload_auc") is not None]
     if not filtered:
         return None
@@ -236,11 +223,11 @@ def write_sweep_report(rows: Sequence[dict], out: Path, meta: dict) -> Path:
                   "|---|" + "---|" * len(levels)]
         for defense in defenses:
             if defense == ORACLE:
-                cell = _fmt(acc.get((group, 0.0, ORACLE)))
+                cell = format_mean_std(acc.get((group, 0.0, ORACLE)))
                 lines.append("| clean oracle | " + " | ".join([cell] * len(levels)) + " |")
             else:
                 lines.append(f"| {defense} | " + " | ".join(
-                    _fmt(acc.get((group, c, defense))) for c in levels) + " |")
+                    format_mean_std(acc.get((group, c, defense))) for c in levels) + " |")
         lines.append("")
     metrics = {m: aggregate(rows, m) for m in ("upload_auc", "pollution_dropped",
                                                "normal_dropped", "test_auc")}
@@ -251,16 +238,16 @@ def write_sweep_report(rows: Sequence[dict], out: Path, meta: dict) -> Path:
                   "test AUC |", "|---|---|---|---|---|---|---|"]
         for key in detectors:
             lines.append(f"| {'/'.join(key[0])} | {key[1]:g} | {key[2]} | "
-                         f"{_fmt(metrics['upload_auc'].get(key))} | "
-                         f"{_fmt(metrics['pollution_dropped'].get(key), '.2%')} | "
-                         f"{_fmt(metrics['normal_dropped'].get(key), '.2%')} | "
-                         f"{_fmt(metrics['test_auc'].get(key))} |")
+                         f"{format_mean_std(metrics['upload_auc'].get(key))} | "
+                         f"{format_mean_std(metrics['pollution_dropped'].get(key), '.2%')} | "
+                         f"{format_mean_std(metrics['normal_dropped'].get(key), '.2%')} | "
+                         f"{format_mean_std(metrics['test_auc'].get(key))} |")
         lines.append("")
     if paper.get("table_one"):
         t = paper["table_one"]
         lines += ["## The paper's Table I beside ours (test AUC)", "",
                   f"Ours: trained on the pooled client data, clean and at "
-                  f"{0.2:.0%} pollution; training budget x{t['budget']:g}."
+                  f"{PAPER_CONTAMINATION:.0%} pollution; training budget x{t['budget']:g}."
                   + (f" Taken from the sweep's own detector-only cells (the same fit): "
                      f"{', '.join(t['reused'])}." if t.get("reused") else ""), "",
                   "| method | paper clean | paper polluted | ours clean | ours polluted |",

@@ -1,7 +1,7 @@
 """A real deployment on 127.0.0.1: flower-superlink, five flower-supernodes, ``flwr run``.
 
 Each SuperNode gets its own polluted partition through ``--node-config data-path=...``; the
-ServerApp gets the trusted seed file through the run config. The test checks that polluted
+ServerApp gets the trusted-images file through the run config. The test checks that polluted
 samples were dropped, the run finished, and every process is gone afterwards.
 """
 

@@ -9,7 +9,7 @@ import typer
 from typer.testing import CliRunner
 
 from fedsieve.shared.data import load_fashion_mnist, load_mnist
-from fedsieve.simulations.detector_cli import register
+from fedsieve.shared.detector_cli import register
 
 
 def _app() -> typer.Typer:
@@ -22,7 +22,7 @@ def test_detect_writes_all_outputs(tmp_path):
     mn, fa = load_mnist("train").images, load_fashion_mnist("train").images
     x = np.concatenate([mn[:150], fa[:50]])
     np.savez(tmp_path / "pool.npz", x=x, y_anomaly=np.r_[np.zeros(150), np.ones(50)].astype(int))
-    np.savez(tmp_path / "seed.npz", x=mn[300:310])
+    np.savez(tmp_path / "trusted.npz", x=mn[300:310])
     np.savez(tmp_path / "test.npz", x=(load_mnist("test").images[:40] / 255).astype(np.float32))
     out = tmp_path / "out"
     res = CliRunner().invoke(
@@ -31,8 +31,8 @@ def test_detect_writes_all_outputs(tmp_path):
             "detect",
             "--pool",
             str(tmp_path / "pool.npz"),
-            "--seed",
-            str(tmp_path / "seed.npz"),
+            "--trusted",
+            str(tmp_path / "trusted.npz"),
             "--test",
             str(tmp_path / "test.npz"),
             "--detector",
@@ -54,6 +54,16 @@ def test_detect_writes_all_outputs(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["pool_metrics"]["auc"] > 0.8
     assert np.load(out / "verdicts.npy").shape == (200,)
+
+
+def test_detect_takes_its_detectors_from_the_registry(tmp_path):
+    from fedsieve.shared.detectors import DETECTORS
+
+    np.savez(tmp_path / "pool.npz", x=load_mnist("train").images[:20])
+    res = CliRunner().invoke(_app(), ["detect", "--pool", str(tmp_path / "pool.npz"),
+                                      "--detector", "magic", "--out", str(tmp_path / "o")])
+    assert res.exit_code != 0
+    assert all(name in res.output for name in DETECTORS)
 
 
 def test_detect_rejects_bad_input(tmp_path):

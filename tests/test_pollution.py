@@ -12,16 +12,19 @@ from fedsieve.simulations.cli import app
 from fedsieve.simulations.pollution import (
     DEFAULT_LABEL_MAP,
     ID_STRIDE,
-    build_federation,
     client_rates,
 )
 
 
-@pytest.fixture(scope="module")
-def build(mnist_train, fashion_train):
-    def _build(*args, **kwargs):
-        return build_federation(*args, mnist=mnist_train, fashion=fashion_train, **kwargs)
-    return _build
+@pytest.fixture
+def build(federation_builder):
+    """``build_federation`` on the session's datasets (conftest)."""
+    return federation_builder
+
+
+def sources(client, polluted: bool) -> np.ndarray:
+    """Sorted indices into MNIST (normal) or Fashion-MNIST (polluted) of a client's images."""
+    return np.sort(client.origin[client.polluted == polluted])
 
 
 def test_real_sources(mnist_train, fashion_train):
@@ -35,12 +38,16 @@ def test_partition_is_deterministic(build, partition):
     a = build(8, 0.3, partition=partition, seed=3)
     b = build(8, 0.3, partition=partition, seed=3)
     c = build(8, 0.3, partition=partition, seed=4)
+    assert len(a.clients) == len(b.clients) == len(c.clients) == 8
     for ca, cb in zip(a.clients, b.clients):
-        np.testing.assert_array_equal(ca.x, cb.x)
-        np.testing.assert_array_equal(ca.ids, cb.ids)
-        np.testing.assert_array_equal(ca.y, cb.y)
-    assert any(not np.array_equal(ca.origin, cc.origin) if len(ca) == len(cc) else True
-               for ca, cc in zip(a.clients, c.clients))
+        for name in ("x", "y", "ids", "origin", "polluted"):
+            np.testing.assert_array_equal(getattr(ca, name), getattr(cb, name), err_msg=name)
+    np.testing.assert_array_equal(a.trusted_set.origin, b.trusted_set.origin)
+    # Another seed, another federation: every client holds other digits and other injected
+    # images (compared as sorted source indices, so a client of another size differs too).
+    for ca, cc in zip(a.clients, c.clients):
+        assert not np.array_equal(sources(ca, False), sources(cc, False)), ca.client_id
+        assert not np.array_equal(sources(ca, True), sources(cc, True)), ca.client_id
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.05, 0.2, 1 / 3, 0.5, 0.9])

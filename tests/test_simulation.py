@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from fedsieve.shared.config import RunSettings
+from fedsieve.simulations.pollution import federation_for
 from fedsieve.simulations.simulate import settings_for_defense, simulate
 
 
 @pytest.mark.slow
 def test_simulate_filters_and_reports(tmp_path):
-    settings = settings_for_defense(RunSettings(num_clients=3, contamination=0.2,
-                                                num_server_rounds=2, seed=2), "iforest")
+    settings = settings_for_defense(RunSettings().replace(
+        num_clients=3, contamination=0.2, num_server_rounds=2, seed=2), "iforest")
     report = simulate(settings, tmp_path)
     assert set(report["accuracy"]) == {"0", "1", "2"}
     assert report["final_accuracy"] > 0.5
@@ -28,12 +30,17 @@ def test_simulate_filters_and_reports(tmp_path):
         assert (tmp_path / name).stat().st_size > 0, name
     assert "Screening of the uploads" in (tmp_path / "report.md").read_text()
     assert json.loads((tmp_path / "report.json").read_text())["settings"]["detector"] == "iforest"
+    # The ServerApp screened with the harness's own trusted set, handed over as a file.
+    ran = json.loads((tmp_path / "result.json").read_text())["settings"]
+    assert ran["trusted-file"] == str(tmp_path / "trusted.npz")
+    with np.load(tmp_path / "trusted.npz") as trusted:
+        np.testing.assert_array_equal(trusted["x"], federation_for(settings).trusted_set.images)
 
 
 def test_defense_names_pick_the_strategy():
     base = RunSettings()
-    assert settings_for_defense(base, "none").detector == "none"
-    krum = settings_for_defense(base, "krum")
+    assert settings_for_defense(base, "none").filter.detector == "none"
+    krum = settings_for_defense(base, "krum").filter
     assert (krum.aggregator, krum.detector) == ("krum", "none")
     with pytest.raises(ValueError, match="defense must be one of"):
         settings_for_defense(base, "magic")

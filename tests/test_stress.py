@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from fedsieve.simulations.faults import FAULT_NAMES
 from fedsieve.simulations.stress import scaled_clients, screening_stress, stress_settings
 
@@ -16,6 +18,7 @@ def test_scaled_clients_repeat_with_fresh_ids():
                for c in clients)
 
 
+@pytest.mark.slow
 def test_every_fault_survived_and_no_verdict_lost(tmp_path):
     settings = stress_settings(num_clients=len(FAULT_NAMES) + 4, detector="iforest")
     result = screening_stress(settings, images=8_000, work=tmp_path, say=lambda m: None)
@@ -25,6 +28,6 @@ def test_every_fault_survived_and_no_verdict_lost(tmp_path):
     assert result["lost_verdicts"] == 0
     # Every client that passed screening uploaded everything it holds (upload fraction 1).
     upload_faults = [f for f in FAULT_NAMES if not f.startswith("train") and f != "over-report"]
-    assert result["screened_clients"] == settings.num_clients - len(upload_faults)
+    assert result["screened_clients"] == settings.harness.num_clients - len(upload_faults)
     assert result["uploaded"] == result["held_by_screened_clients"]
     assert result["pollution_dropped"] > 0.5 and result["normal_dropped"] < 0.2

@@ -9,9 +9,9 @@ import pytest
 
 from fedsieve.shared.trusted import (
     TrustedFileError,
+    draw_trusted_indices,
     load_trusted_file,
     save_trusted_file,
-    draw_trusted_indices,
 )
 
 
@@ -29,6 +29,10 @@ def test_round_trip_and_float_input(tmp_path):
                                   images)
     np.savez(tmp_path / "f.npz", x=images[:, None].astype(np.float32) / 255)
     np.testing.assert_array_equal(load_trusted_file(tmp_path / "f.npz"), images)
+    # Float images in [0, 1] are stored as their uint8 levels, not truncated to 0.
+    as_float = images.astype(np.float32) / 255
+    np.testing.assert_array_equal(
+        load_trusted_file(save_trusted_file(tmp_path / "g.npz", as_float)), images)
 
 
 @pytest.mark.parametrize("arrays, message", [
@@ -37,13 +41,13 @@ def test_round_trip_and_float_input(tmp_path):
     ({"x": np.zeros((0, 28, 28), np.uint8)}, "no images"),
     ({"x": np.full((2, 28, 28), 3.0, np.float32)}, r"\[0, 1\]"),
 ])
-def test_bad_seed_files(tmp_path, arrays, message):
+def test_bad_trusted_files(tmp_path, arrays, message):
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(TrustedFileError, match=message):
         load_trusted_file(tmp_path / "bad.npz")
 
 
-def test_missing_and_pickled_seed_files_refused(tmp_path):
+def test_missing_and_pickled_trusted_files_refused(tmp_path):
     with pytest.raises(TrustedFileError, match="does not exist"):
         load_trusted_file(tmp_path / "nope.npz")
     np.savez(tmp_path / "obj.npz", x=np.array([{"a": 1}], dtype=object))

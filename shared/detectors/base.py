@@ -1,88 +1,99 @@
-"""Input validation and the estimator contract every fedsieve detector follows.
+"""The estimator contract every fedsieve detector follows, and the one ``fit`` that runs it.
 
-The contract follows scikit-learn/PyOD: the constructor only stores hyper-parameters;
-``fit(X, trusted=None)`` learns and returns ``self`` and sets ``decision_scores_`` (scores
-of the fitted pool), ``threshold_`` and ``labels_``; ``decision_function(X)`` scores new
-images (higher = more anomalous); ``predict(X)`` returns 1 for anomalies.
+The contract is scikit-learn's (and PyOD's): the keyword-only constructor only stores
+hyper-parameters, declared in ``_parameter_constraints`` and validated when ``fit`` starts;
+``fit(X, trusted=None, **fit_params)`` learns and returns ``self``; ``decision_function(X)``
+scores new images (higher = more anomalous); ``predict(X)`` returns 1 for anomalies.
+
+A fit runs in rounds. A subclass's ``_fit`` trains and, at the end of each round, hands the
+pool scores of its model as it then is to :meth:`RoundRecorder.end_round`, which fits the
+threshold on them, sets ``decision_scores_``, ``threshold_`` and ``labels_``, appends to
+``history_`` and calls the caller's callback. The last round's scores and threshold are the
+fitted ones: nothing scores the pool or fits the threshold again afterwards.
 """
 
 from __future__ import annotations
 
-import inspect
-from typing import Any
+import time
+from collections.abc import Callable
+from numbers import Integral, Real
+from typing import Any, ClassVar
 
 import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.metrics import roc_auc_score
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
 
-from fedsieve.shared.detectors.threshold import _check_policy, compute_threshold
-from fedsieve.shared.images import as_float_images, as_uint8_images
+from fedsieve.shared.detectors.threshold import POLICIES, check_policy_value, compute_threshold
+from fedsieve.shared.images import check_images, images_sha256
+
+#: ``callback(detector, round)``, called at the end of every round of a fit.
+FitCallback = Callable[["BaseDetector", int], None]
 
 
-def check_images(X: Any, name: str = "X", allow_empty: bool = False) -> np.ndarray:
-    """Validate images and return them as float32 in [0, 1] of shape (N, 28, 28).
+class BaseDetector(BaseEstimator):
+    """Base of every fedsieve detector: validation, the rounds of a fit, thresholds, verdicts.
 
-    See :mod:`fedsieve.shared.images` for what is accepted; a torch tensor is treated like
-    its array.
+    Not used directly. A subclass declares its hyper-parameters as keyword-only arguments of
+    ``__init__`` (stored under the same names) and in ``_parameter_constraints``, implements
+    ``_score(X)`` (float32 (N, 28, 28) -> float64 (N,), higher = more anomalous) and either
+    ``_train(X, trusted)`` (one round: train, then the pool is scored once) or, for a detector
+    that trains in several rounds, ``_fit(X, trusted, rounds)``.
 
-    Raises
-    ------
-    ValueError
-        Wrong type, shape or dtype, NaN/inf, values outside [0, 1], or no images; the message
-        says what was wrong and how to fix it.
+    Parameters
+    ----------
+    threshold_policy : {"gmm", "trusted-quantile", "contamination", "fixed"}
+        How scores become verdicts; see :mod:`fedsieve.shared.detectors.threshold`.
+    threshold_value : float, optional
+        Parameter of the policy.
+    random_state : int, optional
+        Seeds every random draw of the fit, the threshold's mixture included.
+
+    Attributes
+    ----------
+    decision_scores_ : ndarray of shape (n_pool,)
+        Anomaly scores of the fitted pool (float64, higher = more anomalous).
+    trusted_scores_ : ndarray of shape (n_trusted,) or None
+        Scores of the trusted images; None when ``fit`` got none.
+    threshold_ : float
+        Scores above it are anomalies.
+    labels_ : ndarray of shape (n_pool,)
+        Verdicts on the pool (int64, 1 = anomaly).
+    history_ : list of dict
+        One entry per round: ``round``, ``threshold``, ``n_flagged``, ``changed`` (fraction of
+        pool labels changed since the previous round, 1.0 in round 0), ``elapsed_s``, and
+        ``auc`` on the pool when ``fit`` got ``y_true`` with both classes.
+    data_hashes_ : dict
+        SHA-256 of the pool (``pool_sha256``) and of the trusted images (``trusted_sha256``).
+    fit_time_ : float
+        Seconds ``fit`` took.
+    n_features_in_ : int
+        Pixels per image (784).
     """
-    return as_float_images(X, name, allow_empty)
 
+    #: Whether ``fit`` needs trusted images (a class-level part of each detector's design).
+    requires_trusted: ClassVar[bool] = False
 
-def images_sha256(X: np.ndarray, chunk: int = 4096) -> str:
-    """SHA-256 of validated images quantised back to uint8 (stable across input dtypes).
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "threshold_policy": [StrOptions(set(POLICIES))],
+        "threshold_value": [Real, None],
+        "random_state": [Interval(Integral, 0, None, closed="left"), None],
+    }
 
-    Hashed ``chunk`` images at a time, so a large float pool is never quantised whole.
-    """
-    import hashlib
-
-    digest = hashlib.sha256()
-    for start in range(0, len(X), chunk):
-        digest.update(np.ascontiguousarray(as_uint8_images(X[start:start + chunk])).tobytes())
-    return digest.hexdigest()
-
-
-class BaseDetector:
-    """Shared estimator plumbing: parameters, validation, thresholding, ``predict``.
-
-    Subclasses implement ``_fit(X, seed)`` (float32 (N, 28, 28) arrays) and ``_score(X)``
-    (float32 array -> float64 scores) and declare their hyper-parameters as keyword
-    arguments of ``__init__`` stored under the same attribute names.
-    """
-
-    #: Whether ``fit`` requires trusted normal seeds.
-    requires_trusted: bool = False
     threshold_policy: str
     threshold_value: float | None
     random_state: int | None
 
-    # -- scikit-learn style parameter handling --------------------------------------------
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        sig = inspect.signature(cls.__init__)
-        return [p for p in sig.parameters if p != "self"]
-
-    def get_params(self, deep: bool = False) -> dict[str, Any]:
-        """Constructor parameters, as in scikit-learn."""
-        return {k: getattr(self, k) for k in self._param_names()}
-
-    def set_params(self, **params: Any) -> BaseDetector:
-        """Set constructor parameters, as in scikit-learn."""
-        for k, v in params.items():
-            if k not in self._param_names():
-                raise ValueError(f"{type(self).__name__} has no parameter {k!r}")
-            setattr(self, k, v)
-        return self
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({args})"
-
     # -- public API ------------------------------------------------------------------------
-    def fit(self, X: Any, trusted: Any = None) -> BaseDetector:
+    def fit(
+        self,
+        X: Any,
+        trusted: Any = None,
+        *,
+        y_true: Any = None,
+        callback: FitCallback | None = None,
+    ) -> BaseDetector:
         """Fit on the (possibly polluted) pool ``X``.
 
         Parameters
@@ -91,42 +102,85 @@ class BaseDetector:
             Pool images, uint8 (N, 28, 28) or float32 in [0, 1] ((N, 28, 28) or (N, 1, 28, 28)).
         trusted : array-like, optional
             The 5-10 trusted normal images. Required by detectors with ``requires_trusted``;
-            others use them only for the ``"trusted-quantile"`` threshold.
+            the others use them only for the threshold.
+        y_true : array-like of shape (N,), optional
+            Ground truth of ``X`` (1 = anomaly). Only recorded: ``auc`` in ``history_``.
+        callback : callable, optional
+            ``callback(detector, round)`` at the end of each round, with the detector scoring
+            as it does at that round (one call for single-round detectors).
 
         Returns
         -------
         self
+
+        Raises
+        ------
+        sklearn.utils._param_validation.InvalidParameterError
+            A hyper-parameter outside its valid range (a ``ValueError``).
+        ValueError
+            Invalid images, ``y_true`` of another length, a threshold value the policy cannot
+            use, or no trusted images for a detector that needs them.
         """
-        _check_policy(self.threshold_policy, self.threshold_value)
+        self._validate_params()
+        check_policy_value(self.threshold_policy, self.threshold_value)
         pool = check_images(X, "X")
-        seed = None if trusted is None else check_images(trusted, "trusted")
-        if self.requires_trusted and seed is None:
+        trusted_x = None if trusted is None else check_images(trusted, "trusted")
+        if self.requires_trusted and trusted_x is None:
             raise ValueError(
                 f"{type(self).__name__} needs trusted normal images: pass trusted= "
                 "(5-10 known-normal images)"
             )
-        self._fit(pool, seed)
-        self.decision_scores_ = self._score(pool)
-        self.trusted_scores_ = None if seed is None else self._score(seed)
-        self.threshold_ = self._threshold(self.decision_scores_, self.trusted_scores_)
-        self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int64)
-        self.n_features_in_ = 784
+        if self.threshold_policy == "trusted-quantile" and trusted_x is None:
+            raise ValueError("threshold_policy='trusted-quantile' needs trusted images: pass "
+                             "trusted= to fit()")
+        truth = _check_y_true(y_true, len(pool))
+        rounds = RoundRecorder(self, trusted_x, truth, callback)
+        self.n_features_in_ = int(np.prod(pool.shape[1:]))
+        self.data_hashes_ = {"pool_sha256": images_sha256(pool)}
+        if trusted_x is not None:
+            self.data_hashes_["trusted_sha256"] = images_sha256(trusted_x)
+        self.history_: list[dict[str, Any]] = []
+        self._fit(pool, trusted_x, rounds)
+        if not self.history_:
+            raise RuntimeError(f"{type(self).__name__}._fit ended no round")
+        self.fit_time_ = rounds.elapsed()
         return self
 
     def decision_function(self, X: Any) -> np.ndarray:
-        """Anomaly scores, higher = more anomalous, float64 of shape (N,)."""
-        self._check_fitted()
+        """Anomaly scores, higher = more anomalous, float64 of shape (N,).
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            The detector is not fitted.
+        """
+        check_is_fitted(self, "threshold_")
         return self._score(check_images(X, "X"))
 
     def predict(self, X: Any) -> np.ndarray:
         """Verdicts, int64 of shape (N,): 1 = anomaly, 0 = normal."""
         return (self.decision_function(X) > self.threshold_).astype(np.int64)
 
-    def fit_predict(self, X: Any, trusted: Any = None) -> np.ndarray:
+    def fit_predict(self, X: Any, trusted: Any = None, **fit_params: Any) -> np.ndarray:
         """``fit`` then return ``labels_``."""
-        return self.fit(X, trusted).labels_
+        return self.fit(X, trusted, **fit_params).labels_
 
-    # -- helpers for subclasses -------------------------------------------------------------
+    # -- what subclasses implement ----------------------------------------------------------
+    def _fit(self, X: np.ndarray, trusted: np.ndarray | None, rounds: RoundRecorder) -> None:
+        """Train, ending each round with ``rounds.end_round(pool scores)``.
+
+        The default is a single round: :meth:`_train`, then the pool is scored once.
+        """
+        self._train(X, trusted)
+        rounds.end_round(self._score(X))
+
+    def _train(self, X: np.ndarray, trusted: np.ndarray | None) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _score(self, X: np.ndarray) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    # -- helpers -----------------------------------------------------------------------------
     def _threshold(self, pool_scores: np.ndarray, trusted_scores: np.ndarray | None) -> float:
         return compute_threshold(
             self.threshold_policy,
@@ -136,12 +190,84 @@ class BaseDetector:
             random_state=0 if self.random_state is None else int(self.random_state),
         )
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "threshold_"):
-            raise ValueError(f"this {type(self).__name__} is not fitted yet; call fit() first")
 
-    def _fit(self, X: np.ndarray, seed: np.ndarray | None) -> None:  # pragma: no cover
-        raise NotImplementedError
+class RoundRecorder:
+    """The end of each round of one ``fit``: threshold, fitted attributes, history, callback.
 
-    def _score(self, X: np.ndarray) -> np.ndarray:  # pragma: no cover
-        raise NotImplementedError
+    ``fit`` makes one and hands it to the detector's ``_fit``, so that what a fit needs
+    besides data (the trusted images, ``y_true``, the callback) travels as arguments, never as
+    temporary attributes of the detector.
+
+    Parameters
+    ----------
+    detector : BaseDetector
+        The detector being fitted; :meth:`end_round` sets its fitted attributes.
+    trusted : ndarray or None
+        Validated trusted images, scored at the end of each round for the threshold.
+    y_true : ndarray or None
+        Ground truth of the pool (1 = anomaly), for ``auc`` in ``history_``.
+    callback : callable or None
+        ``callback(detector, round)`` after each round.
+    """
+
+    def __init__(self, detector: BaseDetector, trusted: np.ndarray | None,
+                 y_true: np.ndarray | None, callback: FitCallback | None) -> None:
+        self.detector = detector
+        self.trusted = trusted
+        self.y_true = y_true
+        self.callback = callback
+        self._t0 = time.perf_counter()
+        self._labels: np.ndarray | None = None
+
+    def elapsed(self) -> float:
+        """Seconds since the fit started."""
+        return time.perf_counter() - self._t0
+
+    def end_round(self, pool_scores: np.ndarray) -> tuple[np.ndarray, float]:
+        """Close a round on the pool scores of the detector as it now is.
+
+        Scores the trusted images, fits the threshold, sets ``decision_scores_``,
+        ``trusted_scores_``, ``threshold_`` and ``labels_``, appends to ``history_`` and calls
+        the callback.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_pool,)
+            The round's verdicts (int64, 1 = anomaly); they replace the previous round's.
+        changed : float
+            Fraction of the pool whose verdict changed since the previous round (1.0 first).
+        """
+        det = self.detector
+        trusted_scores = None if self.trusted is None else det._score(self.trusted)
+        threshold = det._threshold(pool_scores, trusted_scores)
+        labels = (pool_scores > threshold).astype(np.int64)
+        changed = 1.0 if self._labels is None else float(np.mean(labels != self._labels))
+        self._labels = labels
+        det.decision_scores_ = pool_scores
+        det.trusted_scores_ = trusted_scores
+        det.threshold_ = threshold
+        det.labels_ = labels
+        entry: dict[str, Any] = {
+            "round": len(det.history_),
+            "threshold": float(threshold),
+            "n_flagged": int(labels.sum()),
+            "changed": changed,
+            "elapsed_s": self.elapsed(),
+        }
+        if self.y_true is not None and 0 < self.y_true.sum() < len(self.y_true):
+            entry["auc"] = float(roc_auc_score(self.y_true, pool_scores))
+        det.history_.append(entry)
+        if self.callback is not None:
+            self.callback(det, entry["round"])
+        return labels, changed
+
+
+def _check_y_true(y_true: Any, n: int) -> np.ndarray | None:
+    if y_true is None:
+        return None
+    y = np.asarray(y_true).astype(int).ravel()
+    if len(y) != n:
+        raise ValueError(f"y_true must have one label per pool image ({n}), got {len(y)}")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("y_true must hold 0 (normal) and 1 (anomaly) only")
+    return y

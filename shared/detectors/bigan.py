@@ -29,7 +29,7 @@ __all__ = [
     "bigan_losses",
     "latent_search_losses",
     "init_model",
-    "to_tensor",
+    "as_batch",
     "RowSet",
 ]
 
@@ -47,7 +47,7 @@ class LoopConfig:
     Attributes
     ----------
     batch_size : int
-        Images per step (ignored by samplers that return a fixed set, e.g. the seeds).
+        Images per step (ignored by samplers that return a fixed set, e.g. the trusted images).
     lr_d, lr_eg : float
         Adam learning rates of D and of E+G.
     beta1 : float
@@ -69,8 +69,12 @@ class LoopConfig:
         return asdict(self)
 
 
-def to_tensor(X: np.ndarray) -> torch.Tensor:
-    """float32 (N, 28, 28) array -> (N, 1, 28, 28) tensor (copy, so the array may be read-only)."""
+def as_batch(X: np.ndarray) -> torch.Tensor:
+    """float32 (N, 28, 28) images -> an (N, 1, 28, 28) tensor of the same values (no scaling).
+
+    A copy, so the array may be read-only; the images must already be validated floats in
+    [0, 1] (:func:`fedsieve.shared.images.check_images`).
+    """
     return torch.from_numpy(np.array(X, dtype=np.float32, copy=True)).unsqueeze(1)
 
 
@@ -96,7 +100,7 @@ def make_optimizers(model: BiGAN, cfg: LoopConfig) -> tuple[torch.optim.Adam, to
 class RowSet:
     """Some rows of a large image array, followed by a few more images, gathered on demand.
 
-    Self-training draws batches from "the pseudo-normal part of the pool plus the seeds"; a
+    Self-training draws batches from "the pseudo-normal part of the pool plus the trusted images"; a
     RowSet stands for that set without copying the pool, so 100,000 uploads stay one float32
     array while the detector trains and scores.
 
@@ -107,7 +111,7 @@ class RowSet:
     rows : numpy.ndarray
         Indices into ``pool`` of the rows that belong to the set, in order.
     extra : numpy.ndarray, optional
-        float32 (M, 28, 28) images appended after the pool rows (the trusted seeds).
+        float32 (M, 28, 28) images appended after the pool rows (the trusted images).
     """
 
     def __init__(self, pool: np.ndarray, rows: np.ndarray, extra: np.ndarray | None = None):
@@ -140,7 +144,7 @@ def batch_sampler(
     anchor_fraction: float = 0.25,
 ) -> Sampler:
     """Uniform mini-batches from ``data``; with ``anchors``, a fixed share of every batch is
-    drawn from them (the trusted seeds keep defining "normal" in every self-training step)."""
+    drawn from them (the trusted images keep defining "normal" in every self-training step)."""
     n_anchor = 0 if anchors is None else max(1, round(batch_size * anchor_fraction))
     n_data = batch_size - n_anchor
 
@@ -246,7 +250,7 @@ def bigan_losses(
     model.eval()
     lg, ld = [], []
     for i in range(0, len(X), batch_size):
-        x = to_tensor(X[i : i + batch_size])
+        x = as_batch(X[i : i + batch_size])
         z = model.E(x)
         r = model.G(z)
         res = (x - r).abs()
@@ -274,7 +278,7 @@ def latent_search_losses(
     lg, ld = [], []
     try:
         for i in range(0, len(X), batch_size):
-            x = to_tensor(X[i : i + batch_size])
+            x = as_batch(X[i : i + batch_size])
             zero = torch.zeros(len(x), model.cfg.z_dim)
             fx = model.D.features(x, zero)
             z = torch.randn(len(x), model.cfg.z_dim, generator=gen).requires_grad_(True)

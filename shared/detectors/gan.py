@@ -1,44 +1,83 @@
-"""Common plumbing of the GAN detectors: hyper-parameters, scoring state, save/load."""
+"""Common plumbing of the GAN detectors: shared hyper-parameters, the score, the model state."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from numbers import Integral, Real
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from sklearn.utils._param_validation import Interval
 
+from fedsieve.shared.checkpoint import model_tensors
 from fedsieve.shared.detectors.base import BaseDetector
-from fedsieve.shared.detectors.bigan import SCORE_BATCH, LoopConfig, RowSet, bigan_losses
-from fedsieve.shared.networks import BiGAN, NetConfig
-
-#: Added to the per-pixel normal residual before inverting it, so that pixels that are
-#: always empty in normal data weigh at most ~1/PIXEL_EPS times an average pixel.
-PIXEL_EPS = 0.01
+from fedsieve.shared.detectors.bigan import LoopConfig, bigan_losses
+from fedsieve.shared.images import IMAGE_SHAPE
+from fedsieve.shared.networks import BiGAN
 
 
 class GANDetector(BaseDetector):
-    """Base of RtBiGAN, EGBAD and AnoGAN: holds ``model_`` and the score state.
+    """Base of RtBiGAN, EGBAD and AnoGAN: a BiGAN ``model_`` and the score
+    ``A(x) = alpha L_G + (1 - alpha) L_D`` (paper eq. 2).
 
-    Fitted attributes shared by all: ``model_`` (:class:`~fedsieve.shared.networks.BiGAN`),
-    ``pixel_weight_`` ((28, 28) tensor or None), ``score_norm_`` (``[mean L_G, mean L_D]`` on
-    the seeds, or None), ``decision_scores_``, ``threshold_``, ``labels_``, ``data_hashes_``.
+    Not used directly. Subclasses build ``model_`` in their fit and may refine the two losses
+    (``_losses``) or how they are mixed (``_combine``).
+
+    Parameters
+    ----------
+    alpha : float
+        Weight of ``L_G`` in the score, in [0, 1].
+    batch_size, lr_d, lr_eg : int, float, float
+        Shared loop settings (Adam, beta1 = 0.5).
+    z_dim, width, d_hidden : int
+        Network sizes.
+    threshold_policy, threshold_value, random_state
+        As for every detector (:class:`~fedsieve.shared.detectors.base.BaseDetector`).
+
+    Attributes
+    ----------
+    model_ : fedsieve.shared.networks.BiGAN
+        The trained networks E, G and D.
+    decision_scores_, trusted_scores_, threshold_, labels_, history_ : see BaseDetector
+        Scores, threshold and verdicts of the fitted pool; one history entry per round.
+    data_hashes_, fit_time_, n_features_in_ : see BaseDetector
+        Data hashes, fit seconds, pixels per image.
     """
 
+    #: True: a BiGAN (E, G and D(x, z) trained jointly, scored through E). False: a plain GAN
+    #: on images (G and D(x, 0), no encoder), as AnoGAN. Fixed per class: it selects the
+    #: training loop's mode, not a hyper-parameter.
+    _joint: ClassVar[bool] = True
+
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        **BaseDetector._parameter_constraints,
+        "alpha": [Interval(Real, 0, 1, closed="both")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "lr_d": [Interval(Real, 0, None, closed="neither")],
+        "lr_eg": [Interval(Real, 0, None, closed="neither")],
+        "z_dim": [Interval(Integral, 1, None, closed="left")],
+        "width": [Interval(Integral, 1, None, closed="left")],
+        "d_hidden": [Interval(Integral, 1, None, closed="left")],
+    }
+
     alpha: float
-    recon_weight: float
     batch_size: int
     lr_d: float
     lr_eg: float
+    z_dim: int
+    width: int
+    d_hidden: int
 
-    def _loop_config(self, joint: bool = True, recon: bool = True) -> LoopConfig:
+    def _loop_config(self) -> LoopConfig:
+        """Settings of the shared adversarial loop; detectors with a reconstruction term in
+        the E+G step override this to set it."""
         return LoopConfig(
             batch_size=int(self.batch_size),
             lr_d=float(self.lr_d),
             lr_eg=float(self.lr_eg),
             beta1=0.5,
-            recon_weight=float(self.recon_weight) if recon else 0.0,
-            joint=joint,
+            recon_weight=0.0,
+            joint=self._joint,
         )
 
     def _generator(self, offset: int = 0) -> torch.Generator:
@@ -46,74 +85,31 @@ class GANDetector(BaseDetector):
         return torch.Generator().manual_seed(seed * 1000 + offset)
 
     def _losses(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return bigan_losses(self.model_, X, self.pixel_weight_)
+        """Per-image ``L_G`` and ``L_D`` (float64, shape (N,))."""
+        return bigan_losses(self.model_, X)
 
     def _combine(self, lg: np.ndarray, ld: np.ndarray) -> np.ndarray:
-        if self.score_norm_ is not None:
-            lg = lg / self.score_norm_[0]
-            ld = ld / self.score_norm_[1]
         return self.alpha * lg + (1.0 - self.alpha) * ld
 
     def _score(self, X: np.ndarray) -> np.ndarray:
         return self._combine(*self._losses(X))
 
-    def _set_norm(self, seed: np.ndarray | None) -> None:
-        """Divide L_G and L_D by their means on the trusted seeds (scale-free mixing)."""
-        self.score_norm_ = None
-        if seed is not None and getattr(self, "normalize_scores", False):
-            lg, ld = self._losses(seed)
-            self.score_norm_ = np.array([max(lg.mean(), 1e-8), max(ld.mean(), 1e-8)])
-
-    @torch.no_grad()
-    def _set_pixel_weight(self, reference: RowSet | None) -> None:
-        """Weight each pixel's residual by the inverse of its mean residual on ``reference``
-        (the current normal set), so ink where normal images never have any counts more."""
-        self.pixel_weight_ = None
-        if reference is None or not getattr(self, "pixel_weighting", False):
-            return
-        total = torch.zeros(1, 28, 28)
-        for x in reference.chunks(SCORE_BATCH):
-            total += (x - self.model_.G(self.model_.E(x))).abs().sum(0)
-        w = 1.0 / (total / len(reference) + PIXEL_EPS)
-        self.pixel_weight_ = w / w.mean()
-
-    # -- persistence -----------------------------------------------------------------------
+    # -- the state a checkpoint holds (see fedsieve.shared.detectors.persist) ----------------
     def _state_tensors(self) -> dict[str, torch.Tensor]:
-        state = {f"model.{k}": v.detach().clone() for k, v in self.model_.state_dict().items()}
-        if self.pixel_weight_ is not None:
-            state["score.pixel_weight"] = self.pixel_weight_.detach().clone()
-        if self.score_norm_ is not None:
-            state["score.norm"] = torch.tensor(self.score_norm_, dtype=torch.float64)
-        return state
+        """Everything scoring needs, as tensors: the model's weights under ``model.``."""
+        return model_tensors(self.model_)
 
-    def _restore_state(self, tensors: dict[str, torch.Tensor], net: dict[str, int]) -> None:
-        self.model_ = BiGAN(NetConfig(**net))
-        model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-        self.model_.load_state_dict(model_state, strict=True)
-        self.model_.eval()
-        self.pixel_weight_ = tensors.get("score.pixel_weight")
-        norm = tensors.get("score.norm")
-        self.score_norm_ = None if norm is None else norm.numpy().astype(np.float64)
+    def _state_header(self) -> dict[str, Any]:
+        """JSON-able fitted state beside the tensors (threshold, hashes, history)."""
+        return {"threshold": float(self.threshold_), "data": self.data_hashes_,
+                "history": self.history_}
 
-    def save(self, path: str | Path) -> Path:
-        """Write ``<path>.safetensors`` (weights) and ``<path>.json`` (config, threshold,
-        format version, data hashes); returns the JSON path.
-
-        See :mod:`fedsieve.shared.checkpoint` for the format.
-        """
-        from fedsieve.shared.checkpoint import save_detector
-
-        return save_detector(self, path)
-
-    @classmethod
-    def load(cls, path: str | Path) -> GANDetector:
-        """Load a detector written by :meth:`save` (never unpickles anything)."""
-        from fedsieve.shared.checkpoint import load_detector
-
-        det = load_detector(path)
-        if not isinstance(det, cls):
-            raise ValueError(f"{path} holds a {type(det).__name__}, not a {cls.__name__}")
-        return det
-
-    def _extra_json(self) -> dict[str, Any]:
-        return {"history": getattr(self, "history_", [])}
+    def _restore_state(self, model: BiGAN, tensors: dict[str, torch.Tensor],
+                       header: dict[str, Any]) -> None:
+        """Take back what :meth:`_state_tensors` and :meth:`_state_header` saved (``model``
+        already holds the weights)."""
+        self.model_ = model
+        self.threshold_ = float(header["threshold"])
+        self.data_hashes_ = header.get("data", {})
+        self.history_ = header.get("history", [])
+        self.n_features_in_ = int(np.prod(IMAGE_SHAPE))

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from fedsieve.shared.detectors.base import check_images
-from fedsieve.shared.detectors.bigan import LoopConfig, init_model, to_tensor, train_loop
+from fedsieve.shared.detectors.bigan import LoopConfig, as_batch, init_model, train_loop
+from fedsieve.shared.images import check_images
 from fedsieve.shared.networks import BiGAN, NetConfig
 
 
@@ -89,7 +89,7 @@ def meta_train(
         ``on_iteration(i, seconds)`` after each outer iteration (progress bars).
     """
     cfg = cfg or MetaConfig()
-    X = to_tensor(check_images(images, "images"))
+    X = as_batch(check_images(images, "images"))
     labels = np.asarray(labels)
     if len(labels) != len(X):
         raise ValueError("labels must have one entry per image")

@@ -1,55 +1,100 @@
-"""Thin adapter so scikit-learn and PyOD detectors run through the same estimator contract."""
+"""scikit-learn and PyOD outlier detectors behind the fedsieve estimator contract."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+from sklearn.base import BaseEstimator, clone
+from sklearn.ensemble import IsolationForest
+from sklearn.utils._param_validation import HasMethods
 
-from fedsieve.shared.detectors.base import BaseDetector, images_sha256
+from fedsieve.shared.detectors.base import BaseDetector
 
 
 class PeerAdapter(BaseDetector):
-    """Wrap any scikit-learn or PyOD outlier detector working on flattened pixels.
+    """Run a scikit-learn or PyOD outlier detector on flattened pixels, as a fedsieve detector.
 
-    The wrapped estimator sees float32 images in [0, 1] flattened to (N, 784). Its scores are
-    oriented so that higher = more anomalous: PyOD's ``decision_function`` as is, and
-    scikit-learn's ``score_samples`` negated. Thresholding uses the fedsieve policies, not
-    the estimator's own ``contamination``.
+    A meta-estimator: the wrapped ``estimator`` is a parameter (``get_params(deep=True)``
+    shows its own as ``estimator__<name>``) and is never fitted itself; ``fit`` fits a fresh
+    copy, ``estimator_``, built with this adapter's ``random_state`` when the estimator has
+    one. The estimator sees float32 images in [0, 1] flattened to (N, 784). Its scores are
+    oriented so that higher = more anomalous: PyOD's ``decision_function`` as is,
+    scikit-learn's ``score_samples`` negated. Verdicts come from the fedsieve threshold
+    policies, not from the estimator's own ``contamination``. One round, trusted images only
+    inform the threshold.
 
     Parameters
     ----------
-    factory : callable
-        ``factory(random_state) -> estimator`` with ``fit(X)`` and either
-        ``decision_function`` (PyOD) or ``score_samples`` (scikit-learn).
-    name : str
-        Label used in reports.
-    threshold_policy, threshold_value, random_state
-        As for every detector.
+    estimator : estimator, optional
+        Unfitted outlier detector with ``fit(X)`` and either ``decision_function`` (PyOD) or
+        ``score_samples`` (scikit-learn). None: ``IsolationForest(n_estimators=200,
+        n_jobs=1)``.
+    name : str, optional
+        Label used in reports (the registry name, e.g. ``"iforest"``).
+    threshold_policy : {"gmm", "trusted-quantile", "contamination", "fixed"}, default="gmm"
+        See :mod:`fedsieve.shared.detectors.threshold`.
+    threshold_value : float, optional
+        Parameter of the policy.
+    random_state : int, optional, default=0
+        Given to the estimator's copy (overriding its own) and to the threshold's mixture.
+
+    Attributes
+    ----------
+    estimator_ : estimator
+        The fitted copy of ``estimator``.
+    decision_scores_ : ndarray of shape (n_pool,)
+        Scores of the pool (float64, higher = more anomalous).
+    trusted_scores_ : ndarray of shape (n_trusted,) or None
+        Scores of the trusted images, when ``fit`` got some.
+    threshold_ : float
+        Scores above it are anomalies.
+    labels_ : ndarray of shape (n_pool,)
+        Verdicts on the pool (int64, 1 = anomaly).
+    history_ : list of dict
+        One entry (round 0): threshold, flagged count, elapsed seconds, ``auc`` with ``y_true``.
+    data_hashes_ : dict
+        SHA-256 of the pool and of the trusted images.
+    fit_time_ : float
+        Seconds ``fit`` took.
+    n_features_in_ : int
+        Pixels per image (784).
+
+    Examples
+    --------
+    >>> from sklearn.ensemble import IsolationForest
+    >>> det = PeerAdapter(estimator=IsolationForest(n_estimators=50), name="iforest")
+    >>> det.get_params()["estimator__n_estimators"]
+    50
     """
+
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        **BaseDetector._parameter_constraints,
+        "estimator": [HasMethods(["fit"]), None],
+        "name": [str, None],
+    }
 
     def __init__(
         self,
-        factory: Callable[[int | None], Any],
-        name: str = "peer",
+        *,
+        estimator: Any = None,
+        name: str | None = None,
         threshold_policy: str = "gmm",
         threshold_value: float | None = None,
         random_state: int | None = 0,
     ) -> None:
-        self.factory = factory
+        self.estimator = estimator
         self.name = name
         self.threshold_policy = threshold_policy
         self.threshold_value = threshold_value
         self.random_state = random_state
 
-    def _fit(self, X: np.ndarray, seed: np.ndarray | None) -> None:
-        t0 = time.perf_counter()
-        self.estimator_ = self.factory(self.random_state)
+    def _train(self, X: np.ndarray, trusted: np.ndarray | None) -> None:
+        template = self.estimator
+        if template is None:
+            template = IsolationForest(n_estimators=200, n_jobs=1)
+        self.estimator_ = _seeded_copy(template, self.random_state)
         self.estimator_.fit(X.reshape(len(X), -1))
-        self.fit_time_ = time.perf_counter() - t0
-        self.data_hashes_ = {"pool_sha256": images_sha256(X)}
 
     def _score(self, X: np.ndarray) -> np.ndarray:
         flat = X.reshape(len(X), -1)
@@ -58,22 +103,13 @@ class PeerAdapter(BaseDetector):
         return -np.asarray(self.estimator_.score_samples(flat), dtype=np.float64)
 
 
-def iforest_factory(n_estimators: int = 200) -> Callable[[int | None], Any]:
-    """scikit-learn IsolationForest on raw pixels."""
-    from sklearn.ensemble import IsolationForest
+def _seeded_copy(estimator: BaseEstimator, random_state: int | None) -> BaseEstimator:
+    """An unfitted copy of ``estimator`` constructed with ``random_state`` (when it has one).
 
-    def make(seed: int | None) -> Any:
-        return IsolationForest(n_estimators=n_estimators, random_state=seed, n_jobs=1)
-
-    return make
-
-
-def deepsvdd_factory(epochs: int = 10, batch_size: int = 128) -> Callable[[int | None], Any]:
-    """PyOD DeepSVDD (one-class hypersphere on an MLP) on raw pixels."""
-    from pyod.models.deep_svdd import DeepSVDD
-
-    def make(seed: int | None) -> Any:
-        return DeepSVDD(n_features=784, epochs=epochs, batch_size=batch_size, verbose=0,
-                        random_state=seed, preprocessing=False)
-
-    return make
+    Through the constructor rather than ``set_params``: PyOD's DeepSVDD seeds torch in its
+    ``__init__``, so a seed set afterwards would not reach its weight initialisation.
+    """
+    params = clone(estimator).get_params(deep=False)
+    if "random_state" in params:
+        params["random_state"] = random_state
+    return type(estimator)(**params)

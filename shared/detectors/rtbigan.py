@@ -1,25 +1,36 @@
-"""Rt-BiGAN: Reptile-initialised BiGAN, adapted on trusted seeds, then self-trained on the pool."""
+"""Rt-BiGAN: Reptile-initialised BiGAN, adapted on trusted images, then self-trained on the pool."""
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable
+from dataclasses import replace
+from numbers import Integral, Real
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
+import torch
+from sklearn.utils._param_validation import Interval
 
-from fedsieve.shared.detectors.base import check_images, images_sha256
+from fedsieve.shared.checkpoint import default_meta_checkpoint, load_meta
+from fedsieve.shared.detectors.base import RoundRecorder
 from fedsieve.shared.detectors.bigan import (
+    SCORE_BATCH,
+    LoopConfig,
     RowSet,
+    as_batch,
     batch_sampler,
+    bigan_losses,
     init_model,
-    to_tensor,
     train_loop,
 )
 from fedsieve.shared.detectors.gan import GANDetector
-from fedsieve.shared.networks import NetConfig
+from fedsieve.shared.networks import BiGAN, NetConfig
+
+#: Added to the per-pixel normal residual before inverting it, so that pixels that are
+#: always empty in normal data weigh at most ~1/PIXEL_EPS times an average pixel.
+PIXEL_EPS = 0.01
 
 
 class RtBiGAN(GANDetector):
@@ -28,68 +39,114 @@ class RtBiGAN(GANDetector):
     ``fit(pool, trusted)`` (Algorithm 2 then section V.B):
 
     1. copy the meta-trained weights Phi (``meta_checkpoint``);
-    2. run ``adapt_steps`` adversarial steps (D step, then E+G step) on the trusted seeds;
+    2. run ``adapt_steps`` adversarial steps (D step, then E+G step) on the trusted images;
     3. self-training: score the pool with ``A(x) = alpha L_G + (1 - alpha) L_D``, pseudo-label
        it with the threshold policy, train ``steps_per_round`` steps on the pseudo-normal set,
        and repeat. Each round's labels REPLACE the previous ones; it stops after
        ``self_training_rounds`` rounds or when fewer than ``stop_tol`` of the labels change.
 
+    The last round's pool scores, threshold and labels are the fitted ones.
+
     Parameters
     ----------
-    meta_checkpoint : str, Path or None
+    meta_checkpoint : str, Path or None, default="default"
         ``"default"``: the meta-model shipped in ``fedsieve/shared/assets``; a path to a
         meta checkpoint from ``fedsieve meta-train``; None: random initialisation (the
         "no meta-learning" ablation, networks sized by ``z_dim``/``width``/``d_hidden``).
-    adapt_steps : int
+    adapt_steps : int, default=20
         K of Algorithm 2 (paper: 20).
-    self_training_rounds : int
+    self_training_rounds : int, default=3
         Maximum self-training rounds (0 = adapted model only).
-    steps_per_round : int
+    steps_per_round : int, default=500
         Adversarial steps on the pseudo-normal set per round.
-    stop_tol : float
+    stop_tol : float, default=0.002
         Stop when the fraction of pool labels that changed falls below this.
-    alpha : float
-        Weight of ``L_G`` in the score (0.9 as in EGBAD).
-    normalize_scores : bool
-        Improvement: divide ``L_G`` and ``L_D`` by their means on the seeds before mixing, so
-        ``alpha`` mixes comparable quantities. False = the paper's raw mix.
-    trusted_anchors : bool
-        Improvement: the seeds are part of the normal set in every round and fill
+    alpha : float, default=0.9
+        Weight of ``L_G`` in the score, in [0, 1] (0.9 as in EGBAD).
+    normalize_scores : bool, default=True
+        Improvement: divide ``L_G`` and ``L_D`` by their means on the trusted images before
+        mixing, so ``alpha`` mixes comparable quantities. False = the paper's raw mix.
+    trusted_anchors : bool, default=True
+        Improvement: the trusted images are part of the normal set in every round and fill
         ``anchor_fraction`` of every training batch, so "normal" stays defined by them even
         when most of the pseudo-normal set is polluted.
-    anchor_fraction : float
-        Share of each self-training batch drawn from the seeds when ``trusted_anchors``.
-    recon_weight : float
+    anchor_fraction : float, default=0.25
+        Share of each self-training batch drawn from the trusted images when
+        ``trusted_anchors`` (at least one image per batch).
+    recon_weight : float, default=0.0
         Weight of an L1 reconstruction (cycle) term ``||x - G(E(x))||_1`` in the E+G step of
-        adaptation and self-training. 0 (default) = the paper's pure adversarial objective;
-        the benchmark's ``rtbigan+recon`` row shows that 1.0 lowers AUC by ~0.002-0.003 (the
+        adaptation and self-training. 0 = the paper's pure adversarial objective; the
+        benchmark's ``rtbigan+recon`` row shows that 1.0 lowers AUC by ~0.002-0.003 (the
         shipped meta-model is still trained with it, where it speeds up meta-training).
-    pixel_weighting : bool
+    pixel_weighting : bool, default=True
         Improvement: ``L_G`` weights each pixel by the inverse of its mean residual on the
         current pseudo-normal set, so residual ink where normal images have none (e.g. the
         border a digit never reaches) counts more. Off for the adapted-only model.
-    batch_size, lr_d, lr_eg : int, float, float
-        Shared loop settings (Adam, beta1 = 0.5).
-    z_dim, width, d_hidden : int
+    batch_size : int, default=32
+        Images per self-training step (adaptation uses all trusted images in every step).
+    lr_d, lr_eg : float, default=2e-4, 1e-3
+        Adam learning rates of D and of E+G (beta1 = 0.5).
+    z_dim, width, d_hidden : int, default=32, 16, 128
         Network sizes, used only when ``meta_checkpoint`` is None.
-    threshold_policy : {"gmm", "trusted-quantile", "contamination", "fixed"}
+    threshold_policy : {"gmm", "trusted-quantile", "contamination", "fixed"}, default="gmm"
         See :mod:`fedsieve.shared.detectors.threshold`.
     threshold_value : float, optional
         Parameter of the policy.
-    random_state : int, optional
+    random_state : int, optional, default=0
         Seeds every random draw (batches, latents, initialisation).
 
     Attributes
     ----------
+    model_ : fedsieve.shared.networks.BiGAN
+        The adapted and self-trained networks.
+    meta_info_ : dict
+        Header of the meta checkpoint the fit started from (empty without one); a loaded
+        detector keeps only its ``weights_sha256``.
+    adapt_time_ : float
+        Seconds spent loading the meta-model and adapting on the trusted images.
+    pixel_weight_ : torch.Tensor of shape (28, 28) or None
+        Per-pixel weight of ``L_G`` (None without ``pixel_weighting`` or self-training).
+    score_norm_ : ndarray of shape (2,) or None
+        Means of ``L_G`` and ``L_D`` on the trusted images that divide them before mixing
+        (None without ``normalize_scores``).
+    decision_scores_ : ndarray of shape (n_pool,)
+        Scores of the pool after the last round (float64, higher = more anomalous).
+    trusted_scores_ : ndarray of shape (n_trusted,)
+        Scores of the trusted images after the last round.
+    threshold_ : float
+        The last round's threshold: scores above it are anomalies.
+    labels_ : ndarray of shape (n_pool,)
+        The last round's verdicts on the pool (int64, 1 = anomaly).
     history_ : list of dict
         One entry per round (round 0 = adapted only): threshold, flagged count, fraction of
         labels changed, elapsed seconds, and ``auc`` when ``y_true`` was given to ``fit``.
+    data_hashes_ : dict
+        SHA-256 of the pool and of the trusted images.
+    fit_time_ : float
+        Seconds ``fit`` took.
+    n_features_in_ : int
+        Pixels per image (784).
     """
 
     requires_trusted = True
 
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        **GANDetector._parameter_constraints,
+        "meta_checkpoint": [str, os.PathLike, None],
+        "adapt_steps": [Interval(Integral, 0, None, closed="left")],
+        "self_training_rounds": [Interval(Integral, 0, None, closed="left")],
+        "steps_per_round": [Interval(Integral, 0, None, closed="left")],
+        "stop_tol": [Interval(Real, 0, 1, closed="both")],
+        "normalize_scores": ["boolean"],
+        "trusted_anchors": ["boolean"],
+        "anchor_fraction": [Interval(Real, 0, 1, closed="both")],
+        "recon_weight": [Interval(Real, 0, None, closed="left")],
+        "pixel_weighting": ["boolean"],
+    }
+
     def __init__(
         self,
+        *,
         meta_checkpoint: str | Path | None = "default",
         adapt_steps: int = 20,
         self_training_rounds: int = 3,
@@ -132,45 +189,39 @@ class RtBiGAN(GANDetector):
         self.threshold_value = threshold_value
         self.random_state = random_state
 
-    def fit(
-        self,
-        X: Any,
-        trusted: Any = None,
-        *,
-        y_true: Any = None,
-        callback: Callable[[RtBiGAN, int], None] | None = None,
-    ) -> RtBiGAN:
-        """Adapt on ``trusted`` and self-train on the pool ``X``.
-
-        Parameters
-        ----------
-        X : array-like
-            Pool images (see :func:`~fedsieve.shared.detectors.base.check_images`).
-        trusted : array-like
-            The 5-10 trusted normal images (required).
-        y_true : array-like of shape (N,), optional
-            Ground truth (1 = anomaly) for ``X``; only used to record ``auc`` in ``history_``.
-        callback : callable, optional
-            ``callback(self, round)`` after each round, with the detector scoring as it does
-            at that round (e.g. to record a test-set AUC per round).
-
-        Returns
-        -------
-        self
-        """
-        self._y_true = None if y_true is None else np.asarray(y_true).astype(int).ravel()
-        if self._y_true is not None and len(self._y_true) != len(check_images(X)):
-            raise ValueError("y_true must have one label per pool image")
-        self._callback = callback
-        try:
-            return super().fit(X, trusted)
-        finally:
-            del self._y_true, self._callback
-
     # -- the algorithm -----------------------------------------------------------------------
-    def _init_weights(self) -> None:
-        from fedsieve.shared.checkpoint import default_meta_checkpoint, load_meta
+    def _fit(self, X: np.ndarray, trusted: np.ndarray | None, rounds: RoundRecorder) -> None:
+        if trusted is None:  # BaseDetector.fit enforces requires_trusted
+            raise ValueError("RtBiGAN needs trusted images")
+        t0 = time.perf_counter()
+        self._init_weights()
+        gen = self._generator()
+        cfg = self._loop_config()
+        trusted_t = as_batch(trusted)
 
+        # Algorithm 2: K adversarial steps on the trusted images (all of them in every step).
+        train_loop(self.model_, lambda g: trusted_t, int(self.adapt_steps), cfg, gen)
+        self.pixel_weight_ = None
+        self._set_norm(trusted)
+        self.adapt_time_ = time.perf_counter() - t0
+
+        opts = None
+        scores = self._score(X)
+        for rnd in range(int(self.self_training_rounds) + 1):
+            labels, changed = rounds.end_round(scores)
+            if rnd == int(self.self_training_rounds) or (rnd > 0 and changed < self.stop_tol):
+                return
+            # The pseudo-normal set is gathered batch by batch: the pool is never copied.
+            anchors = trusted_t if self.trusted_anchors else None
+            normal = RowSet(X, np.flatnonzero(labels == 0),
+                            trusted if self.trusted_anchors else None)
+            sampler = batch_sampler(normal, cfg.batch_size, anchors, self.anchor_fraction)
+            opts = train_loop(self.model_, sampler, int(self.steps_per_round), cfg, gen, opts)
+            self._set_pixel_weight(normal)
+            self._set_norm(trusted)
+            scores = self._score(X)
+
+    def _init_weights(self) -> None:
         if self.meta_checkpoint is None:
             self.model_ = init_model(NetConfig(self.z_dim, self.width, self.d_hidden),
                                      self.random_state)
@@ -180,57 +231,57 @@ class RtBiGAN(GANDetector):
                 else Path(self.meta_checkpoint))
         self.model_, self.meta_info_ = load_meta(path)
 
-    def _fit(self, X: np.ndarray, seed: np.ndarray | None) -> None:
-        assert seed is not None
-        t0 = time.perf_counter()
-        self._init_weights()
-        gen = self._generator()
-        cfg = self._loop_config()
-        trusted_t = to_tensor(seed)
+    def _loop_config(self) -> LoopConfig:
+        return replace(super()._loop_config(), recon_weight=float(self.recon_weight))
 
-        # Algorithm 2: K adversarial steps on the trusted seeds (the whole seed set per step).
-        train_loop(self.model_, lambda g: trusted_t, int(self.adapt_steps), cfg, gen)
+    # -- the score's two improvements --------------------------------------------------------
+    def _losses(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return bigan_losses(self.model_, X, self.pixel_weight_)
+
+    def _combine(self, lg: np.ndarray, ld: np.ndarray) -> np.ndarray:
+        if self.score_norm_ is not None:
+            lg = lg / self.score_norm_[0]
+            ld = ld / self.score_norm_[1]
+        return super()._combine(lg, ld)
+
+    def _set_norm(self, trusted: np.ndarray) -> None:
+        """Divide L_G and L_D by their means on the trusted images (scale-free mixing)."""
+        self.score_norm_ = None
+        if self.normalize_scores:
+            lg, ld = self._losses(trusted)
+            self.score_norm_ = np.array([max(lg.mean(), 1e-8), max(ld.mean(), 1e-8)])
+
+    @torch.no_grad()
+    def _set_pixel_weight(self, reference: RowSet) -> None:
+        """Weight each pixel's residual by the inverse of its mean residual on ``reference``
+        (the current normal set), so ink where normal images never have any counts more."""
         self.pixel_weight_ = None
-        self._set_norm(seed)
-        self.adapt_time_ = time.perf_counter() - t0
+        if not self.pixel_weighting:
+            return
+        total = torch.zeros(1, 28, 28)
+        for x in reference.chunks(SCORE_BATCH):
+            total += (x - self.model_.G(self.model_.E(x))).abs().sum(0)
+        w = 1.0 / (total / len(reference) + PIXEL_EPS)
+        self.pixel_weight_ = w / w.mean()
 
-        self.history_: list[dict[str, Any]] = []
-        opts = None
-        labels = None
-        scores = self._score(X)
-        for rnd in range(int(self.self_training_rounds) + 1):
-            trusted_scores = self._score(seed)
-            thr = self._threshold(scores, trusted_scores)
-            new = (scores > thr).astype(np.int64)
-            changed = 1.0 if labels is None else float(np.mean(new != labels))
-            labels = new  # replace, never accumulate
-            self.threshold_ = thr
-            self._record(rnd, scores, thr, labels, changed, t0)
-            if self._callback is not None:
-                self._callback(self, rnd)
-            if rnd == int(self.self_training_rounds) or (rnd > 0 and changed < self.stop_tol):
-                break
-            # The pseudo-normal set is gathered batch by batch: the pool is never copied.
-            anchors = trusted_t if self.trusted_anchors else None
-            normal = RowSet(X, np.flatnonzero(labels == 0), seed if self.trusted_anchors else None)
-            sampler = batch_sampler(normal, cfg.batch_size, anchors, self.anchor_fraction)
-            opts = train_loop(self.model_, sampler, int(self.steps_per_round), cfg, gen, opts)
-            self._set_pixel_weight(normal)
-            self._set_norm(seed)
-            scores = self._score(X)
-        self.pseudo_labels_ = labels
-        self.fit_time_ = time.perf_counter() - t0
-        self.data_hashes_ = {"pool_sha256": images_sha256(X), "trusted_sha256": images_sha256(seed)}
+    # -- checkpoint state --------------------------------------------------------------------
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        state = super()._state_tensors()
+        if self.pixel_weight_ is not None:
+            state["score.pixel_weight"] = self.pixel_weight_.detach().clone()
+        if self.score_norm_ is not None:
+            state["score.norm"] = torch.tensor(self.score_norm_, dtype=torch.float64)
+        return state
 
-    def _record(self, rnd: int, scores: np.ndarray, thr: float, labels: np.ndarray,
-                changed: float, t0: float) -> None:
-        entry: dict[str, Any] = {
-            "round": rnd,
-            "threshold": float(thr),
-            "n_flagged": int(labels.sum()),
-            "changed": changed,
-            "elapsed_s": time.perf_counter() - t0,
-        }
-        if self._y_true is not None and 0 < self._y_true.sum() < len(self._y_true):
-            entry["auc"] = float(roc_auc_score(self._y_true, scores))
-        self.history_.append(entry)
+    def _state_header(self) -> dict[str, Any]:
+        return {**super()._state_header(),
+                "meta_checkpoint": self.meta_info_.get("weights_sha256")}
+
+    def _restore_state(self, model: BiGAN, tensors: dict[str, torch.Tensor],
+                       header: dict[str, Any]) -> None:
+        super()._restore_state(model, tensors, header)
+        sha = header.get("meta_checkpoint")
+        self.meta_info_ = {} if sha is None else {"weights_sha256": sha}
+        self.pixel_weight_ = tensors.get("score.pixel_weight")
+        norm = tensors.get("score.norm")
+        self.score_norm_ = None if norm is None else norm.numpy().astype(np.float64)

@@ -8,13 +8,13 @@ Four policies, chosen with ``threshold_policy`` and parameterised by ``threshold
     which the upper (anomalous) component becomes the more probable one (posterior
     :data:`GMM_POSTERIOR` = 0.5). The pool is taken as a single population, and the threshold
     falls back to ``mean + 3 std`` of the log scores, when the two components are not separated
-    (Ashman's D below ``threshold_value``, default 2.0) or, when trusted seeds are given, when
-    the upper component does not lie above every seed's score: normal data with a skewed score
-    distribution fits two Gaussians too, and the seeds tell the two cases apart, so a clean
+    (Ashman's D below ``threshold_value``, default 2.0) or, when trusted images are given, when
+    the upper component does not lie above every trusted score: normal data with a skewed score
+    distribution fits two Gaussians too, and the trusted images tell the two cases apart, so a clean
     pool is not cut in half.
 ``"trusted-quantile"``
-    Quantile ``threshold_value`` (default 1.0, the maximum) of the trusted seeds' scores. With
-    5-10 seeds the estimate is coarse; the seeds are in-sample for the adapted detector, so
+    Quantile ``threshold_value`` (default 1.0, the maximum) of the trusted images' scores.
+    With 5-10 images the estimate is coarse; they are in-sample for the adapted detector, so
     this policy tends to flag more normal data than ``"gmm"``.
 ``"contamination"``
     Flag the top ``threshold_value`` fraction (default 0.1) of the pool, the PyOD convention;
@@ -33,7 +33,14 @@ POLICIES = ("gmm", "trusted-quantile", "contamination", "fixed")
 GMM_POSTERIOR = 0.5
 
 
-def _check_policy(policy: str, value: float | None) -> None:
+def check_policy_value(policy: str, value: float | None) -> None:
+    """Check that ``policy`` is known and ``value`` is one it can use.
+
+    Raises
+    ------
+    ValueError
+        Unknown policy, ``"fixed"`` without a value, or a value outside the policy's range.
+    """
     if policy not in POLICIES:
         raise ValueError(
             f"unknown threshold_policy {policy!r}; choose one of {', '.join(POLICIES)}"
@@ -64,7 +71,7 @@ def gmm_threshold(
     random_state : int
         Seed of the mixture's initialisation.
     trusted_scores : ndarray, optional
-        Scores of the trusted normal seeds; the upper component counts as anomalous only when
+        Scores of the trusted normal images; the upper component counts as anomalous only when
         its mean lies above all of them.
 
     Returns
@@ -106,16 +113,17 @@ def compute_threshold(
     Raises
     ------
     ValueError
-        Unknown policy, missing ``value`` for ``"fixed"``, or ``"trusted-quantile"`` without seeds.
+        Unknown policy, missing ``value`` for ``"fixed"``, or ``"trusted-quantile"`` without
+        trusted scores.
     """
-    _check_policy(policy, value)
+    check_policy_value(policy, value)
     if policy == "gmm":
         return gmm_threshold(pool_scores, 2.0 if value is None else value, random_state,
                              trusted_scores)
     if policy == "trusted-quantile":
         if trusted_scores is None or len(trusted_scores) == 0:
             raise ValueError(
-                "threshold_policy='trusted-quantile' needs trusted seeds: pass trusted to fit()"
+                "threshold_policy='trusted-quantile' needs trusted images: pass trusted to fit()"
             )
         return float(np.quantile(trusted_scores, 1.0 if value is None else value))
     if policy == "contamination":

@@ -1,4 +1,10 @@
-"""``fedsieve meta-train`` and ``fedsieve detect``: call :func:`register` on the main Typer app."""
+"""``fedsieve meta-train`` and ``fedsieve detect``, the operator's detector tools.
+
+They live beside the detectors (not in the simulation harness) and take their detectors from
+the one registry, :data:`fedsieve.shared.detectors.DETECTORS` / ``make_detector``; call
+:func:`register` on the ``fedsieve`` Typer app. The detectors (torch, scikit-learn, PyOD) are
+imported inside the commands, so that ``fedsieve --help`` starts fast.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +19,10 @@ from typing import Annotated
 import numpy as np
 import typer
 
-DETECTORS = ("rtbigan", "egbad", "anogan", "iforest", "deepsvdd")
-#: Pool images used as stand-in seeds when ``detect`` runs without ``--seed``.
-AUTO_SEEDS = 10
+from fedsieve.shared.images import check_images, images_sha256
+
+#: Pool images that stand in for trusted images when ``detect`` runs without ``--trusted``.
+AUTO_TRUSTED = 10
 
 
 def _threads(n: int | None) -> None:
@@ -27,8 +34,6 @@ def _threads(n: int | None) -> None:
 
 
 def _load_npz(path: Path, what: str) -> tuple[np.ndarray, np.ndarray | None]:
-    from fedsieve.shared.detectors import check_images
-
     try:
         with np.load(path, allow_pickle=False) as f:
             if "x" not in f:
@@ -133,13 +138,15 @@ def meta_train_cmd(
 def detect_cmd(
     pool: Annotated[Path, typer.Option("--pool", help="npz with x (and optionally y_anomaly).")],
     out: Annotated[Path, typer.Option("--out", help="Output directory.")],
-    seed: Annotated[
-        Path | None, typer.Option("--seed", help="npz with x: trusted normal images.")
+    trusted: Annotated[
+        Path | None, typer.Option("--trusted", help="npz with x: trusted normal images.")
     ] = None,
     test: Annotated[
         Path | None, typer.Option("--test", help="npz to score (x, optional y_anomaly).")
     ] = None,
-    detector: Annotated[str, typer.Option(help="|".join(DETECTORS))] = "rtbigan",
+    detector: Annotated[str, typer.Option(
+        help="A name in the detector registry, fedsieve.shared.detectors.DETECTORS "
+             "(rtbigan by default; an unknown name lists them).")] = "rtbigan",
     checkpoint: Annotated[Path | None, typer.Option(help="Meta checkpoint for rtbigan.")] = None,
     threshold_policy: Annotated[
         str, typer.Option(help="gmm|trusted-quantile|contamination|fixed")
@@ -150,20 +157,20 @@ def detect_cmd(
 ) -> None:
     """Score a pool of uploads, flag anomalies and write scores, verdicts, report and figures.
 
-    Without --seed, rtbigan needs stand-in seeds: an IsolationForest (seed-free) scores the
-    pool and its 10 least anomalous images are used as the trusted seeds; report.json records
-    this ("trusted_source": "iforest-lowest"). Pass real trusted images with --seed when you can.
+    Without --trusted, rtbigan needs stand-in trusted images: an IsolationForest (which needs
+    none) scores the pool and its 10 least anomalous images stand in; report.json records this
+    ("trusted_source": "iforest-lowest"). Pass real trusted images with --trusted when you can.
     """
-    from fedsieve.shared.detectors import check_images, make_detector
+    from fedsieve.shared.detectors import DETECTORS, make_detector
 
     _threads(threads)
     if detector not in DETECTORS:
         raise typer.BadParameter(f"choose one of {', '.join(DETECTORS)}", param_hint="--detector")
     x_pool, y_pool = _load_npz(pool, "--pool")
-    seeds, trusted_source = None, None
-    if seed is not None:
-        seeds, _ = _load_npz(seed, "--seed")
-        trusted_source = str(seed)
+    trusted_x, trusted_source = None, None
+    if trusted is not None:
+        trusted_x, _ = _load_npz(trusted, "--trusted")
+        trusted_source = str(trusted)
     kw: dict[str, object] = {
         "threshold_policy": threshold_policy,
         "threshold_value": threshold_value,
@@ -172,14 +179,14 @@ def detect_cmd(
     if detector == "rtbigan":
         if checkpoint is not None:
             kw["meta_checkpoint"] = str(checkpoint)
-        if seeds is None:
+        if trusted_x is None:
             ranker = make_detector("iforest", random_state=random_state).fit(x_pool)
-            seeds = x_pool[np.argsort(ranker.decision_scores_)[:AUTO_SEEDS]]
+            trusted_x = x_pool[np.argsort(ranker.decision_scores_)[:AUTO_TRUSTED]]
             trusted_source = "iforest-lowest"
     try:
         det = make_detector(detector, **kw)
         t0 = time.perf_counter()
-        det.fit(x_pool, seeds)
+        det.fit(x_pool, trusted_x)
         fit_s = time.perf_counter() - t0
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
@@ -199,8 +206,8 @@ def detect_cmd(
         "n_flagged": int(verdicts.sum()),
         "timings": {"fit_s": round(fit_s, 3)},
         "data": {
-            "pool_sha256": _sha(x_pool),
-            "trusted_sha256": None if seeds is None else _sha(seeds),
+            "pool_sha256": images_sha256(x_pool),
+            "trusted_sha256": None if trusted_x is None else images_sha256(trusted_x),
         },
         "history": getattr(det, "history_", []),
     }
@@ -214,7 +221,7 @@ def detect_cmd(
         np.save(out / "test_scores.npy", t_scores)
         report["timings"]["test_score_s"] = round(dt, 3)
         report["timings"]["samples_per_s"] = round(len(x_test) / max(dt, 1e-9), 1)
-        report["data"]["test_sha256"] = _sha(x_test)
+        report["data"]["test_sha256"] = images_sha256(x_test)
         if y_test is not None:
             report["test_metrics"] = _metrics(
                 y_test, t_scores, (t_scores > det.threshold_).astype(np.int64)
@@ -227,12 +234,6 @@ def detect_cmd(
 def _args_after(command: str) -> list[str]:
     args = sys.argv[1:]
     return args[args.index(command) + 1 :] if command in args else args
-
-
-def _sha(x: np.ndarray) -> str:
-    from fedsieve.shared.detectors.base import images_sha256
-
-    return images_sha256(x)
 
 
 def _metrics(y: np.ndarray, scores: np.ndarray, verdicts: np.ndarray) -> dict[str, float | None]:

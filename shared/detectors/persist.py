@@ -1,0 +1,97 @@
+"""Saving and loading fitted GAN detectors as checkpoints (safetensors + JSON, never pickle).
+
+The file format is :mod:`fedsieve.shared.checkpoint`'s, kind ``"detector"``: the weights and
+score state as tensors; the class name, constructor parameters, network sizes, threshold, data
+hashes and history in the JSON header. Parameters are stored by name, so a checkpoint loads
+as long as the class keeps their meaning (else ``FORMAT_VERSION`` is bumped).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sklearn.utils._param_validation import InvalidParameterError
+from sklearn.utils.validation import check_is_fitted
+
+from fedsieve.shared.checkpoint import (
+    CheckpointError,
+    bigan_from_tensors,
+    read_checkpoint,
+    write_checkpoint,
+)
+from fedsieve.shared.detectors.baselines import EGBAD, AnoGAN
+from fedsieve.shared.detectors.gan import GANDetector
+from fedsieve.shared.detectors.rtbigan import RtBiGAN
+
+#: The detectors a checkpoint can hold, by the class name its header records.
+SAVABLE: dict[str, type[GANDetector]] = {c.__name__: c for c in (RtBiGAN, EGBAD, AnoGAN)}
+
+
+def save_detector(detector: GANDetector, path: str | Path) -> Path:
+    """Write a fitted RtBiGAN, EGBAD or AnoGAN to ``<path>.safetensors`` + ``<path>.json``.
+
+    Returns
+    -------
+    Path
+        The JSON path.
+
+    Raises
+    ------
+    sklearn.exceptions.NotFittedError
+        ``detector`` is not fitted.
+    TypeError
+        ``detector`` is not one of the savable classes.
+    """
+    if type(detector).__name__ not in SAVABLE:
+        raise TypeError(f"cannot save a {type(detector).__name__}; savable detectors: "
+                        f"{', '.join(SAVABLE)}")
+    check_is_fitted(detector, "threshold_")
+    params = {k: (str(v) if isinstance(v, Path) else v)
+              for k, v in detector.get_params(deep=False).items()}
+    header: dict[str, Any] = {
+        "kind": "detector",
+        "detector": type(detector).__name__,
+        "params": params,
+        "net": detector.model_.cfg.to_dict(),
+        **detector._state_header(),
+    }
+    return write_checkpoint(path, detector._state_tensors(), header)
+
+
+def load_detector(path: str | Path, expected: type[GANDetector] = GANDetector) -> GANDetector:
+    """Load a detector written by :func:`save_detector`, ready to score.
+
+    Parameters
+    ----------
+    path : str or Path
+        The checkpoint (either file of the pair, or the path without suffix).
+    expected : type, optional
+        The class the caller needs, e.g. ``RtBiGAN``; any savable detector by default.
+
+    Raises
+    ------
+    CheckpointError
+        As :func:`fedsieve.shared.checkpoint.read_checkpoint`, or the file holds no detector,
+        another class than ``expected``, parameters this version does not accept, or weights
+        that do not fit the recorded networks.
+    """
+    tensors, header = read_checkpoint(path)
+    name = header.get("detector")
+    if header.get("kind") != "detector" or name not in SAVABLE:
+        raise CheckpointError(f"{path} is not a saved {'/'.join(SAVABLE)} detector")
+    cls = SAVABLE[name]
+    if not issubclass(cls, expected):
+        raise CheckpointError(f"{path} holds a {name}, not a {expected.__name__}")
+    try:
+        detector = cls(**header["params"])
+        detector._validate_params()
+    except (KeyError, TypeError, InvalidParameterError) as exc:
+        raise CheckpointError(f"{path} has parameters this version does not accept: {exc}") \
+            from exc
+    model = bigan_from_tensors(tensors, header.get("net"))
+    try:
+        detector._restore_state(model, tensors, header)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path} has an incomplete detector header: {exc}") from exc
+    return detector
