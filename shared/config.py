@@ -154,8 +154,11 @@ class HarnessSettings(_RunConfigPart):
     Attributes
     ----------
     num_clients, contamination, partition, profile, label_policy
-        How many clients, how much Fashion-MNIST pollution, how MNIST is split between them,
-        how rates differ between clients, and the labels of the injected images.
+        How many clients, how much pollution, how MNIST is split between them, how rates
+        differ between clients, and the labels of the injected images.
+    pollution : str
+        What is injected: a spec of :func:`fedsieve.simulations.zoo.parse_pollution`
+        (``"fashion"``, ``"trigger:size=3"``, ``"fashion,black,held-out:digit=9"``, ...).
     trusted_size : int
         Trusted images the harness keeps out of every client for the server. The example
         ServerApp without a ``trusted-file`` draws this many MNIST digits (and says so).
@@ -170,6 +173,7 @@ class HarnessSettings(_RunConfigPart):
     partition: str = "iid"
     profile: str = "uniform"
     label_policy: str = "random"
+    pollution: str = "fashion"
     trusted_size: int = 10
     federation_dir: str = ""
 

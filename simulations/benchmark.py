@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from fedsieve.shared.data import load_fashion_mnist, load_mnist
+from fedsieve.simulations.zoo import Material, PollutionKind, parse_pollution
 
 #: Test AUC of the paper's Table I: method -> (trained on clean data, on polluted data).
 PAPER_TABLE_1 = {"AnoGAN": (0.99, 0.46), "EGBAD": (0.98, 0.52), "Rt-BiGAN": (0.98, 0.84)}
@@ -30,17 +31,24 @@ FittedScores = Callable[[object, float], "np.ndarray | None"]
 
 
 class DetectionTestSet(NamedTuple):
-    """Normal MNIST test digits, then as many Fashion-MNIST test images (the anomalies)."""
+    """Normal MNIST test digits, then as many anomalies (Fashion-MNIST test images by default)."""
 
     x: np.ndarray  #: uint8 (2n, 28, 28)
-    y: np.ndarray  #: 0 = MNIST digit, 1 = Fashion-MNIST
+    y: np.ndarray  #: 0 = MNIST digit, 1 = anomaly
     sources: dict[str, dict]  #: where each half came from (:class:`DataSource` dicts)
+    kinds: np.ndarray | None = None  #: the anomalies' pollution kinds ("" for normal)
 
 
 def detection_test_set(mnist_root: str | os.PathLike | None = None,
                        fashion_root: str | os.PathLike | None = None,
-                       per_side: int = TEST_PER_SIDE) -> DetectionTestSet:
-    """Up to ``per_side`` MNIST test digits (normal) and as many Fashion-MNIST test images.
+                       per_side: int = TEST_PER_SIDE,
+                       pollution: str | PollutionKind = "fashion") -> DetectionTestSet:
+    """Up to ``per_side`` MNIST test digits (normal) and as many anomalies of ``pollution``.
+
+    The anomalies are made from the test splits the way the harness makes pollution from the
+    training splits (:mod:`fedsieve.simulations.zoo`): Fashion-MNIST test images, corrupted
+    copies of the normal test digits, blank frames, ... With a held-out class, the normal side
+    holds no digit of that class and the anomalies are test digits of it.
 
     Parameters
     ----------
@@ -51,13 +59,28 @@ def detection_test_set(mnist_root: str | os.PathLike | None = None,
         holds IDX files directly would be read as either dataset.
     per_side : int
         Images per side at most.
+    pollution : str or PollutionKind
+        The anomalies (default ``"fashion"``: the paper's test set).
     """
+    mix = parse_pollution(pollution)
     digits = load_mnist("test", root=mnist_root)
-    fashion = load_fashion_mnist("test", root=fashion_root)
-    n = min(per_side, len(digits.images), len(fashion.images))
-    pick_digits = np.random.default_rng(TEST_SEED).choice(len(digits.images), n, replace=False)
-    pick_fashion = np.random.default_rng(TEST_SEED).choice(len(fashion.images), n, replace=False)
-    x = np.concatenate([digits.images[pick_digits], fashion.images[pick_fashion]])
+    held = mix.held_out_class
+    normal = np.ones(len(digits.labels), bool) if held is None else digits.labels != held
+    candidates = np.flatnonzero(normal)
+    sources = {"mnist": digits.source.to_dict()}
+    fashion_images = None
+    n = min(per_side, len(candidates))
+    if mix.needs_fashion:
+        fashion = load_fashion_mnist("test", root=fashion_root)
+        sources["fashion-mnist"] = fashion.source.to_dict()
+        n = min(n, len(fashion.images))
+        pick_fashion = np.random.default_rng(TEST_SEED).choice(len(fashion.images), n,
+                                                               replace=False)
+        fashion_images = fashion.images[pick_fashion]
+    pick = candidates[np.random.default_rng(TEST_SEED).choice(len(candidates), n, replace=False)]
+    made = mix.sample_with_kinds(n, np.random.default_rng(TEST_SEED + 1), Material(
+        digits.images[pick], digits.labels[pick].astype(np.int64), fashion_images,
+        digits.images[~normal], digits.labels[~normal].astype(np.int64)))
+    x = np.concatenate([digits.images[pick], made.images])
     y = np.r_[np.zeros(n), np.ones(n)].astype(int)
-    return DetectionTestSet(x, y, {"mnist": digits.source.to_dict(),
-                                   "fashion-mnist": fashion.source.to_dict()})
+    return DetectionTestSet(x, y, sources, np.concatenate([np.full(n, ""), made.kinds]))

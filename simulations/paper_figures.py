@@ -65,7 +65,8 @@ def table_one(settings: RunSettings, out: Path, budget: float = 1.0,
     started = time.perf_counter()
     trusted = federation_for(settings).trusted_set.images
     root = settings.task.data_root or None
-    x_test, y_test, _ = detection_test_set(root, root)
+    test = detection_test_set(root, root)
+    x_test, y_test = test.x, test.y
     seed = settings.seed
     methods = {
         "AnoGAN": lambda: AnoGAN(steps=_steps(1000, budget), latent_steps=_steps(20, budget),

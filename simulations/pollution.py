@@ -1,4 +1,8 @@
-"""The pollution harness: a federation of MNIST clients with Fashion-MNIST junk injected.
+"""The pollution harness: a federation of MNIST clients with junk injected.
+
+What is injected is a pollution kind from :mod:`fedsieve.simulations.zoo` (Fashion-MNIST by
+default; corrupted digits, blank frames, noise, backdoor triggers, a held-out digit class, or
+any mix of them).
 
 Only this module knows which samples are polluted. A :class:`ClientData` carries the
 ground-truth flags next to the arrays, but what a client would send to a server is built
@@ -6,8 +10,8 @@ from ``x``, ``y`` and ``ids`` alone (see :meth:`ClientData.public_arrays`); the 
 joined back by sample id when a run is scored.
 
 Everything is deterministic from one integer ``seed``: the trusted set, the
-partition, the choice of Fashion images, their labels and the order of each client's data
-come from independent streams spawned from it.
+partition, the choice of Fashion images, their labels, the order of each client's data and
+the making of every other kind of pollution come from independent streams spawned from it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import numpy as np
 from fedsieve.shared.config import RunSettings
 from fedsieve.shared.data import DataSource, ImageSet, load_fashion_mnist, load_mnist
 from fedsieve.shared.trusted import draw_trusted_indices, save_trusted_file
+from fedsieve.simulations.zoo import Material, MixSample, PollutionKind, parse_pollution
 
 PARTITIONS = ("iid", "dirichlet", "shard", "pathological", "linear", "square", "exponential")
 PROFILES = ("uniform", "skewed")
@@ -64,12 +69,16 @@ class ClientData:
     ids : numpy.ndarray
         int64 sample ids, unique across the federation, independent of pollution.
     polluted : numpy.ndarray
-        bool ground truth: True where the image is Fashion-MNIST. Never sent anywhere.
+        bool ground truth: True where the image is pollution. Never sent anywhere.
     origin : numpy.ndarray
-        Index of each image in its source split (MNIST train if clean, Fashion train if
-        polluted).
+        Index of the image each sample is (or was made from) in its source split: MNIST
+        train for normal digits, corrupted digits and held-out digits, Fashion train for the
+        Fashion kinds, -1 for synthetic frames.
     source_labels : numpy.ndarray
-        The label the image has in its source dataset.
+        The label that image has in its source split (-1 for synthetic frames).
+    kinds : numpy.ndarray
+        str ground truth: the pollution kind of each sample (its spec, e.g.
+        ``"trigger:size=4"``), ``""`` for normal samples.
     """
 
     client_id: int
@@ -79,6 +88,7 @@ class ClientData:
     polluted: np.ndarray
     origin: np.ndarray
     source_labels: np.ndarray
+    kinds: np.ndarray = field(default_factory=lambda: np.empty(0, str))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -133,11 +143,14 @@ class Federation:
                     "requested_rate": rate,
                     "contamination": round(c.contamination, 6),
                     "label_counts": np.bincount(c.y, minlength=10).tolist(),
+                    "kinds": _kind_counts(c.kinds[c.polluted]),
                 }
                 for c, rate in zip(self.clients, self.rates)
             ],
             "total_samples": sum(len(c) for c in self.clients),
             "total_polluted": int(sum(c.polluted.sum() for c in self.clients)),
+            "total_kinds": _kind_counts(np.concatenate([c.kinds[c.polluted]
+                                                        for c in self.clients])),
         }
 
     # The arguments (loaded data included) that rebuild this federation, for the oracle.
@@ -211,6 +224,7 @@ def build_federation(
     profile: str = "uniform",
     label_policy: LabelPolicy = "random",
     rates: Sequence[float] | None = None,
+    pollution: str | PollutionKind = "fashion",
     seed: int = 0,
     trusted_size: int = 10,
     alpha: float = 0.5,
@@ -227,7 +241,7 @@ def build_federation(
     num_clients : int
         Number of clients.
     contamination : float
-        Target fraction of each client's final samples that are Fashion-MNIST images.
+        Target fraction of each client's final samples that are pollution.
     partition : str or flwr_datasets Partitioner
         How normal MNIST is split: one of :data:`PARTITIONS` or a ready partitioner
         (it receives a dataset with ``label`` and ``index`` columns).
@@ -235,10 +249,16 @@ def build_federation(
         How rates differ between clients (see :func:`client_rates`); ignored when
         ``rates`` is given.
     label_policy : {"random", "mapped", "original"}
-        Labels of injected images: a random digit, ``label_map[fashion_class]``, or the
-        Fashion class id itself.
+        Labels of injected images: a random digit, ``label_map[source_class]``, or the
+        source class itself (the Fashion class id, or a corrupted digit's own digit). Images
+        made from nothing (blank frames, noise) get a random digit under every policy.
     rates : sequence of float, optional
         Explicit per-client rates, one per client.
+    pollution : str or PollutionKind
+        What is injected (:func:`fedsieve.simulations.zoo.parse_pollution`): ``"fashion"``
+        (default), ``"trigger:size=3"``, ``"fashion,black,held-out:digit=9"``, ... Kinds that
+        corrupt digits start from the client's own normal digits. With ``held-out:digit=k``
+        no client holds digit k as normal data, nor does the trusted set.
     seed : int
         Seed of every random choice.
     trusted_size : int
@@ -260,8 +280,9 @@ def build_federation(
     A client with normal partition size n and rate 0 < c < 1 receives
     ``round(c * n / (1 - c))`` injected images, so its polluted fraction is c to within
     one sample and its normal data is exactly what the clean oracle has. A client with
-    c = 1 holds n Fashion images and none of its partition.
+    c = 1 holds n injected images and none of its partition.
     """
+    mix = parse_pollution(pollution)
     if label_policy not in LABEL_POLICIES:
         raise ValueError(f"label_policy must be one of {LABEL_POLICIES}, got {label_policy!r}")
     label_map = tuple(DEFAULT_LABEL_MAP if label_map is None else label_map)
@@ -280,7 +301,7 @@ def build_federation(
     build_args = {
         "num_clients": num_clients, "contamination": contamination, "partition": partition,
         "profile": profile, "label_policy": label_policy, "rates": rates, "seed": seed,
-        "trusted_size": trusted_size, "alpha": alpha,
+        "pollution": mix, "trusted_size": trusted_size, "alpha": alpha,
         "classes_per_client": classes_per_client, "label_map": label_map, "root": root,
         "mnist": mnist, "fashion": fashion,
     }
@@ -289,52 +310,67 @@ def build_federation(
         "partition": _partition_name(partition),
         "profile": profile, "label_policy": label_policy,
         "rates": list(rates) if rates is not None else None, "seed": seed,
-        "trusted_size": trusted_size, "alpha": alpha,
+        "pollution": mix.spec(), "trusted_size": trusted_size, "alpha": alpha,
         "classes_per_client": classes_per_client, "label_map": list(label_map),
         "root": None if root is None else str(root),
     }
     mnist = mnist if mnist is not None else load_mnist("train", root=root)
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)]
-    partition_rng, pick_rng, label_rng, order_rng = streams
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5)]
+    partition_rng, pick_rng, label_rng, order_rng, kind_rng = streams
 
-    trusted_idx = draw_trusted_indices(mnist.labels, trusted_size, seed)
-    remaining = partition_rng.permutation(np.setdiff1d(np.arange(len(mnist.labels)), trusted_idx))
+    # A held-out class is never normal data: not for clients, not for the trusted set.
+    held = mix.held_out_class
+    normal_pool = (np.arange(len(mnist.labels)) if held is None
+                   else np.flatnonzero(mnist.labels != held))
+    held_idx = np.empty(0, np.int64) if held is None else np.flatnonzero(mnist.labels == held)
+    trusted_idx = normal_pool[draw_trusted_indices(mnist.labels[normal_pool], trusted_size, seed)]
+    remaining = partition_rng.permutation(np.setdiff1d(normal_pool, trusted_idx))
     parts = _partition_indices(partition, remaining, mnist.labels, num_clients, alpha,
                                classes_per_client, seed)
 
     injected = [_injected_count(len(p), r) for p, r in zip(parts, rates)]
     sources = {"mnist": mnist.source}
+    needed = [mix.fashion_needed(n) for n in injected]
     fashion_idx = [np.empty(0, np.int64)] * num_clients
-    if sum(injected):
+    if sum(needed):
         fashion = fashion if fashion is not None else load_fashion_mnist("train", root=root)
         sources["fashion-mnist"] = fashion.source
-        if sum(injected) > len(fashion.labels):
-            raise ValueError(f"the requested pollution needs {sum(injected)} Fashion-MNIST "
+        if sum(needed) > len(fashion.labels):
+            raise ValueError(f"the requested pollution needs {sum(needed)} Fashion-MNIST "
                              f"images but only {len(fashion.labels)} exist; lower the "
                              "contamination or the number of clients")
         pool = pick_rng.permutation(len(fashion.labels))
-        bounds = np.cumsum([0, *injected])
+        bounds = np.cumsum([0, *needed])
         fashion_idx = [pool[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
     clients = []
-    for cid, (normal, poll, rate) in enumerate(zip(parts, fashion_idx, rates)):
-        if rate >= 1.0:
-            normal = normal[:0]
-        n_norm, n_poll = len(normal), len(poll)
-        x = np.concatenate([mnist.images[normal],
-                            fashion.images[poll] if n_poll else np.empty((0, 28, 28), np.uint8)])
-        source_labels = np.concatenate([mnist.labels[normal],
-                                        fashion.labels[poll] if n_poll else np.empty(0, np.int64)])
-        injected_labels = _injected_labels(source_labels[n_norm:], label_policy, label_map,
-                                           label_rng)
+    for cid, (part, fashion_part, n_poll, rate) in enumerate(
+            zip(parts, fashion_idx, injected, rates)):
+        normal = part[:0] if rate >= 1.0 else part
+        n_norm = len(normal)
+        # Kinds that corrupt digits start from the client's own partition.
+        made = mix.sample_with_kinds(n_poll, kind_rng, Material(
+            mnist.images[part], mnist.labels[part].astype(np.int64),
+            fashion.images[fashion_part] if len(fashion_part) else None,
+            mnist.images[held_idx], mnist.labels[held_idx].astype(np.int64)))
+        made_origin = _split_origin(made, part, fashion_part, held_idx)
+        made_labels = made.labels.copy()
+        is_fashion = made.sources == "fashion"  # the zoo knows no Fashion classes; we do
+        if is_fashion.any():
+            made_labels[is_fashion] = fashion.labels[made_origin[is_fashion]]
+        x = np.concatenate([mnist.images[normal], made.images])
+        source_labels = np.concatenate([mnist.labels[normal], made_labels]).astype(np.int64)
+        injected_labels = _injected_labels(made_labels, label_policy, label_map, label_rng)
         y = np.concatenate([source_labels[:n_norm], injected_labels]).astype(np.int64)
         polluted = np.concatenate([np.zeros(n_norm, bool), np.ones(n_poll, bool)])
-        origin = np.concatenate([normal, poll]).astype(np.int64)
+        origin = np.concatenate([normal, made_origin]).astype(np.int64)
+        kinds = np.concatenate([np.full(n_norm, ""), made.kinds]).astype(str)
         order = order_rng.permutation(n_norm + n_poll)
         clients.append(ClientData(
             client_id=cid, x=x[order], y=y[order],
             ids=cid * ID_STRIDE + np.arange(n_norm + n_poll, dtype=np.int64),
             polluted=polluted[order], origin=origin[order], source_labels=source_labels[order],
+            kinds=kinds[order],
         ))
     trusted_set = TrustedSet(mnist.images[trusted_idx],
                              mnist.labels[trusted_idx].astype(np.int64), trusted_idx)
@@ -351,16 +387,17 @@ def federation_for(settings: RunSettings, contamination: float | None = None) ->
     harness = settings.harness
     return _cached_federation(
         harness.num_clients, harness.contamination if contamination is None else contamination,
-        harness.partition, harness.profile, harness.label_policy, settings.seed,
-        harness.trusted_size, settings.task.data_root or None)
+        harness.partition, harness.profile, harness.label_policy, harness.pollution,
+        settings.seed, harness.trusted_size, settings.task.data_root or None)
 
 
 @functools.lru_cache(maxsize=4)
 def _cached_federation(num_clients: int, contamination: float, partition: str, profile: str,
-                       label_policy: str, seed: int, trusted_size: int,
+                       label_policy: str, pollution: str, seed: int, trusted_size: int,
                        root: str | None) -> Federation:
     return build_federation(num_clients, contamination, partition=partition, profile=profile,
-                            label_policy=label_policy, seed=seed, trusted_size=trusted_size,
+                            label_policy=label_policy, pollution=pollution, seed=seed,
+                            trusted_size=trusted_size,
                             root=root)
 
 
@@ -379,9 +416,30 @@ def _injected_labels(source_labels: np.ndarray, policy: str, label_map: tuple[in
                      rng: np.random.Generator) -> np.ndarray:
     if policy == "random":
         return rng.integers(0, 10, size=len(source_labels), dtype=np.int64)
-    if policy == "mapped":
-        return np.asarray(label_map, dtype=np.int64)[source_labels]
-    return source_labels.astype(np.int64)
+    classless = source_labels < 0  # made from nothing: no class to keep or map
+    known = np.where(classless, 0, source_labels)
+    labels = (np.asarray(label_map, dtype=np.int64)[known] if policy == "mapped"
+              else known.astype(np.int64))
+    if classless.any():
+        labels[classless] = rng.integers(0, 10, size=int(classless.sum()), dtype=np.int64)
+    return labels
+
+
+def _split_origin(made: MixSample, part: np.ndarray, fashion_part: np.ndarray,
+                  held_idx: np.ndarray) -> np.ndarray:
+    """Map a mix's per-material origins to indices in the MNIST / Fashion training splits."""
+    origin = np.full(len(made.origin), -1, np.int64)
+    for source, index in (("digits", part), ("fashion", fashion_part),
+                          ("extra_digits", held_idx)):
+        at = made.sources == source
+        if at.any():
+            origin[at] = index[made.origin[at]]
+    return origin
+
+
+def _kind_counts(kinds: np.ndarray) -> dict[str, int]:
+    names, counts = np.unique(kinds, return_counts=True)
+    return {str(k): int(c) for k, c in zip(names, counts)}
 
 
 def _partition_indices(partition, indices: np.ndarray, labels: np.ndarray, num_clients: int,

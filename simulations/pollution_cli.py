@@ -22,6 +22,11 @@ def pollute(
         help="iid, dirichlet, shard, pathological, linear, square or exponential.")] = "iid",
     profile: Annotated[str, typer.Option(help="uniform or skewed.")] = "uniform",
     label_policy: Annotated[str, typer.Option(help="random, mapped or original.")] = "random",
+    pollution: Annotated[str, typer.Option(
+        help="What is injected: kinds separated by ',', parameters after ':' "
+             "(fashion, ink-fashion, black, white, grey, noise, salt-pepper, inverted, blurred, "
+             "low-contrast, occluded, trigger:size=3:position=random-corner, held-out:digit=9), "
+             "an optional weight as '*w'.")] = "fashion",
     rates: Annotated[str | None, typer.Option(
         help="Explicit per-client rates, comma separated (overrides --profile).")] = None,
     alpha: Annotated[float, typer.Option(help="Dirichlet concentration.")] = 0.5,
@@ -40,23 +45,26 @@ def pollute(
         rate_list = [float(r) for r in rates.split(",")] if rates else None
         federation = build_federation(
             clients, contamination, partition=partition, profile=profile,
-            label_policy=label_policy, rates=rate_list, seed=seed,
+            label_policy=label_policy, rates=rate_list, pollution=pollution, seed=seed,
             trusted_size=trusted_size, alpha=alpha, root=root,
         )
     except (ValueError, FileNotFoundError) as err:
         raise fail(str(err)) from err
     out.mkdir(parents=True, exist_ok=True)
     table = Table(title=f"polluted federation -> {out}")
-    for column in ("client", "samples", "polluted", "rate"):
+    for column in ("client", "samples", "polluted", "rate", "kinds"):
         table.add_column(column, justify="right")
+    summary = federation.summary()
     for c in federation.clients:
         name = f"client_{c.client_id:03d}"
-        np.savez_compressed(out / f"{name}.npz", x=c.x, y=c.y, ids=c.ids, polluted=c.polluted)
+        np.savez_compressed(out / f"{name}.npz", x=c.x, y=c.y, ids=c.ids, polluted=c.polluted,
+                            kinds=c.kinds)
         framed_grid(c.x, c.polluted, out / "grids" / f"{name}.png")
+        kinds = summary["clients"][c.client_id]["kinds"]
         table.add_row(str(c.client_id), str(len(c)), str(int(c.polluted.sum())),
-                      f"{c.contamination:.3f}")
+                      f"{c.contamination:.3f}", ", ".join(f"{k} {n}" for k, n in kinds.items()))
     federation.trusted_set.save(out / "trusted.npz")
-    (out / "summary.json").write_text(json.dumps(federation.summary(), indent=2))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
     console.print(table)
     console.print(f"trusted images: {out / 'trusted.npz'} ({len(federation.trusted_set.labels)} "
                   f"images, the server's trusted-file); grids: {out / 'grids'}")

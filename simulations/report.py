@@ -58,6 +58,7 @@ def detection_report(federation: Federation, audit_path: Path) -> dict:
         "f1": float(f1),
         "pollution_dropped": float(dropped[polluted].mean()) if polluted.any() else None,
         "normal_dropped": float(dropped[~polluted].mean()) if (~polluted).any() else None,
+        "by_kind": _dropped_by_kind(federation, ids, dropped),
         "clients": [],
     }
     client_of = ids // ID_STRIDE
@@ -76,6 +77,16 @@ def detection_report(federation: Federation, audit_path: Path) -> dict:
         })
     report["roc"] = _roc_points(polluted, scores)
     return report
+
+
+def _dropped_by_kind(federation: Federation, ids: np.ndarray,
+                     dropped: np.ndarray) -> dict[str, dict[str, float | int]]:
+    """Per pollution kind (ground truth): uploaded count and the fraction dropped."""
+    kind_of = {int(i): k for c in federation.clients for i, k in zip(c.ids, c.kinds) if k}
+    kinds = np.array([kind_of.get(int(i), "") for i in ids])
+    return {str(k): {"uploaded": int((kinds == k).sum()),
+                     "dropped": float(dropped[kinds == k].mean())}
+            for k in np.unique(kinds[kinds != ""])}
 
 
 def _roc_points(polluted: np.ndarray, scores: np.ndarray, points: int = 200) -> dict:
@@ -139,7 +150,8 @@ def simulation_markdown(report: dict, plots: list[str]) -> str:
     s = report["settings"]
     lines = [
         "# fedsieve simulation report", "",
-        f"{s['num-clients']} clients, {s['contamination']:.0%} Fashion-MNIST pollution "
+        f"{s['num-clients']} clients, {s['contamination']:.0%} pollution "
+        f"(`{s.get('pollution', 'fashion')}`) "
         f"({s['partition']} partition, {s['profile']} profile, {s['label-policy']} labels), "
         f"{s['num-server-rounds']} rounds, aggregator **{s['aggregator']}**, detector "
         f"**{s['detector']}**, seed {s['seed']}. Wall time {report['wall_seconds']:.1f} s.", "",
@@ -159,6 +171,10 @@ def simulation_markdown(report: dict, plots: list[str]) -> str:
                                *(format_value(d[k]) for k in ("auc", "precision", "recall", "f1")),
                                *(format_value(d[k], ".2%") for k in ("pollution_dropped",
                                                                      "normal_dropped"))]) + " |",
+            "",
+            "| pollution kind | uploaded | dropped |", "|---|---|---|",
+            *(f"| `{k}` | {v['uploaded']} | {v['dropped']:.2%} |"
+              for k, v in d.get("by_kind", {}).items()),
             "",
             "| client | samples | polluted | dropped polluted | dropped normal | excluded |",
             "|---|---|---|---|---|---|",

@@ -18,6 +18,11 @@ def simulate(
     partition: Annotated[str, typer.Option(help="iid, dirichlet, shard, ...")] = "iid",
     profile: Annotated[str, typer.Option(help="uniform or skewed.")] = "uniform",
     label_policy: Annotated[str, typer.Option(help="random, mapped or original.")] = "random",
+    pollution: Annotated[str, typer.Option(
+        help="What is injected: kinds separated by ',', parameters after ':' "
+             "(fashion, ink-fashion, black, white, grey, noise, salt-pepper, inverted, blurred, "
+             "low-contrast, occluded, trigger:size=3:position=random-corner, held-out:digit=9), "
+             "an optional weight as '*w'.")] = "fashion",
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 3,
     defense: Annotated[str, typer.Option(
         help="none, rtbigan, egbad, anogan, iforest, deepsvdd, fedmedian, krum, trimmedavg."
@@ -49,7 +54,7 @@ def simulate(
                               data_root=str(root) if root else ""),
             harness=HarnessSettings(num_clients=clients, contamination=contamination,
                                     partition=partition, profile=profile,
-                                    label_policy=label_policy),
+                                    label_policy=label_policy, pollution=pollution),
         ).validated(), defense)
     except ValueError as err:
         raise fail(str(err)) from err

@@ -147,7 +147,8 @@ def detector_only(settings: RunSettings, out: Path) -> dict:
     federation = federation_for(settings)
     pool, polluted = federation.pooled()
     root = settings.task.data_root or None
-    x_test, y_test, _ = detection_test_set(root, root)
+    test = detection_test_set(root, root, pollution=settings.harness.pollution)
+    x_test, y_test = test.x, test.y
     detector = build_detector(settings.filter)
     started = time.perf_counter()
     detector.fit(pool, federation.trusted_set.images, y_true=polluted)

@@ -37,6 +37,9 @@ def sweep_cmd(
                        ] = None,
     label_policy: Annotated[str | None, typer.Option(
         help="random,mapped [default: random]")] = None,
+    pollution: Annotated[str | None, typer.Option(
+        help="What is injected, as for `fedsieve simulate --pollution`; the detector-only "
+             "test set holds the same kind [default: fashion].")] = None,
     seeds: Annotated[int | None, typer.Option(min=1, help="Seeds per cell [default: 2].")
                      ] = None,
     clients: Annotated[int | None, typer.Option(min=2, help="Clients [default: 10].")] = None,
@@ -53,6 +56,7 @@ def sweep_cmd(
 
     from fedsieve.simulations.sweep import QUICK, SweepGrid
     from fedsieve.simulations.sweep import sweep as run
+    from fedsieve.simulations.zoo import parse_pollution
 
     grid = QUICK if quick else SweepGrid()
     base = grid.base
@@ -62,6 +66,12 @@ def sweep_cmd(
         base = base.replace(num_server_rounds=rounds)
     if root:
         base = base.replace(data_root=str(root))
+    if pollution:
+        try:
+            parse_pollution(pollution)
+        except ValueError as err:
+            raise fail(str(err)) from err
+        base = base.replace(pollution=pollution)
     changes: dict[str, object] = {"base": base, "paper_figures": paper_figures}
     if contamination:
         changes["contamination"] = _floats(contamination, "--contamination")

@@ -14,6 +14,7 @@ from fedsieve.simulations.pollution import (
     ID_STRIDE,
     client_rates,
 )
+from fedsieve.simulations.zoo import parse_pollution
 
 
 @pytest.fixture
@@ -152,3 +153,64 @@ def test_cli_pollute_writes_clients_summary_and_grids(tmp_path):
 def test_cli_reports_bad_arguments(tmp_path):
     result = CliRunner().invoke(app, ["pollute", "--partition", "nope", "--out", str(tmp_path)])
     assert result.exit_code == 1 and "partition must be one of" in result.output
+
+
+# -- the pollution zoo inside the harness ----------------------------------------------------
+ZOO = "fashion,ink-fashion,black,white,noise,salt-pepper,inverted,blurred,low-contrast," \
+      "occluded,trigger:size=3:position=random-corner"
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.4, 0.8])
+def test_every_kind_at_exact_rates_with_recorded_kinds(build, mnist_train, rate):
+    fed = build(4, rate, pollution=ZOO, seed=2)
+    oracle = fed.clean_oracle()
+    for client, clean in zip(fed.clients, oracle.clients):
+        n_norm = int((~client.polluted).sum())
+        assert int(client.polluted.sum()) == round(rate * n_norm / (1 - rate))
+        np.testing.assert_array_equal(np.sort(client.origin[~client.polluted]),
+                                      np.sort(clean.origin))  # normal data = the oracle's
+        assert (client.kinds[~client.polluted] == "").all()
+        kinds = set(client.kinds[client.polluted])
+        assert kinds == set(parse_pollution(ZOO).spec().split(","))
+        assert client.x.dtype == np.uint8 and client.x.shape[1:] == (28, 28)
+        assert client.y.min() >= 0 and client.y.max() <= 9
+        assert len(np.unique(client.ids)) == len(client.ids)
+        # Corrupted digits start from the client's own digits and differ from them.
+        digits = client.polluted & np.isin(client.kinds, ["inverted", "blurred",
+                                                          "trigger:position=random-corner"])
+        assert digits.sum() >= 3
+        assert np.isin(client.origin[digits], clean.origin).all()
+        assert all((client.x[i] != mnist_train.images[client.origin[i]]).any()
+                   for i in np.flatnonzero(digits))
+    counts = fed.summary()["total_kinds"]
+    assert sum(counts.values()) == sum(int(c.polluted.sum()) for c in fed.clients)
+    public = fed.clients[0].public_arrays()
+    assert set(public) == {"x", "y", "ids"}  # kinds are ground truth: they never leave
+
+
+def test_held_out_class_is_never_normal_and_the_default_is_unchanged(build):
+    fed = build(3, 0.1, pollution="held-out:digit=7", seed=0)
+    assert 7 not in fed.trusted_set.labels
+    for c in fed.clients:
+        assert 7 not in c.source_labels[~c.polluted]
+        assert (c.source_labels[c.polluted] == 7).all()
+        assert (c.kinds[c.polluted] == "held-out:digit=7").all()
+    # "fashion" is the default and the old recipe: the same federation either way.
+    a, b = build(3, 0.2, seed=5), build(3, 0.2, pollution="fashion", seed=5)
+    for ca, cb in zip(a.clients, b.clients):
+        np.testing.assert_array_equal(ca.x, cb.x)
+        np.testing.assert_array_equal(ca.y, cb.y)
+        assert (cb.kinds[cb.polluted] == "fashion").all()
+
+
+def test_label_policies_on_classless_and_corrupted_images(build):
+    original = build(2, 0.3, pollution="black,inverted", label_policy="original", seed=1)
+    for c in original.clients:
+        inverted = c.kinds == "inverted"
+        np.testing.assert_array_equal(c.y[inverted], c.source_labels[inverted])
+        frames = c.kinds == "constant"
+        assert (c.source_labels[frames] == -1).all() and (c.y[frames] >= 0).all()
+    mapped = build(2, 0.3, pollution="inverted", label_policy="mapped", seed=1)
+    c = mapped.clients[0]
+    np.testing.assert_array_equal(c.y[c.polluted],
+                                  np.asarray(DEFAULT_LABEL_MAP)[c.source_labels[c.polluted]])
