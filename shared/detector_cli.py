@@ -226,7 +226,7 @@ def detect_cmd(
             report["test_metrics"] = _metrics(
                 y_test, t_scores, (t_scores > det.threshold_).astype(np.int64)
             )
-    _figures(out, check_images(x_pool), scores, y_pool)
+    _figures(out, check_images(x_pool), scores, y_pool, det)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     typer.echo(f"flagged {int(verdicts.sum())}/{len(x_pool)}; wrote {out}")
 
@@ -248,7 +248,8 @@ def _metrics(y: np.ndarray, scores: np.ndarray, verdicts: np.ndarray) -> dict[st
     }
 
 
-def _figures(out: Path, x: np.ndarray, scores: np.ndarray, y: np.ndarray | None) -> None:
+def _figures(out: Path, x: np.ndarray, scores: np.ndarray, y: np.ndarray | None,
+             detector: object) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -259,10 +260,21 @@ def _figures(out: Path, x: np.ndarray, scores: np.ndarray, y: np.ndarray | None)
 
     order = np.argsort(scores)
     k = min(32, len(x))
-    most, least = order[::-1][:k], order[:k]
-    grid = torch.from_numpy(np.concatenate([x[most], x[least]])).unsqueeze(1)
-    # Top rows: most anomalous pool images; bottom rows: least anomalous.
-    save_image(grid, out / "extremes.png", nrow=8, padding=2, pad_value=0.5)
+    shown = np.concatenate([order[::-1][:k], order[:k]])
+    tiles = torch.from_numpy(x[shown]).unsqueeze(1).repeat(1, 3, 1, 1)
+    try:
+        maps = detector.anomaly_map(x[shown])
+    except (AttributeError, NotImplementedError):
+        maps = None  # a detector without an anomaly map: the images alone
+    if maps is not None:
+        # Each image beside its heat map, on one colour scale for the whole figure.
+        scale = max(float(np.quantile(maps, 0.99)), 1e-12)
+        heat = plt.get_cmap("inferno")(np.clip(maps / scale, 0, 1))[..., :3]
+        heat = torch.from_numpy(heat.astype(np.float32)).permute(0, 3, 1, 2)
+        tiles = torch.stack([tiles, heat], 1).flatten(0, 1)
+    # Top half: the most anomalous pool images; bottom half: the least anomalous.
+    save_image(tiles, out / "extremes.png", nrow=8 if maps is None else 16, padding=2,
+               pad_value=0.5)
     fig, ax = plt.subplots(figsize=(4, 4))
     if y is not None and 0 < y.sum() < len(y):
         fpr, tpr, _ = roc_curve(y, scores)

@@ -29,6 +29,7 @@ from fedsieve.shared.detectors import (
     make_detector,
 )
 from fedsieve.shared.images import check_images
+from fedsieve.simulations.zoo import Trigger
 
 torch.set_num_threads(1)
 
@@ -293,6 +294,26 @@ def test_attributes_sections_name_every_fitted_attribute(fitted, name):
     assert fitted_names
     missing = [k for k in fitted_names if not re.search(rf"\b{k}(?!\w)", attributes)]
     assert missing == [], f"{type(det).__name__} does not document {missing}"
+
+
+def test_anomaly_map_shows_where_an_image_is_anomalous(fitted, detector_data):
+    det = fitted["rtbigan"][1]
+    digits = detector_data.x_test[:20]
+    stamped = Trigger(size=4, position="bottom-right", margin=1).apply(digits)
+    plain, marked = det.anomaly_map(digits), det.anomaly_map(stamped)
+    assert plain.shape == (20, 28, 28) and plain.dtype == np.float32
+    # The map sums to the score's L_G: the same residual, not a picture of something else.
+    lg, _ = det._losses(check_images(digits))
+    np.testing.assert_allclose(plain.reshape(20, -1).sum(1), lg, rtol=1e-4)
+    # The patch raises the residual where it is, far more than anywhere else.
+    extra = marked - plain
+    patch = extra[:, 23:27, 23:27].sum((1, 2))
+    elsewhere = np.abs(extra).sum((1, 2)) - np.abs(extra[:, 23:27, 23:27]).sum((1, 2))
+    assert (patch > elsewhere).mean() >= 0.8
+    with pytest.raises(NotImplementedError, match="no encoder"):
+        fitted["anogan"][1].anomaly_map(digits)
+    with pytest.raises(NotFittedError):
+        clone(det).anomaly_map(digits)
 
 
 # -- threshold policies on synthetic mixtures -------------------------------------------------

@@ -27,6 +27,7 @@ __all__ = [
     "train_loop",
     "batch_sampler",
     "bigan_losses",
+    "residual_maps",
     "latent_search_losses",
     "init_model",
     "as_batch",
@@ -259,6 +260,26 @@ def bigan_losses(
         lg.append(res.flatten(1).sum(1))
         ld.append((model.D.features(x, z) - model.D.features(r, z)).abs().sum(1))
     return torch.cat(lg).double().numpy(), torch.cat(ld).double().numpy()
+
+
+@torch.no_grad()
+def residual_maps(
+    model: BiGAN,
+    X: np.ndarray,
+    pixel_weight: torch.Tensor | None = None,
+    batch_size: int = SCORE_BATCH,
+) -> np.ndarray:
+    """Per-pixel ``|x - G(E(x))|`` (times ``pixel_weight`` when given): the ``L_G`` part of
+    the score before it is summed, float32 of shape (N, H, W)."""
+    model.eval()
+    maps = []
+    for i in range(0, len(X), batch_size):
+        x = as_batch(X[i : i + batch_size])
+        res = (x - model.G(model.E(x))).abs()
+        if pixel_weight is not None:
+            res = res * pixel_weight
+        maps.append(res[:, 0])
+    return torch.cat(maps).numpy() if maps else np.empty((0, *X.shape[1:]), np.float32)
 
 
 def latent_search_losses(

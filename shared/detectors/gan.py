@@ -8,11 +8,12 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from sklearn.utils._param_validation import Interval
+from sklearn.utils.validation import check_is_fitted
 
 from fedsieve.shared.checkpoint import model_tensors
 from fedsieve.shared.detectors.base import BaseDetector
-from fedsieve.shared.detectors.bigan import LoopConfig, bigan_losses
-from fedsieve.shared.images import IMAGE_SHAPE
+from fedsieve.shared.detectors.bigan import LoopConfig, bigan_losses, residual_maps
+from fedsieve.shared.images import IMAGE_SHAPE, check_images
 from fedsieve.shared.networks import BiGAN
 
 
@@ -93,6 +94,27 @@ class GANDetector(BaseDetector):
 
     def _score(self, X: np.ndarray) -> np.ndarray:
         return self._combine(*self._losses(X))
+
+    def anomaly_map(self, X: Any) -> np.ndarray:
+        """Where each image is anomalous: its per-pixel reconstruction residual
+        ``|x - G(E(x))|`` as the score weighs it, float32 of shape (N, 28, 28).
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            The detector is not fitted.
+        NotImplementedError
+            The detector has no encoder (AnoGAN reconstructs by a latent search).
+        """
+        check_is_fitted(self, "threshold_")
+        if not self._joint:
+            raise NotImplementedError(f"{type(self).__name__} has no encoder to reconstruct "
+                                      "with; anomaly maps need a BiGAN detector")
+        return residual_maps(self.model_, check_images(X, "X"), self._pixel_weight())
+
+    def _pixel_weight(self) -> torch.Tensor | None:
+        """Per-pixel weight of ``L_G`` (None: unweighted)."""
+        return None
 
     # -- the state a checkpoint holds (see fedsieve.shared.detectors.persist) ----------------
     def _state_tensors(self) -> dict[str, torch.Tensor]:

@@ -238,6 +238,9 @@ class RtBiGAN(GANDetector):
     def _losses(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return bigan_losses(self.model_, X, self.pixel_weight_)
 
+    def _pixel_weight(self) -> torch.Tensor | None:
+        return self.pixel_weight_
+
     def _combine(self, lg: np.ndarray, ld: np.ndarray) -> np.ndarray:
         if self.score_norm_ is not None:
             lg = lg / self.score_norm_[0]
