@@ -29,7 +29,6 @@ and excluded otherwise.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Iterable
@@ -42,6 +41,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
+from sklearn.base import clone
 
 from fedsieve.server.audit import AuditLog
 from fedsieve.server.screening import Screening, collect_uploads, score_uploads
@@ -260,8 +260,10 @@ class AnomalyFilter(Strategy):
         return self.screen_every > 0 and (server_round - 1) % self.screen_every == 0
 
     def _make_detector(self):
-        return self.detector() if callable(self.detector) and not hasattr(
-            self.detector, "fit") else copy.deepcopy(self.detector)
+        if callable(self.detector) and not hasattr(self.detector, "fit"):
+            return self.detector()
+        # An unfitted copy with the same hyper-parameters (a deep copy for non-sklearn ones).
+        return clone(self.detector, safe=False)
 
     def _screen(self, server_round: int, grid: Grid) -> Screening:
         nodes = sorted(int(n) for n in grid.get_node_ids())

@@ -1,0 +1,196 @@
+"""Pollution benchmark: every detector on every kind of the pollution zoo, side by side.
+
+Pool = the 4,000 packaged MNIST training digits (without the held-out class, for
+``held-out``) + pollution of one kind at each rate, made by :mod:`fedsieve.simulations.zoo`;
+10 trusted digits from the pool's normal digits. Test = 2,000 official MNIST test digits + 2,000
+anomalies of the same kind made from the test splits
+(:func:`fedsieve.simulations.benchmark.detection_test_set`). Reported per detector, kind and
+rate (mean ± std over seeds): test AUC, fraction of the pollution flagged, fraction of the
+normal pool flagged, fit time. Writes ``pollution.json`` and ``pollution.md``.
+
+    python benchmarks/pollution.py                 # every kind x 0/0.1/0.2/0.4/0.6 x 3 seeds
+    python benchmarks/pollution.py --quick         # rtbigan + iforest, 0.2 / 0.6, 1 seed
+    python benchmarks/pollution.py --kinds trigger:size=3,black --rates 0.1 --detectors rtbigan
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+
+from fedsieve.simulations.machine import machine_info
+from fedsieve.simulations.tables import format_mean_std, format_value, mean_std
+
+REPO = Path(__file__).resolve().parents[1]
+#: One of each elementary kind, with its default parameters.
+KINDS = ("fashion", "ink-fashion", "black", "white", "grey", "noise", "salt-pepper", "inverted",
+         "blurred", "low-contrast", "occluded", "trigger:size=3", "held-out:digit=9",
+         "fashion,ink-fashion,black,noise,inverted,blurred,occluded,trigger:size=3")
+RATES = (0.0, 0.1, 0.2, 0.4, 0.6)
+DETECTORS = {"rtbigan": {}, "iforest": {}, "deepsvdd": {"estimator__epochs": 5},
+             "egbad": {"steps": 1000}, "anogan": {"steps": 1000, "latent_steps": 20}}
+
+
+def make_pool(kind: str, rate: float, seed: int):
+    """The pool (uint8), its ground truth (1 = pollution) and 10 trusted normal digits."""
+    from fedsieve.shared.data import load_fashion_mnist, load_mnist
+    from fedsieve.simulations.zoo import Material, parse_pollution
+
+    rng = np.random.default_rng(seed)
+    mix = parse_pollution(kind)
+    mnist = load_mnist("train")
+    held = mix.held_out_class
+    normal = np.ones(len(mnist.labels), bool) if held is None else mnist.labels != held
+    digits, labels = mnist.images[normal], mnist.labels[normal].astype(np.int64)
+    n_pol = int(round(len(digits) * rate / (1 - rate)))
+    fashion = None
+    if mix.needs_fashion and n_pol:
+        images = load_fashion_mnist("train").images
+        fashion = images[rng.permutation(len(images))[:mix.fashion_needed(n_pol)]]
+    made = mix.sample_with_kinds(n_pol, rng, Material(
+        digits, labels, fashion, mnist.images[~normal], mnist.labels[~normal].astype(np.int64)))
+    pool = np.concatenate([digits, made.images])
+    y = np.r_[np.zeros(len(digits)), np.ones(n_pol)].astype(int)
+    trusted = digits[rng.choice(len(digits), 10, replace=False)]
+    return pool, y, trusted
+
+
+def run_job(detector: str, kind: str, rate: float, seed: int, mnist_test_root: str,
+            test_kinds: list[str] | None = None) -> list[dict]:
+    """Fit one detector on one pool; score the test set of ``kind`` (or of each of
+    ``test_kinds``: a clean pool is the same for every kind, so it is fitted once)."""
+    import torch
+
+    from fedsieve.shared.detectors import make_detector
+    from fedsieve.simulations.benchmark import detection_test_set
+
+    torch.set_num_threads(1)
+    pool, y, trusted = make_pool(kind, rate, seed)
+    det = make_detector(detector, random_state=seed, **DETECTORS[detector])
+    started = time.perf_counter()
+    det.fit(pool, trusted, y_true=y if y.any() else None)
+    fit_s = time.perf_counter() - started
+    return [_scored(det, detector, test_kind, rate, seed, pool, y, fit_s,
+                    detection_test_set(mnist_test_root, pollution=test_kind))
+            for test_kind in (test_kinds or [kind])]
+
+
+def _scored(det, detector: str, kind: str, rate: float, seed: int, pool: np.ndarray,
+            y: np.ndarray, fit_s: float, test) -> dict:
+    from sklearn.metrics import roc_auc_score
+
+    scores = det.decision_function(test.x)
+    labels = det.labels_
+    return {
+        "detector": detector, "kind": kind, "rate": rate, "seed": seed,
+        "test_auc": float(roc_auc_score(test.y, scores)),
+        "pool_auc": float(roc_auc_score(y, det.decision_scores_)) if y.any() else None,
+        "pollution_flagged": float(labels[y == 1].mean()) if y.any() else None,
+        "normal_flagged": float(labels[y == 0].mean()),
+        "test_normal_flagged": float((scores[test.y == 0] > det.threshold_).mean()),
+        "fit_s": fit_s,
+        "n_pool": len(pool),
+        "rounds_flagged": [h["n_flagged"] for h in det.history_],
+        "test_sources": test.sources,
+    }
+
+
+def _cell(results: list[dict], detector: str, kind: str, rate: float, key: str,
+          spec: str = ".4f") -> str:
+    values = [r[key] for r in results
+              if (r["detector"], r["kind"], r["rate"]) == (detector, kind, rate)]
+    if len(values) == 1:  # one seed: no spread to show
+        return format_value(values[0], spec)
+    return format_mean_std(mean_std(values), spec)
+
+
+def write_md(path: Path, results: list[dict], meta: dict) -> None:
+    """The Markdown report: one table per figure, kinds as rows, detectors x rates as cells."""
+    detectors = list(dict.fromkeys(r["detector"] for r in results))
+    kinds = list(dict.fromkeys(r["kind"] for r in results))
+    rates = sorted({r["rate"] for r in results})
+    lines = [
+        "# Pollution benchmark", "",
+        f"Command: `{meta['command']}`  ",
+        f"Machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores, torch "
+        f"{meta['machine']['packages']['torch']}; 1 torch thread per job, "
+        f"{meta['workers']} jobs in parallel; wall time {meta['wall_s'] / 60:.1f} min.  ",
+        f"Seeds: {meta['seeds']}. Pool: 4,000 packaged MNIST training digits + pollution of "
+        "one kind; 10 trusted digits from the pool. Test: 2,000 official MNIST test digits + "
+        "2,000 anomalies of the same kind made from the test splits. Mean ± std over seeds "
+        "(the value alone with one seed).",
+    ]
+    sections = (("Test AUC", "test_auc", ".4f", True),
+                ("Pollution flagged (recall on the pool)", "pollution_flagged", ".1%", False),
+                ("Normal pool images flagged", "normal_flagged", ".1%", True),
+                ("Fit seconds", "fit_s", ".0f", True))
+    for title, key, spec, with_clean in sections:
+        shown = [r for r in rates if with_clean or r > 0]
+        lines += ["", f"## {title}", "",
+                  "| kind | detector | " + " | ".join(f"c={r:g}" for r in shown) + " |",
+                  "|---|---|" + "---|" * len(shown)]
+        for kind in kinds:
+            for det in detectors:
+                lines.append(f"| `{kind}` | {det} | " + " | ".join(
+                    _cell(results, det, kind, r, key, spec) for r in shown) + " |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="rtbigan and iforest, rates 0.2 / 0.6, one seed")
+    ap.add_argument("--kinds", help="kinds separated by ';' (default: every kind and a mix)")
+    ap.add_argument("--rates", help="comma-separated rates (default: 0,0.1,0.2,0.4,0.6)")
+    ap.add_argument("--seeds", type=int, help="seeds 0..n-1 (default 3)")
+    ap.add_argument("--detectors", help=f"comma-separated, of {', '.join(DETECTORS)}")
+    ap.add_argument("--mnist-test-root", default=str(REPO.parent / "shared/datasets/mnist-test"))
+    ap.add_argument("--out", default=str(REPO / "benchmarks/results"))
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    kinds = args.kinds.split(";") if args.kinds else list(KINDS)
+    rates = ([float(r) for r in args.rates.split(",")] if args.rates
+             else [0.2, 0.6] if args.quick else list(RATES))
+    seeds = list(range(args.seeds or (1 if args.quick else 3)))
+    detectors = (args.detectors.split(",") if args.detectors
+                 else ["rtbigan", "iforest"] if args.quick else list(DETECTORS))
+    unknown = set(detectors) - set(DETECTORS)
+    if unknown:
+        ap.error(f"unknown detectors {sorted(unknown)}; choose from {', '.join(DETECTORS)}")
+    # A clean pool is the same for every kind: fit it once, under the first kind.
+    jobs = [(d, k, r, s) for d in detectors for k in kinds for r in rates for s in seeds
+            if r > 0 or k == kinds[0]]
+    results, started = [], time.perf_counter()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns) as bar, ProcessPoolExecutor(args.workers) as pool:
+        task = bar.add_task("pollution benchmark", total=len(jobs))
+        futures = [pool.submit(run_job, *job, args.mnist_test_root,
+                               kinds if job[2] == 0 else None) for job in jobs]
+        for future in as_completed(futures):
+            results += future.result()
+            bar.advance(task)
+    order = {(d, k): i for i, (d, k) in enumerate((d, k) for k in kinds for d in detectors)}
+    results.sort(key=lambda r: (order[(r["detector"], r["kind"])], r["rate"], r["seed"]))
+    meta = {"command": "python benchmarks/pollution.py " + shlex.join(sys.argv[1:]),
+            "machine": machine_info(), "workers": args.workers, "seeds": seeds,
+            "rates": rates, "kinds": kinds, "detectors": detectors,
+            "wall_s": time.perf_counter() - started}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pollution.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    write_md(out / "pollution.md", results, meta)
+    print((out / "pollution.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
