@@ -12,21 +12,27 @@ from rich.table import Table
 
 from fedsieve.shared.cli_common import RootOption, console, fail
 
+# The options that describe a simulated federation (``pollute`` and ``simulate`` share them).
+PartitionOption = Annotated[str, typer.Option(
+    help="iid, dirichlet, shard, pathological, linear, square or exponential.")]
+ProfileOption = Annotated[str, typer.Option(help="uniform or skewed.")]
+LabelPolicyOption = Annotated[str, typer.Option(help="random, mapped or original.")]
+PollutionOption = Annotated[str, typer.Option(
+    help="What is injected: kinds separated by ',', parameters after ':' "
+         "(fashion, ink-fashion, black, white, grey, noise, salt-pepper, inverted, blurred, "
+         "low-contrast, occluded, trigger:size=3:position=random-corner, held-out:digit=9), "
+         "an optional weight as '*w'.")]
+
 
 def pollute(
     out: Annotated[Path, typer.Option(help="Output folder.")],
     clients: Annotated[int, typer.Option(min=1, help="Number of clients.")] = 10,
     contamination: Annotated[float, typer.Option(min=0.0, max=1.0,
                                                  help="Target polluted fraction.")] = 0.2,
-    partition: Annotated[str, typer.Option(
-        help="iid, dirichlet, shard, pathological, linear, square or exponential.")] = "iid",
-    profile: Annotated[str, typer.Option(help="uniform or skewed.")] = "uniform",
-    label_policy: Annotated[str, typer.Option(help="random, mapped or original.")] = "random",
-    pollution: Annotated[str, typer.Option(
-        help="What is injected: kinds separated by ',', parameters after ':' "
-             "(fashion, ink-fashion, black, white, grey, noise, salt-pepper, inverted, blurred, "
-             "low-contrast, occluded, trigger:size=3:position=random-corner, held-out:digit=9), "
-             "an optional weight as '*w'.")] = "fashion",
+    partition: PartitionOption = "iid",
+    profile: ProfileOption = "uniform",
+    label_policy: LabelPolicyOption = "random",
+    pollution: PollutionOption = "fashion",
     rates: Annotated[str | None, typer.Option(
         help="Explicit per-client rates, comma separated (overrides --profile).")] = None,
     alpha: Annotated[float, typer.Option(help="Dirichlet concentration.")] = 0.5,

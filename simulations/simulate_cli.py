@@ -9,20 +9,22 @@ import typer
 
 from fedsieve.shared.cli_common import RootOption, console, fail
 from fedsieve.shared.config import FilterSettings, HarnessSettings, RunSettings, TaskSettings
+from fedsieve.simulations.pollution_cli import (
+    LabelPolicyOption,
+    PartitionOption,
+    PollutionOption,
+    ProfileOption,
+)
 
 
 def simulate(
     out: Annotated[Path, typer.Option(help="Run directory for audit log, results, report.")],
     clients: Annotated[int, typer.Option(min=2, help="Number of simulated clients.")] = 10,
     contamination: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.2,
-    partition: Annotated[str, typer.Option(help="iid, dirichlet, shard, ...")] = "iid",
-    profile: Annotated[str, typer.Option(help="uniform or skewed.")] = "uniform",
-    label_policy: Annotated[str, typer.Option(help="random, mapped or original.")] = "random",
-    pollution: Annotated[str, typer.Option(
-        help="What is injected: kinds separated by ',', parameters after ':' "
-             "(fashion, ink-fashion, black, white, grey, noise, salt-pepper, inverted, blurred, "
-             "low-contrast, occluded, trigger:size=3:position=random-corner, held-out:digit=9), "
-             "an optional weight as '*w'.")] = "fashion",
+    partition: PartitionOption = "iid",
+    profile: ProfileOption = "uniform",
+    label_policy: LabelPolicyOption = "random",
+    pollution: PollutionOption = "fashion",
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 3,
     defense: Annotated[str, typer.Option(
         help="none, rtbigan, egbad, anogan, iforest, deepsvdd, fedmedian, krum, trimmedavg."
