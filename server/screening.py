@@ -7,6 +7,7 @@ marked as failed with the reason, and the others carry on.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -155,22 +156,37 @@ def score_uploads(uploads: dict[int, ClientUpload], trusted_images: np.ndarray,
                   make_detector: Callable[[], object]) -> tuple[dict[int, ClientVerdict], float]:
     """Fit a fresh detector on the pooled uploads and split its verdicts by node.
 
-    The detector is anchored by ``trusted_images``. Returns the per-node verdicts and the
-    detector's threshold.
+    The detector is anchored by ``trusted_images``. The pool is ordered by sample id (then
+    image content), not by node: node ids are random in Flower, and a detector that draws
+    batches by position would otherwise give other verdicts for the same uploads on every run.
+    Returns the per-node verdicts and the detector's threshold.
     """
     nodes = sorted(uploads)
     if not nodes:
         return {}, float("nan")
+    ids = np.concatenate([uploads[n].ids for n in nodes])
     pool = np.concatenate([uploads[n].x for n in nodes])
+    order = np.lexsort((_content_keys(pool), ids))
+    pool = pool[order]
     started = time.perf_counter()
     detector = make_detector().fit(pool, trusted=trusted_images)
     log(INFO, "fedsieve: detector fitted on a pool of %d uploads in %.1f s", len(pool),
         time.perf_counter() - started)
-    scores = np.asarray(detector.decision_scores_, dtype=np.float64)
-    labels = np.asarray(detector.labels_, dtype=np.int64)
+    scores = np.empty(len(order), np.float64)
+    labels = np.empty(len(order), np.int64)
+    scores[order] = np.asarray(detector.decision_scores_, dtype=np.float64)
+    labels[order] = np.asarray(detector.labels_, dtype=np.int64)
     bounds = np.cumsum([0] + [len(uploads[n].ids) for n in nodes])
     verdicts = {
         n: ClientVerdict(n, uploads[n].ids, scores[a:b], labels[a:b], uploads[n].num_samples)
         for n, a, b in zip(nodes, bounds[:-1], bounds[1:])
     }
     return verdicts, float(detector.threshold_)
+
+
+def _content_keys(images: np.ndarray) -> np.ndarray:
+    """A 64-bit digest of each image: orders uploads that share a sample id (clients number
+    their samples independently) the same way whichever node sent them."""
+    flat = images.reshape(len(images), -1)
+    return np.fromiter((int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(),
+                                       "little") for row in flat), np.uint64, len(flat))
