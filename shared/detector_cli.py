@@ -262,10 +262,12 @@ def _figures(out: Path, x: np.ndarray, scores: np.ndarray, y: np.ndarray | None,
     k = min(32, len(x))
     shown = np.concatenate([order[::-1][:k], order[:k]])
     tiles = torch.from_numpy(x[shown]).unsqueeze(1).repeat(1, 3, 1, 1)
-    try:
-        maps = detector.anomaly_map(x[shown])
-    except (AttributeError, NotImplementedError):
-        maps = None  # a detector without an anomaly map: the images alone
+    maps = None  # a detector without an anomaly map: the images alone
+    if hasattr(detector, "anomaly_map"):
+        try:
+            maps = detector.anomaly_map(x[shown])
+        except NotImplementedError:  # e.g. AnoGAN: no encoder to reconstruct with
+            pass
     if maps is not None:
         # Each image beside its heat map, on one colour scale for the whole figure.
         scale = max(float(np.quantile(maps, 0.99)), 1e-12)

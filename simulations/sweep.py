@@ -295,8 +295,10 @@ def cell_test_scores(grid: SweepGrid, out: Path, group: tuple[str, str, str], *,
         ``lookup(detector, contamination)`` -> scores of :func:`detection_test_set`, or None.
     """
     def scoring_params(detector) -> tuple[type, dict]:
-        params = detector.get_params()
-        return type(detector), {k: v for k, v in params.items() if not k.startswith("threshold")}
+        # Nested parameters stand for a wrapped estimator (a peer's), which compares by identity.
+        params = detector.get_params(deep=True)
+        return type(detector), {k: v for k, v in params.items()
+                                if not k.startswith("threshold") and not hasattr(v, "get_params")}
 
     def lookup(detector, contamination: float) -> np.ndarray | None:
         for cell in grid.cells():
@@ -307,9 +309,8 @@ def cell_test_scores(grid: SweepGrid, out: Path, group: tuple[str, str, str], *,
             if scoring_params(build_detector(settings.filter)) != scoring_params(detector):
                 continue
             cell_dir = out / "cells" / cell.key
-            row = cell_dir / "row.json"
             scores = cell_dir / "test_scores.npz"
-            done = json.loads(row.read_text()) if row.is_file() else {}
+            done = _finished_row(cell_dir / "row.json") or {}
             if done.get("status") == "ok" and scores.is_file() \
                     and done.get("settings") == settings.to_run_config():
                 with np.load(scores) as saved:

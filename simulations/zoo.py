@@ -117,18 +117,12 @@ class PollutionKind:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if value != f.default:
-                parts.append(f"{f.name}={_format_value(value)}")
+                parts.append(f"{f.name}={value}")
         return ":".join(parts)
 
     def leaves(self) -> list[PollutionKind]:
         """The elementary kinds (itself, or a mix's parts)."""
         return [self]
-
-
-def _format_value(value: Any) -> str:
-    if isinstance(value, tuple):
-        return "x".join(str(v) for v in value)
-    return str(value)
 
 
 def _digits(n: int, rng: np.random.Generator, material: Material) -> Sample:

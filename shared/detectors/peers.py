@@ -90,9 +90,7 @@ class PeerAdapter(BaseDetector):
         self.random_state = random_state
 
     def _train(self, X: np.ndarray, trusted: np.ndarray | None) -> None:
-        template = self.estimator
-        if template is None:
-            template = IsolationForest(n_estimators=200, n_jobs=1)
+        template = self.estimator if self.estimator is not None else isolation_forest()
         self.estimator_ = _seeded_copy(template, self.random_state)
         self.estimator_.fit(X.reshape(len(X), -1))
 
@@ -101,6 +99,12 @@ class PeerAdapter(BaseDetector):
         if hasattr(self.estimator_, "decision_scores_"):  # PyOD: higher = more anomalous
             return np.asarray(self.estimator_.decision_function(flat), dtype=np.float64)
         return -np.asarray(self.estimator_.score_samples(flat), dtype=np.float64)
+
+
+def isolation_forest() -> IsolationForest:
+    """The default wrapped estimator (and the registry's ``iforest``): scikit-learn's
+    IsolationForest with 200 trees on one core."""
+    return IsolationForest(n_estimators=200, n_jobs=1)
 
 
 def _seeded_copy(estimator: BaseEstimator, random_state: int | None) -> BaseEstimator:

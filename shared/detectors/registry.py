@@ -7,18 +7,16 @@ from types import MappingProxyType
 from typing import Any
 
 from pyod.models.deep_svdd import DeepSVDD
-from sklearn.ensemble import IsolationForest
 
 from fedsieve.shared.detectors.base import BaseDetector
 from fedsieve.shared.detectors.baselines import EGBAD, AnoGAN
-from fedsieve.shared.detectors.peers import PeerAdapter
+from fedsieve.shared.detectors.peers import PeerAdapter, isolation_forest
 from fedsieve.shared.detectors.rtbigan import RtBiGAN
 
 
 def _iforest(**params: Any) -> PeerAdapter:
     """scikit-learn IsolationForest on raw pixels."""
-    estimator = IsolationForest(n_estimators=200, n_jobs=1)
-    return PeerAdapter(estimator=estimator, name="iforest").set_params(**params)
+    return PeerAdapter(estimator=isolation_forest(), name="iforest").set_params(**params)
 
 
 def _deepsvdd(**params: Any) -> PeerAdapter:
