@@ -82,8 +82,8 @@ class FilterSettings(_RunConfigPart):
     alpha : float
         Weight of the generator loss in the GAN detectors' anomaly score.
     threshold_policy : str
-        How the detector cuts its scores (``gmm``, ``trusted-quantile``, ``contamination``,
-        ``fixed``).
+        How the detector cuts its scores (``budget``, the default: at most 1 % of normal data
+        dropped; ``gmm``, ``trusted-quantile``, ``contamination``, ``fixed``).
     upload_fraction, max_client_contamination, screen_every
         :class:`fedsieve.server.AnomalyFilter` options.
     min_nodes : int

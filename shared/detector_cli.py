@@ -149,8 +149,10 @@ def detect_cmd(
              "(rtbigan by default; an unknown name lists them).")] = "rtbigan",
     checkpoint: Annotated[Path | None, typer.Option(help="Meta checkpoint for rtbigan.")] = None,
     threshold_policy: Annotated[
-        str, typer.Option(help="gmm|trusted-quantile|contamination|fixed")
-    ] = "gmm",
+        str, typer.Option(help="budget (a false-drop budget, default 0.01 of normal data; "
+                                "--threshold-value sets it)|gmm|trusted-quantile|"
+                                "contamination|fixed")
+    ] = "budget",
     threshold_value: Annotated[float | None, typer.Option(help="Parameter of the policy.")] = None,
     random_state: Annotated[int, typer.Option("--random-state", help="Random seed.")] = 0,
     threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 1,
@@ -204,6 +206,7 @@ def detect_cmd(
         "trusted_source": trusted_source,
         "n_pool": len(x_pool),
         "n_flagged": int(verdicts.sum()),
+        "contamination": det.contamination_,
         "timings": {"fit_s": round(fit_s, 3)},
         "data": {
             "pool_sha256": images_sha256(x_pool),

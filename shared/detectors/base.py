@@ -25,7 +25,13 @@ from sklearn.metrics import roc_auc_score
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from fedsieve.shared.detectors.threshold import POLICIES, check_policy_value, compute_threshold
+from fedsieve.shared.detectors.threshold import (
+    DEFAULT_BUDGET,
+    POLICIES,
+    check_policy_value,
+    compute_threshold,
+    estimate_contamination,
+)
 from fedsieve.shared.images import check_images, images_sha256
 
 #: ``callback(detector, round)``, called at the end of every round of a fit.
@@ -43,7 +49,7 @@ class BaseDetector(BaseEstimator):
 
     Parameters
     ----------
-    threshold_policy : {"gmm", "trusted-quantile", "contamination", "fixed"}
+    threshold_policy : {"budget", "gmm", "trusted-quantile", "contamination", "fixed"}
         How scores become verdicts; see :mod:`fedsieve.shared.detectors.threshold`.
     threshold_value : float, optional
         Parameter of the policy.
@@ -60,6 +66,10 @@ class BaseDetector(BaseEstimator):
         Scores above it are anomalies.
     labels_ : ndarray of shape (n_pool,)
         Verdicts on the pool (int64, 1 = anomaly).
+    contamination_ : dict
+        Estimated share of pollution in the pool with a 95 % interval (``estimate``, ``low``,
+        ``high``, ``confidence``), from the verdicts corrected for the false-drop budget
+        (:func:`~fedsieve.shared.detectors.threshold.estimate_contamination`).
     history_ : list of dict
         One entry per round: ``round``, ``threshold``, ``n_flagged``, ``changed`` (fraction of
         pool labels changed since the previous round, 1.0 in round 0), ``elapsed_s``, and
@@ -181,7 +191,21 @@ class BaseDetector(BaseEstimator):
         raise NotImplementedError
 
     # -- helpers -----------------------------------------------------------------------------
+    def _scores_calibrated(self) -> bool:
+        """True when the scores are already cut by the false-drop budget at 0 (the
+        ``"budget"`` policy then keeps 0 as the threshold)."""
+        return False
+
+    def _budget(self) -> float:
+        """The false-drop budget (``threshold_value`` of the ``"budget"`` policy, else the
+        default), also used to correct the contamination estimate."""
+        if self.threshold_policy == "budget" and self.threshold_value is not None:
+            return float(self.threshold_value)
+        return DEFAULT_BUDGET
+
     def _threshold(self, pool_scores: np.ndarray, trusted_scores: np.ndarray | None) -> float:
+        if self.threshold_policy == "budget" and self._scores_calibrated():
+            return 0.0
         return compute_threshold(
             self.threshold_policy,
             pool_scores,
@@ -247,11 +271,14 @@ class RoundRecorder:
         det.trusted_scores_ = trusted_scores
         det.threshold_ = threshold
         det.labels_ = labels
+        det.contamination_ = estimate_contamination(int(labels.sum()), len(labels),
+                                                    det._budget())
         entry: dict[str, Any] = {
             "round": len(det.history_),
             "threshold": float(threshold),
             "n_flagged": int(labels.sum()),
             "changed": changed,
+            "contamination": det.contamination_["estimate"],
             "elapsed_s": self.elapsed(),
         }
         if self.y_true is not None and 0 < self.y_true.sum() < len(self.y_true):

@@ -39,7 +39,8 @@ class PoolGAN(GANDetector):
 
     Attributes
     ----------
-    model_, decision_scores_, trusted_scores_, threshold_, labels_, history_ : see GANDetector
+    model_, decision_scores_, trusted_scores_, threshold_, labels_, contamination_, history_
+        See GANDetector.
         The trained networks; scores, threshold and verdicts of the pool; one history entry.
     data_hashes_, fit_time_, n_features_in_ : see GANDetector
         Data hashes, fit seconds, pixels per image.
@@ -81,7 +82,8 @@ class EGBAD(PoolGAN):
         Adam learning rates of D and of E+G (beta1 = 0.5).
     z_dim, width, d_hidden : int, default=32, 16, 128
         Network sizes (the same networks as Rt-BiGAN).
-    threshold_policy : {"gmm", "trusted-quantile", "contamination", "fixed"}, default="gmm"
+    threshold_policy : {"gmm", "budget", "trusted-quantile", "contamination", "fixed"}
+        Default "gmm".
         See :mod:`fedsieve.shared.detectors.threshold`.
     threshold_value : float, optional
         Parameter of the policy.
@@ -100,6 +102,8 @@ class EGBAD(PoolGAN):
         Scores above it are anomalies.
     labels_ : ndarray of shape (n_pool,)
         Verdicts on the pool (int64, 1 = anomaly).
+    contamination_ : dict
+        Estimated pollution share of the pool with a 95 % interval (see BaseDetector).
     history_ : list of dict
         One entry (round 0): threshold, flagged count, elapsed seconds, ``auc`` with ``y_true``.
     data_hashes_ : dict
@@ -172,7 +176,8 @@ class AnoGAN(PoolGAN):
         Adam learning rates of D and of G (beta1 = 0.5).
     z_dim, width, d_hidden : int, default=32, 16, 128
         Network sizes (the same networks as Rt-BiGAN; E is not trained).
-    threshold_policy : {"gmm", "trusted-quantile", "contamination", "fixed"}, default="gmm"
+    threshold_policy : {"gmm", "budget", "trusted-quantile", "contamination", "fixed"}
+        Default "gmm".
         See :mod:`fedsieve.shared.detectors.threshold`.
     threshold_value : float, optional
         Parameter of the policy.
@@ -191,6 +196,8 @@ class AnoGAN(PoolGAN):
         Scores above it are anomalies.
     labels_ : ndarray of shape (n_pool,)
         Verdicts on the pool (int64, 1 = anomaly).
+    contamination_ : dict
+        Estimated pollution share of the pool with a 95 % interval (see BaseDetector).
     history_ : list of dict
         One entry (round 0): threshold, flagged count, elapsed seconds, ``auc`` with ``y_true``.
     data_hashes_ : dict

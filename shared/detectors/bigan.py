@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fedsieve.shared.detectors.evidence import local_residual
 from fedsieve.shared.networks import BiGAN, NetConfig
 
 __all__ = [
@@ -243,23 +244,32 @@ def bigan_losses(
     X: np.ndarray,
     pixel_weight: torch.Tensor | None = None,
     batch_size: int = SCORE_BATCH,
-) -> tuple[np.ndarray, np.ndarray]:
+    local_window: int = 0,
+) -> tuple[np.ndarray, ...]:
     """Per-image ``L_G`` and ``L_D`` of a BiGAN (float64 arrays of shape (N,)).
 
     ``pixel_weight`` (28, 28), when given, weights the L1 reconstruction residual per pixel.
+    With ``local_window`` > 0 a third array follows: the largest mean unweighted residual over
+    any ``local_window`` x ``local_window`` patch (the weights adapt to the pseudo-normal set,
+    so a patch the pollution carries everywhere would be weighted away).
     """
     model.eval()
-    lg, ld = [], []
+    lg, ld, loc = [], [], []
     for i in range(0, len(X), batch_size):
         x = as_batch(X[i : i + batch_size])
         z = model.E(x)
         r = model.G(z)
         res = (x - r).abs()
+        if local_window:
+            loc.append(local_residual(res, local_window))
         if pixel_weight is not None:
             res = res * pixel_weight
         lg.append(res.flatten(1).sum(1))
         ld.append((model.D.features(x, z) - model.D.features(r, z)).abs().sum(1))
-    return torch.cat(lg).double().numpy(), torch.cat(ld).double().numpy()
+    out = [torch.cat(lg).double().numpy(), torch.cat(ld).double().numpy()]
+    if local_window:
+        out.append(torch.cat(loc).double().numpy())
+    return tuple(out)
 
 
 @torch.no_grad()

@@ -39,7 +39,8 @@ class GANDetector(BaseDetector):
     ----------
     model_ : fedsieve.shared.networks.BiGAN
         The trained networks E, G and D.
-    decision_scores_, trusted_scores_, threshold_, labels_, history_ : see BaseDetector
+    decision_scores_, trusted_scores_, threshold_, labels_, contamination_, history_
+        See BaseDetector.
         Scores, threshold and verdicts of the fitted pool; one history entry per round.
     data_hashes_, fit_time_, n_features_in_ : see BaseDetector
         Data hashes, fit seconds, pixels per image.

@@ -32,7 +32,8 @@ class PeerAdapter(BaseDetector):
         n_jobs=1)``.
     name : str, optional
         Label used in reports (the registry name, e.g. ``"iforest"``).
-    threshold_policy : {"gmm", "trusted-quantile", "contamination", "fixed"}, default="gmm"
+    threshold_policy : {"gmm", "budget", "trusted-quantile", "contamination", "fixed"}
+        Default "gmm".
         See :mod:`fedsieve.shared.detectors.threshold`.
     threshold_value : float, optional
         Parameter of the policy.
@@ -51,6 +52,8 @@ class PeerAdapter(BaseDetector):
         Scores above it are anomalies.
     labels_ : ndarray of shape (n_pool,)
         Verdicts on the pool (int64, 1 = anomaly).
+    contamination_ : dict
+        Estimated pollution share of the pool with a 95 % interval (see BaseDetector).
     history_ : list of dict
         One entry (round 0): threshold, flagged count, elapsed seconds, ``auc`` with ``y_true``.
     data_hashes_ : dict

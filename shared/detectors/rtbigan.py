@@ -25,6 +25,12 @@ from fedsieve.shared.detectors.bigan import (
     init_model,
     train_loop,
 )
+from fedsieve.shared.detectors.evidence import (
+    EvidenceCalibration,
+    image_statistics,
+    robust_center_scale,
+    typicality,
+)
 from fedsieve.shared.detectors.gan import GANDetector
 from fedsieve.shared.networks import BiGAN, NetConfig
 
@@ -46,6 +52,15 @@ class RtBiGAN(GANDetector):
        ``self_training_rounds`` rounds or when fewer than ``stop_tol`` of the labels change.
 
     The last round's pool scores, threshold and labels are the fitted ones.
+
+    Beyond the paper, the score weighs three pieces of evidence
+    (:mod:`fedsieve.shared.detectors.evidence`): the paper's global score ``A(x)``, the
+    largest local residual (``local_window``; triggers, stickers, small defects) and the
+    image's typicality (``typicality``; blank, over-exposed, blurred, noisy frames). Each
+    round calibrates every piece on the pool so that its false-drop cut is 0, and the
+    score is the largest calibrated piece: with the default ``"budget"`` policy an image is
+    dropped when any piece passes its cut. With ``local_window=0`` and ``typicality=False``
+    the score is the paper's ``A(x)`` alone.
 
     Parameters
     ----------
@@ -82,14 +97,25 @@ class RtBiGAN(GANDetector):
         Improvement: ``L_G`` weights each pixel by the inverse of its mean residual on the
         current pseudo-normal set, so residual ink where normal images have none (e.g. the
         border a digit never reaches) counts more. Off for the adapted-only model.
+    local_window : int, default=0
+        Side of the patches of the local evidence (0 = off).
+    typicality : bool, default=False
+        Whether the image-statistics evidence is part of the score.
+    trim_fraction : float, default=0.0
+        Self-training leaves out the highest-scoring ``trim_fraction`` of the pool besides
+        the flagged images, so that pollution just under the cut (or a round that flags
+        almost nothing) is not learned as normal.
     batch_size : int, default=32
         Images per self-training step (adaptation uses all trusted images in every step).
     lr_d, lr_eg : float, default=2e-4, 1e-3
         Adam learning rates of D and of E+G (beta1 = 0.5).
     z_dim, width, d_hidden : int, default=32, 16, 128
         Network sizes, used only when ``meta_checkpoint`` is None.
-    threshold_policy : {"gmm", "trusted-quantile", "contamination", "fixed"}, default="gmm"
-        See :mod:`fedsieve.shared.detectors.threshold`.
+    threshold_policy : {"gmm", "budget", "trusted-quantile", "contamination", "fixed"}
+        Default "gmm".
+        See :mod:`fedsieve.shared.detectors.threshold`. The evidence is always calibrated
+        with the false-drop budget (``threshold_value`` under ``"budget"``, else 0.01); the
+        other policies then cut the combined score.
     threshold_value : float, optional
         Parameter of the policy.
     random_state : int, optional, default=0
@@ -109,6 +135,12 @@ class RtBiGAN(GANDetector):
     score_norm_ : ndarray of shape (2,) or None
         Means of ``L_G`` and ``L_D`` on the trusted images that divide them before mixing
         (None without ``normalize_scores``).
+    statistics_center_, statistics_scale_ : ndarray of shape (8,) or None
+        Robust centre and scale of the normal images' statistics (None without
+        ``typicality``).
+    calibration_ : EvidenceCalibration or None
+        The last round's cut and normal mode of each piece of evidence (None when the score
+        is the global score alone).
     decision_scores_ : ndarray of shape (n_pool,)
         Scores of the pool after the last round (float64, higher = more anomalous).
     trusted_scores_ : ndarray of shape (n_trusted,)
@@ -117,6 +149,8 @@ class RtBiGAN(GANDetector):
         The last round's threshold: scores above it are anomalies.
     labels_ : ndarray of shape (n_pool,)
         The last round's verdicts on the pool (int64, 1 = anomaly).
+    contamination_ : dict
+        Estimated pollution share of the pool with a 95 % interval (see BaseDetector).
     history_ : list of dict
         One entry per round (round 0 = adapted only): threshold, flagged count, fraction of
         labels changed, elapsed seconds, and ``auc`` when ``y_true`` was given to ``fit``.
@@ -142,6 +176,9 @@ class RtBiGAN(GANDetector):
         "anchor_fraction": [Interval(Real, 0, 1, closed="both")],
         "recon_weight": [Interval(Real, 0, None, closed="left")],
         "pixel_weighting": ["boolean"],
+        "local_window": [Interval(Integral, 0, 28, closed="both")],
+        "typicality": ["boolean"],
+        "trim_fraction": [Interval(Real, 0, 1, closed="left")],
     }
 
     def __init__(
@@ -158,6 +195,9 @@ class RtBiGAN(GANDetector):
         anchor_fraction: float = 0.25,
         recon_weight: float = 0.0,
         pixel_weighting: bool = True,
+        local_window: int = 0,
+        typicality: bool = False,
+        trim_fraction: float = 0.0,
         batch_size: int = 32,
         lr_d: float = 2e-4,
         lr_eg: float = 1e-3,
@@ -179,6 +219,9 @@ class RtBiGAN(GANDetector):
         self.anchor_fraction = anchor_fraction
         self.recon_weight = recon_weight
         self.pixel_weighting = pixel_weighting
+        self.local_window = local_window
+        self.typicality = typicality
+        self.trim_fraction = trim_fraction
         self.batch_size = batch_size
         self.lr_d = lr_d
         self.lr_eg = lr_eg
@@ -203,23 +246,28 @@ class RtBiGAN(GANDetector):
         train_loop(self.model_, lambda g: trusted_t, int(self.adapt_steps), cfg, gen)
         self.pixel_weight_ = None
         self._set_norm(trusted)
+        self._fit_statistics(X, trusted)
         self.adapt_time_ = time.perf_counter() - t0
 
         opts = None
-        scores = self._score(X)
+        scores = self._calibrate(X, trusted)
         for rnd in range(int(self.self_training_rounds) + 1):
             labels, changed = rounds.end_round(scores)
             if rnd == int(self.self_training_rounds) or (rnd > 0 and changed < self.stop_tol):
                 return
-            # The pseudo-normal set is gathered batch by batch: the pool is never copied.
+            # Trimmed pseudo-normal set: unflagged and not among the highest-scoring share,
+            # gathered batch by batch (the pool is never copied).
+            keep = labels == 0
+            if self.trim_fraction > 0:
+                keep &= scores <= np.quantile(scores, 1.0 - float(self.trim_fraction))
             anchors = trusted_t if self.trusted_anchors else None
-            normal = RowSet(X, np.flatnonzero(labels == 0),
+            normal = RowSet(X, np.flatnonzero(keep),
                             trusted if self.trusted_anchors else None)
             sampler = batch_sampler(normal, cfg.batch_size, anchors, self.anchor_fraction)
             opts = train_loop(self.model_, sampler, int(self.steps_per_round), cfg, gen, opts)
             self._set_pixel_weight(normal)
             self._set_norm(trusted)
-            scores = self._score(X)
+            scores = self._calibrate(X, trusted)
 
     def _init_weights(self) -> None:
         if self.meta_checkpoint is None:
@@ -234,7 +282,48 @@ class RtBiGAN(GANDetector):
     def _loop_config(self) -> LoopConfig:
         return replace(super()._loop_config(), recon_weight=float(self.recon_weight))
 
-    # -- the score's two improvements --------------------------------------------------------
+    # -- the evidence and its calibration ---------------------------------------------------
+    def _scores_calibrated(self) -> bool:
+        return getattr(self, "calibration_", None) is not None
+
+    def _uses_evidence(self) -> bool:
+        return bool(self.local_window) or bool(self.typicality)
+
+    def _fit_statistics(self, X: np.ndarray, trusted: np.ndarray) -> None:
+        self.statistics_center_ = self.statistics_scale_ = None
+        if self.typicality:
+            self.statistics_center_, self.statistics_scale_ = robust_center_scale(
+                image_statistics(X), image_statistics(trusted))
+
+    def _evidence(self, X: np.ndarray) -> np.ndarray:
+        """Log of each piece of evidence, float64 of shape (N, K): global score, then local
+        residual (``local_window``), then typicality (``typicality``)."""
+        window = int(self.local_window)
+        losses = bigan_losses(self.model_, X, self.pixel_weight_, local_window=window)
+        pieces = [self._combine(losses[0], losses[1])]
+        if window:
+            pieces.append(losses[2])
+        if self.typicality:
+            pieces.append(typicality(image_statistics(X), self.statistics_center_,
+                                     self.statistics_scale_))
+        return np.log(np.maximum(np.stack(pieces, axis=1), 1e-12))
+
+    def _calibrate(self, X: np.ndarray, trusted: np.ndarray) -> np.ndarray:
+        """Fit this round's calibration on the pool; return the pool's scores."""
+        self.calibration_ = None
+        if not self._uses_evidence():
+            return self._score(X)
+        pool = self._evidence(X)
+        self.calibration_ = EvidenceCalibration.fit(pool, self._evidence(trusted),
+                                                    self._budget())
+        return self.calibration_.combine(pool)
+
+    def _score(self, X: np.ndarray) -> np.ndarray:
+        if self.calibration_ is None:
+            return super()._score(X)
+        return self.calibration_.combine(self._evidence(X))
+
+    # -- the global score's two improvements -------------------------------------------------
     def _losses(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return bigan_losses(self.model_, X, self.pixel_weight_)
 
@@ -274,6 +363,11 @@ class RtBiGAN(GANDetector):
             state["score.pixel_weight"] = self.pixel_weight_.detach().clone()
         if self.score_norm_ is not None:
             state["score.norm"] = torch.tensor(self.score_norm_, dtype=torch.float64)
+        if self.calibration_ is not None:
+            state["score.calibration"] = torch.tensor(self.calibration_.as_array())
+        if self.statistics_center_ is not None:
+            state["score.statistics"] = torch.tensor(
+                np.stack([self.statistics_center_, self.statistics_scale_]))
         return state
 
     def _state_header(self) -> dict[str, Any]:
@@ -288,3 +382,9 @@ class RtBiGAN(GANDetector):
         self.pixel_weight_ = tensors.get("score.pixel_weight")
         norm = tensors.get("score.norm")
         self.score_norm_ = None if norm is None else norm.numpy().astype(np.float64)
+        cal = tensors.get("score.calibration")
+        self.calibration_ = None if cal is None else EvidenceCalibration.from_array(
+            cal.numpy().astype(np.float64))
+        stats = tensors.get("score.statistics")
+        self.statistics_center_, self.statistics_scale_ = (
+            (None, None) if stats is None else tuple(stats.numpy().astype(np.float64)))

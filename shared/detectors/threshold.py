@@ -1,8 +1,21 @@
 """Threshold policies: turn anomaly scores into verdicts (1 = anomaly).
 
-Four policies, chosen with ``threshold_policy`` and parameterised by ``threshold_value``:
+Five policies, chosen with ``threshold_policy`` and parameterised by ``threshold_value``:
 
-``"gmm"`` (default, unsupervised)
+``"budget"`` (default)
+    A false-drop budget: ``threshold_value`` (default :data:`DEFAULT_BUDGET` = 0.01) is the
+    share of normal data the cut may flag, and the cut flags as much else as it can under it.
+    The normal data's score distribution is estimated from the pool itself, anchored by the
+    trusted images (:func:`normal_mode_cut`): starting at the trusted images' median, climb the
+    pool's (log-)score density to its nearest peak, the normal mode, whatever share of the pool
+    it holds; follow the density to the right to the first deep valley (a second population:
+    the pollution) or to the end; the cut is the ``1 - budget`` quantile of the pool scores
+    left of that valley. No valley (a clean pool, or pollution the score cannot separate)
+    flags ``budget`` of the pool; a majority of pollution does not move the normal mode,
+    because the climb starts at the trusted images. Detectors that calibrate their own scores
+    (Rt-BiGAN: each piece of evidence is cut this way and rescaled so that its cut is 0)
+    keep 0 as the threshold.
+``"gmm"`` (unsupervised, the 0.1 default)
     Fit a 2-component :class:`sklearn.mixture.GaussianMixture` to the log of the pool scores
     (scores are shifted to be positive first when they are not). The threshold is the score at
     which the upper (anomalous) component becomes the more probable one (posterior
@@ -28,7 +41,15 @@ from __future__ import annotations
 import numpy as np
 from sklearn.mixture import GaussianMixture
 
-POLICIES = ("gmm", "trusted-quantile", "contamination", "fixed")
+POLICIES = ("budget", "gmm", "trusted-quantile", "contamination", "fixed")
+#: Default false-drop budget of the ``"budget"`` policy: the share of normal data it may flag.
+DEFAULT_BUDGET = 0.01
+#: A valley counts when the density there is below this share of the normal mode's peak...
+VALLEY_DEPTH = 0.5
+#: ...rises again by this share of the peak after it (a second population, not a shoulder)...
+VALLEY_RISE = 0.02
+#: ...and lies at least this many left-side standard deviations above the normal mode.
+VALLEY_MIN_SD = 2.0
 #: Posterior of the anomalous mixture component at which ``"gmm"`` cuts.
 GMM_POSTERIOR = 0.5
 
@@ -47,10 +68,132 @@ def check_policy_value(policy: str, value: float | None) -> None:
         )
     if policy == "fixed" and value is None:
         raise ValueError("threshold_policy='fixed' needs threshold_value (the threshold itself)")
+    if policy == "budget" and value is not None and not 0.0 < value < 0.5:
+        raise ValueError(f"budget threshold_value (the false-drop budget) must be in (0, 0.5), "
+                         f"got {value}; e.g. 0.01 lets 1 % of normal data be dropped")
     if policy == "contamination" and value is not None and not 0.0 < value < 0.5 + 1e-9:
         raise ValueError(f"contamination threshold_value must be in (0, 0.5], got {value}")
     if policy == "trusted-quantile" and value is not None and not 0.0 <= value <= 1.0:
         raise ValueError(f"trusted-quantile threshold_value must be in [0, 1], got {value}")
+
+
+def log_scores(scores: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
+    """``log`` of scores shifted to be positive (by ``reference``'s minimum when given), so
+    that skewed positive scores (residuals, distances) become closer to symmetric."""
+    s = np.asarray(scores, dtype=np.float64)
+    ref = s if reference is None else np.asarray(reference, dtype=np.float64)
+    low = float(ref.min()) if len(ref) else 0.0
+    shift = 0.0 if low > 0 else 1e-6 - low + 1e-3 * (float(np.ptp(ref)) + 1e-12)
+    return np.log(np.maximum(s + shift, 1e-300))
+
+
+def normal_mode_cut(
+    values: np.ndarray, trusted_values: np.ndarray | None, rate: float
+) -> tuple[float, float]:
+    """The ``"budget"`` cut on 1-D values (higher = more anomalous), and the normal mode.
+
+    Parameters
+    ----------
+    values : ndarray of shape (n,)
+        The pool's values (for scores: their :func:`log_scores`).
+    trusted_values : ndarray or None
+        The trusted images' values; where the climb to the normal mode starts (the pool's
+        median without them).
+    rate : float
+        The false-drop budget: the cut is the ``1 - rate`` quantile of the normal part.
+
+    Returns
+    -------
+    cut : float
+        Values above it are anomalous.
+    mode : float
+        The normal mode's location (``cut - mode`` is a natural unit for these values).
+    """
+    from scipy.ndimage import gaussian_filter1d
+
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    v = v[np.isfinite(v)]
+    if len(v) < 4 or np.ptp(v) < 1e-12:
+        top = float(v.max()) if len(v) else 0.0
+        return top, top
+    q25, q75 = np.quantile(v, [0.25, 0.75])
+    spread = min(float(np.std(v)), (q75 - q25) / 1.349) or float(np.std(v))
+    # Half of Silverman's bandwidth: two populations close together must stay two peaks.
+    h = max(0.45 * spread * len(v) ** -0.2, 1e-9)
+    bins = 1024
+    lo_edge, hi_edge = v[0] - 3 * h, v[-1] + 3 * h
+    hist, edges = np.histogram(v, bins=bins, range=(lo_edge, hi_edge))
+    width = edges[1] - edges[0]
+    dens = gaussian_filter1d(hist.astype(np.float64), h / width)
+    centers = (edges[:-1] + edges[1:]) / 2
+    start = float(np.median(trusted_values)) if trusted_values is not None and len(
+        trusted_values) else float(np.median(v))
+    i = int(np.clip(np.searchsorted(centers, start), 0, bins - 1))
+    while True:  # hill-climb to the nearest density peak: the normal mode
+        if i + 1 < bins and dens[i + 1] > dens[i]:
+            i += 1
+        elif i > 0 and dens[i - 1] > dens[i]:
+            i -= 1
+        else:
+            break
+    mode, peak = float(centers[i]), float(dens[i])
+    below = v[v <= mode]
+    # Robust spread of the normal mode's left side (pollution seldom lies there; a long
+    # left tail, e.g. of log-distances near 0, must not inflate it).
+    sd_left = 1.4826 * float(np.median(mode - below)) if len(below) > 5 else h
+    end, lowest = bins - 1, i
+    for j in range(i + 1, bins):
+        if dens[j] <= dens[lowest]:  # the rightmost point of a flat valley
+            lowest = j
+        if (dens[lowest] < VALLEY_DEPTH * peak and dens[j] > dens[lowest] + VALLEY_RISE * peak
+                and centers[lowest] > mode + VALLEY_MIN_SD * sd_left):
+            end = lowest
+            break
+    normal = v[v <= centers[end]]
+    cut = float(np.quantile(normal, 1.0 - rate))
+    return cut, mode
+
+
+def budget_threshold(scores: np.ndarray, trusted_scores: np.ndarray | None = None,
+                     rate: float = DEFAULT_BUDGET) -> float:
+    """Threshold of the ``"budget"`` policy on raw scores (see :func:`normal_mode_cut`)."""
+    s = np.asarray(scores, dtype=np.float64)
+    if len(s) == 0:
+        return 0.0
+    logs = log_scores(s)
+    t_logs = None if trusted_scores is None or len(trusted_scores) == 0 else log_scores(
+        trusted_scores, s)
+    cut, _ = normal_mode_cut(logs, t_logs, rate)
+    # Back to the score scale: the smallest pool score whose log exceeds the cut stays flagged.
+    kept = s[logs <= cut]
+    return float(kept.max()) if len(kept) else float(s.min()) - 1e-12
+
+
+def estimate_contamination(n_flagged: int, n: int, rate: float,
+                           confidence: float = 0.95) -> dict[str, float]:
+    """Estimated share of pollution in a pool of ``n`` from its ``n_flagged`` verdicts.
+
+    The flagged share ``f`` overstates pollution by the false drops (``rate`` of the normal
+    data) and understates it by the pollution the cut misses, so the estimate
+    ``(f - rate) / (1 - rate)`` is a lower estimate when recall is low. The interval is the
+    Clopper-Pearson interval of ``f`` carried through the same correction.
+
+    Returns
+    -------
+    dict
+        ``estimate``, ``low``, ``high`` (fractions in [0, 1]) and ``confidence``.
+    """
+    from scipy.stats import binomtest
+
+    if n <= 0:
+        return {"estimate": 0.0, "low": 0.0, "high": 1.0, "confidence": confidence}
+    ci = binomtest(int(n_flagged), int(n)).proportion_ci(confidence, method="exact")
+
+    def correct(f: float) -> float:
+        return float(np.clip((f - rate) / (1.0 - rate), 0.0, 1.0))
+
+    return {"estimate": correct(n_flagged / n), "low": correct(ci.low),
+            "high": correct(ci.high), "confidence": confidence}
 
 
 def gmm_threshold(
@@ -117,6 +260,9 @@ def compute_threshold(
         trusted scores.
     """
     check_policy_value(policy, value)
+    if policy == "budget":
+        return budget_threshold(pool_scores, trusted_scores,
+                                DEFAULT_BUDGET if value is None else value)
     if policy == "gmm":
         return gmm_threshold(pool_scores, 2.0 if value is None else value, random_state,
                              trusted_scores)

@@ -1,0 +1,147 @@
+"""Evidence beyond the global reconstruction score: local defects and degenerate images.
+
+A global score sums a residual over the whole image, so a 3x3 trigger patch is diluted
+among 784 pixels, and an image that is simpler than any normal one (a black frame)
+reconstructs best of all. Two more pieces of evidence see them:
+
+local
+    The largest mean residual ``|x - G(E(x))|`` over any ``window`` x ``window`` patch: a
+    small patch the generator never draws stands out however little of the image it covers.
+typicality
+    How far an image's plain statistics (ink, contrast, sharpness, background, ...) lie from
+    those of normal images, in robust standard deviations, in either direction: blank,
+    over- or under-exposed, blurred, noisy or inverted frames are atypical here even when
+    they reconstruct well.
+
+:class:`EvidenceCalibration` turns each piece into a common unit with the false-drop budget
+of :func:`fedsieve.shared.detectors.threshold.normal_mode_cut`, so that they can be mixed by
+taking the largest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fedsieve.shared.detectors.threshold import normal_mode_cut
+
+#: Names of the statistics :func:`image_statistics` returns, in column order.
+STATISTICS = ("log_ink", "contrast", "inked_share", "stroke_level", "peak", "midtone_share",
+              "sharpness", "background")
+#: A pixel counts as ink above this grey level (images in [0, 1]).
+INK_LEVEL = 0.2
+#: Smallest robust scale of a statistic, as a share of its typical magnitude plus an absolute
+#: floor (statistics are grey levels and shares in [0, 1] or logs): with 5-10 trusted images,
+#: or a statistic that is almost constant in normal data (the empty border of MNIST), the
+#: scale would come out ~0 and every small difference would count as atypical.
+MIN_RELATIVE_SCALE = 0.05
+MIN_SCALE = 0.02
+#: Images farther than this many robust deviations on any statistic are left out when the
+#: normal statistics are re-estimated from the pool (trimmed, so pollution cannot move them).
+TRIM_Z = 3.5
+
+
+def image_statistics(X: np.ndarray) -> np.ndarray:
+    """Plain statistics of each image, float64 of shape (N, 8) (columns: :data:`STATISTICS`).
+
+    ``X`` is float32 in [0, 1] of shape (N, H, W). The statistics are the total ink (log),
+    the pixel standard deviation, the share of inked pixels, the mean grey level of inked
+    pixels, the brightest pixel, the share of inked pixels that are mid-tones (blur), the
+    edge energy per unit of ink (log; sharpness) and the mean level of the 2-pixel border.
+    """
+    x = np.asarray(X, dtype=np.float64)
+    n = len(x)
+    flat = x.reshape(n, -1)
+    inked = flat > INK_LEVEL
+    n_ink = np.maximum(inked.sum(1), 1)
+    ink = flat.sum(1)
+    edges = (np.abs(np.diff(x, axis=1)).sum((1, 2)) + np.abs(np.diff(x, axis=2)).sum((1, 2)))
+    border = np.concatenate([x[:, :2].reshape(n, -1), x[:, -2:].reshape(n, -1),
+                             x[:, :, :2].reshape(n, -1), x[:, :, -2:].reshape(n, -1)], 1)
+    return np.stack([
+        np.log1p(ink),
+        flat.std(1),
+        inked.sum(1) / flat.shape[1],
+        (flat * inked).sum(1) / n_ink,
+        flat.max(1),
+        (inked & (flat < 1.0 - INK_LEVEL)).sum(1) / n_ink,
+        np.log1p(edges) - np.log1p(ink),
+        border.mean(1),
+    ], axis=1)
+
+
+def robust_center_scale(pool_stats: np.ndarray, trusted_stats: np.ndarray,
+                        iterations: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Median and robust scale of each statistic over normal images.
+
+    Starts from the trusted images alone, then re-estimates from the pool images within
+    :data:`TRIM_Z` robust deviations of them on every statistic (plus the trusted images),
+    so that a majority of degenerate images cannot drag the estimate towards themselves.
+    """
+
+    def fit(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        center = np.median(rows, axis=0)
+        scale = 1.4826 * np.median(np.abs(rows - center), axis=0)
+        return center, np.maximum(scale, MIN_RELATIVE_SCALE * np.abs(center) + MIN_SCALE)
+
+    center, scale = fit(trusted_stats)
+    for _ in range(iterations):
+        close = (np.abs((pool_stats - center) / scale) <= TRIM_Z).all(axis=1)
+        center, scale = fit(np.concatenate([pool_stats[close], trusted_stats]))
+    return center, scale
+
+
+def typicality(stats: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Largest robust deviation of any statistic from normal, either direction, shape (N,)."""
+    return np.abs((stats - center) / scale).max(axis=1)
+
+
+def local_residual(residual: torch.Tensor, window: int) -> torch.Tensor:
+    """Largest mean of ``residual`` (B, 1, H, W) over any ``window`` x ``window`` patch."""
+    return F.avg_pool2d(residual, window, stride=1).flatten(1).max(1).values
+
+
+@dataclass
+class EvidenceCalibration:
+    """Each piece of evidence in one unit: 0 at its false-drop cut, -1 at the normal mode.
+
+    Fitted on the pool every self-training round. Piece ``k`` with (log) value ``v`` becomes
+    ``(v - cut_k) / (cut_k - mode_k)``; the detector's score is the largest of them, so an
+    image is flagged when any piece passes its cut, and each cut spends ``budget / K`` of
+    the false-drop budget (a union bound over the ``K`` pieces).
+
+    Attributes
+    ----------
+    cuts, modes : ndarray of shape (K,)
+        Per piece, the cut and the normal mode on the log scale.
+    """
+
+    cuts: np.ndarray
+    modes: np.ndarray
+
+    @classmethod
+    def fit(cls, pool: np.ndarray, trusted: np.ndarray | None, budget: float
+            ) -> EvidenceCalibration:
+        """Calibrate from the pool's (log) evidence, shape (N, K), anchored by the trusted
+        images' evidence (M, K)."""
+        k = pool.shape[1]
+        cuts, modes = np.empty(k), np.empty(k)
+        for j in range(k):
+            cuts[j], modes[j] = normal_mode_cut(
+                pool[:, j], None if trusted is None else trusted[:, j], budget / k)
+        return cls(cuts, modes)
+
+    def combine(self, evidence: np.ndarray) -> np.ndarray:
+        """Largest calibrated piece per image (float64, shape (N,)); > 0 = past a cut."""
+        unit = np.maximum(self.cuts - self.modes, 1e-6)
+        return ((evidence - self.cuts) / unit).max(axis=1)
+
+    def as_array(self) -> np.ndarray:
+        return np.stack([self.cuts, self.modes])
+
+    @classmethod
+    def from_array(cls, a: np.ndarray) -> EvidenceCalibration:
+        return cls(np.asarray(a[0], np.float64), np.asarray(a[1], np.float64))

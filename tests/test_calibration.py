@@ -1,0 +1,110 @@
+"""The false-drop budget policy, the contamination estimate and the extra evidence (issue 13)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedsieve.shared.detectors import RtBiGAN, load_detector, save_detector
+from fedsieve.shared.detectors.evidence import (
+    STATISTICS,
+    image_statistics,
+    robust_center_scale,
+    typicality,
+)
+from fedsieve.shared.detectors.threshold import (
+    budget_threshold,
+    compute_threshold,
+    estimate_contamination,
+    normal_mode_cut,
+)
+
+
+def _mixture(n_normal: int, n_anomal: int, seed: int, normal: str = "lognormal"):
+    """Positive scores: a normal population and, above it, a separated anomalous one."""
+    rng = np.random.default_rng(seed)
+    if normal == "lognormal":
+        x0 = rng.lognormal(0.0, 0.25, n_normal)
+    elif normal == "heavy":  # heavy right tail: Student-t with 3 dof on the log scale
+        x0 = np.exp(0.2 * rng.standard_t(3, n_normal))
+    else:  # "skewed": a gamma, unimodal with a long right tail
+        x0 = rng.gamma(4.0, 0.25, n_normal)
+    x1 = rng.lognormal(2.0, 0.2, n_anomal)
+    trusted = x0[:10]
+    return np.r_[x0, x1], np.r_[np.zeros(n_normal), np.ones(n_anomal)].astype(bool), trusted
+
+
+@pytest.mark.parametrize("normal", ["lognormal", "heavy", "skewed"])
+def test_budget_keeps_a_clean_pool(normal):
+    scores, _, trusted = _mixture(4000, 0, seed=1, normal=normal)
+    t = budget_threshold(scores, trusted, rate=0.01)
+    assert np.mean(scores > t) <= 0.011  # no second population: only the budget is spent
+
+
+@pytest.mark.parametrize("share", [0.05, 0.2, 0.8])
+def test_budget_finds_pollution_at_any_share_within_budget(share):
+    n_anomal = int(4000 * share)
+    scores, anomal, trusted = _mixture(4000 - n_anomal, n_anomal, seed=2)
+    t = compute_threshold("budget", scores, trusted, 0.01)
+    flagged = scores > t
+    assert flagged[anomal].mean() >= 0.99
+    # 1 % nominal; the quantile is taken on the estimated normal part, so it stays near it
+    assert flagged[~anomal].mean() <= 0.02
+
+
+def test_budget_does_not_follow_a_majority_to_its_mode():
+    """80 % pollution forms the densest peak; the climb starts at the trusted images."""
+    scores, anomal, trusted = _mixture(800, 3200, seed=3)
+    cut, mode = normal_mode_cut(np.log(scores), np.log(trusted), 0.01)
+    assert abs(mode) < 0.3  # the normal log-mode is 0, the pollution's is 2
+    assert (np.log(scores[anomal]) > cut).mean() >= 0.99
+
+
+def test_budget_rejects_a_budget_out_of_range():
+    with pytest.raises(ValueError, match="false-drop budget"):
+        compute_threshold("budget", np.ones(10), None, 0.7)
+
+
+def test_contamination_estimate_covers_the_truth():
+    est = estimate_contamination(n_flagged=1010, n=5000, rate=0.01)
+    assert est["low"] <= est["estimate"] <= est["high"]
+    assert est["low"] <= 0.2 <= est["high"]  # 1,000 anomalies + ~1 % of 4,000 normals
+    clean = estimate_contamination(n_flagged=40, n=4000, rate=0.01)
+    assert clean["estimate"] == 0.0 and clean["high"] < 0.01
+
+
+def test_typicality_sees_degenerate_frames(mnist_train):
+    digits = mnist_train.images[:600].astype(np.float32) / 255
+    frames = np.stack([np.zeros((28, 28)), np.ones((28, 28)), np.full((28, 28), 0.5),
+                       1.0 - digits[0]]).astype(np.float32)
+    pool = np.concatenate([digits, np.repeat(frames, 150, axis=0)])  # 50 % degenerate
+    stats = image_statistics(pool)
+    assert stats.shape == (len(pool), len(STATISTICS))
+    center, scale = robust_center_scale(stats, image_statistics(digits[:10]))
+    t = typicality(stats, center, scale)
+    assert t[len(digits):].min() > np.quantile(t[:len(digits)], 0.99)
+
+
+@pytest.mark.slow
+def test_black_frames_and_triggers_score_above_every_trusted_image(mnist_train, tmp_path):
+    """After a small real fit with the evidence switched on, a black frame and a digit with
+    a 3x3 white patch each score above every trusted image; the calibration persists."""
+    digits = mnist_train.images[:900]
+    trusted = mnist_train.images[1000:1010]
+    black = np.zeros((100, 28, 28), np.uint8)
+    trig = mnist_train.images[1100:1200].copy()
+    trig[:, 23:26, 23:26] = 255
+    pool = np.concatenate([digits, black, trig])
+    det = RtBiGAN(self_training_rounds=1, steps_per_round=150, typicality=True, local_window=3,
+                  threshold_policy="budget", random_state=0).fit(pool, trusted)
+    top_trusted = det.trusted_scores_.max()
+    assert det.decision_function(np.zeros((1, 28, 28), np.uint8))[0] > top_trusted
+    fresh = mnist_train.images[1300:1340].copy()
+    fresh[:, 23:26, 23:26] = 255
+    assert np.median(det.decision_function(fresh)) > top_trusted
+    assert det.labels_[900:1000].mean() == 1.0  # every black frame dropped
+    assert det.contamination_["low"] <= 0.1 + 1e-9 <= det.contamination_["high"] + 0.1
+    path = save_detector(det, tmp_path / "det.safetensors")
+    back = load_detector(path)
+    np.testing.assert_allclose(back.decision_function(fresh), det.decision_function(fresh),
+                               rtol=1e-5)
