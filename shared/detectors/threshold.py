@@ -81,10 +81,14 @@ def log_scores(scores: np.ndarray, reference: np.ndarray | None = None) -> np.nd
     """``log`` of scores shifted to be positive (by ``reference``'s minimum when given), so
     that skewed positive scores (residuals, distances) become closer to symmetric."""
     s = np.asarray(scores, dtype=np.float64)
-    ref = s if reference is None else np.asarray(reference, dtype=np.float64)
-    low = float(ref.min()) if len(ref) else 0.0
-    shift = 0.0 if low > 0 else 1e-6 - low + 1e-3 * (float(np.ptp(ref)) + 1e-12)
+    shift = log_shift(s if reference is None else np.asarray(reference, dtype=np.float64))
     return np.log(np.maximum(s + shift, 1e-300))
+
+
+def log_shift(reference: np.ndarray) -> float:
+    """What to add to scores so that ``reference`` (the pool's scores) becomes positive."""
+    low = float(reference.min()) if len(reference) else 0.0
+    return 0.0 if low > 0 else 1e-6 - low + 1e-3 * (float(np.ptp(reference)) + 1e-12)
 
 
 def normal_mode_cut(
@@ -223,7 +227,7 @@ def gmm_threshold(
         Threshold on the original score scale.
     """
     s = np.asarray(scores, dtype=np.float64)
-    shift = 0.0 if s.min() > 0 else 1e-6 - s.min() + 1e-3 * (np.ptp(s) + 1e-12)
+    shift = log_shift(s)
     logs = np.log(s + shift)
     if len(logs) < 4 or np.ptp(logs) < 1e-12:
         return float(s.max())
