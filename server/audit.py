@@ -6,6 +6,12 @@ One JSON object per line in ``<run dir>/audit.jsonl``; ``kind`` says which:
   deciding (the details name the detector and the number of trusted images);
 - ``{"kind": "sample", "round", "node", "id", "score", "verdict", "threshold"}`` for each
   uploaded sample (verdict 1 = dropped as an anomaly, 0 = kept);
+- ``{"kind": "pool", "round", "uploaded", "flagged", "threshold", "contamination",
+  "contamination_low", "contamination_high", "confidence"}`` once per screening, after its
+  sample entries: how many samples were scored and flagged, and the estimated pollution share
+  of the pooled uploads with its ``confidence`` (0.95) Clopper-Pearson interval
+  (:func:`fedsieve.shared.detectors.threshold.estimate_contamination`); ``threshold`` is null
+  when nothing was scored;
 - ``{"kind": "client", "round", "node", "decision": "excluded", "code", "reason"}`` for each
   client left out of a round: ``code`` is one of
   :data:`fedsieve.server.strategy.REASON_CODES`, ``reason`` the human-readable explanation.
@@ -21,9 +27,10 @@ crash mid-write is moved to ``audit.jsonl.torn`` when the log is opened again fo
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from logging import WARNING
 from pathlib import Path
@@ -32,7 +39,7 @@ import numpy as np
 from flwr.common.logger import log
 
 #: The entry kinds an audit log holds.
-KINDS = ("start", "sample", "client")
+KINDS = ("start", "sample", "pool", "client")
 
 
 class AuditLog:
@@ -97,6 +104,33 @@ class AuditLog:
                       "score": float(s), "verdict": int(v), "threshold": float(threshold)}
                      for i, s, v in zip(ids, scores, verdicts))
 
+    def write_pool(self, server_round: int, uploaded: int, flagged: int, threshold: float,
+                   contamination: Mapping[str, float]) -> None:
+        """Record a screening's pool: its size, what was flagged and the estimated pollution.
+
+        Parameters
+        ----------
+        server_round : int
+            The round that screened.
+        uploaded : int
+            Samples scored, over all nodes.
+        flagged : int
+            Samples flagged as anomalies (the sample entries with verdict 1).
+        threshold : float
+            The detector's threshold; written as null when it is not finite.
+        contamination : mapping
+            ``estimate``, ``low``, ``high`` and ``confidence``, as the detector's
+            ``contamination_``.
+        """
+        threshold = float(threshold)
+        self._append([{"kind": "pool", "round": server_round, "uploaded": int(uploaded),
+                       "flagged": int(flagged),
+                       "threshold": threshold if math.isfinite(threshold) else None,
+                       "contamination": float(contamination["estimate"]),
+                       "contamination_low": float(contamination["low"]),
+                       "contamination_high": float(contamination["high"]),
+                       "confidence": float(contamination["confidence"])}])
+
     def write_exclusion(self, server_round: int, node_id: int, code: str, reason: str) -> None:
         """Record that ``node_id`` is left out of ``server_round``.
 
@@ -125,7 +159,7 @@ def read_audit(path: str | Path, kind: str | None = None) -> Iterator[dict]:
     ----------
     path : str or Path
         The ``audit.jsonl`` file.
-    kind : {"start", "sample", "client"}, optional
+    kind : {"start", "sample", "pool", "client"}, optional
         Only entries of this kind; all of them when None.
 
     Raises

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
+from typing import NamedTuple
 
 import numpy as np
 from flwr.app import Message, RecordDict
@@ -65,18 +66,57 @@ class ClientVerdict:
 
 @dataclass
 class Screening:
-    """The outcome of one screening round."""
+    """The outcome of one screening round.
+
+    Attributes
+    ----------
+    server_round : int
+        The round that screened.
+    verdicts : dict
+        Node id -> :class:`ClientVerdict`, for the nodes whose uploads were scored.
+    failures : dict
+        Node id -> reason, for the nodes that failed screening.
+    threshold : float
+        The detector's threshold (NaN when nothing was scored).
+    contamination : dict
+        The estimated pollution share of the pooled uploads with its interval: ``estimate``,
+        ``low``, ``high`` (fractions) and ``confidence``; empty until the uploads are scored.
+    upload_seconds, detector_seconds : float
+        Time spent collecting the uploads and fitting the detector.
+    """
 
     server_round: int
     verdicts: dict[int, ClientVerdict] = field(default_factory=dict)
     failures: dict[int, str] = field(default_factory=dict)
     threshold: float = float("nan")
+    contamination: dict[str, float] = field(default_factory=dict)
     upload_seconds: float = 0.0
     detector_seconds: float = 0.0
 
     @property
     def seconds(self) -> float:
         return self.upload_seconds + self.detector_seconds
+
+    @property
+    def uploaded(self) -> int:
+        """Samples scored in this screening, over all nodes."""
+        return int(sum(len(v.ids) for v in self.verdicts.values()))
+
+    @property
+    def flagged(self) -> int:
+        """Samples the detector flagged (verdict 1) in this screening, over all nodes."""
+        return int(sum(int(v.verdicts.sum()) for v in self.verdicts.values()))
+
+
+class PoolScoring(NamedTuple):
+    """What :func:`score_pool` returns: the detector's decisions on the pooled uploads."""
+
+    #: Node id -> :class:`ClientVerdict`.
+    verdicts: dict[int, ClientVerdict]
+    #: The detector's threshold (NaN for an empty pool).
+    threshold: float
+    #: Estimated pollution share of the pool: ``estimate``, ``low``, ``high``, ``confidence``.
+    contamination: dict[str, float]
 
 
 def collect_uploads(grid: Grid, node_ids: Iterable[int], *, chunk_size: int, fraction: float,
@@ -152,18 +192,38 @@ def _check_reply(reply: Message, request: UploadRequest, previous: list[Upload],
     return None
 
 
-def score_uploads(uploads: dict[int, ClientUpload], trusted_images: np.ndarray,
-                  make_detector: Callable[[], object]) -> tuple[dict[int, ClientVerdict], float]:
+def score_pool(uploads: dict[int, ClientUpload], trusted_images: np.ndarray,
+               make_detector: Callable[[], object]) -> PoolScoring:
     """Fit a fresh detector on the pooled uploads and split its verdicts by node.
 
     The detector is anchored by ``trusted_images``. The pool is ordered by sample id (then
     image content), not by node: node ids are random in Flower, and a detector that draws
     batches by position would otherwise give other verdicts for the same uploads on every run.
-    Returns the per-node verdicts and the detector's threshold.
+
+    Parameters
+    ----------
+    uploads : dict
+        Node id -> :class:`ClientUpload`.
+    trusted_images : numpy.ndarray
+        The server's trusted normal images.
+    make_detector : callable
+        Returns an unfitted detector offering ``fit(X, trusted=...)`` and the fitted
+        ``decision_scores_``, ``labels_``, ``threshold_`` and, usually, ``contamination_``.
+
+    Returns
+    -------
+    PoolScoring
+        The per-node verdicts, the detector's threshold and the pool's estimated contamination
+        (the detector's ``contamination_`` as plain floats; for a detector without one,
+        :func:`~fedsieve.shared.detectors.threshold.estimate_contamination` of its verdicts
+        with the default false-drop budget).
     """
+    # Imported here: the detectors package loads torch, which a server needs only to fit one.
+    from fedsieve.shared.detectors.threshold import DEFAULT_BUDGET, estimate_contamination
+
     nodes = sorted(uploads)
     if not nodes:
-        return {}, float("nan")
+        return PoolScoring({}, float("nan"), _plain(estimate_contamination(0, 0, DEFAULT_BUDGET)))
     ids = np.concatenate([uploads[n].ids for n in nodes])
     pool = np.concatenate([uploads[n].x for n in nodes])
     order = np.lexsort((_content_keys(pool), ids))
@@ -181,7 +241,20 @@ def score_uploads(uploads: dict[int, ClientUpload], trusted_images: np.ndarray,
         n: ClientVerdict(n, uploads[n].ids, scores[a:b], labels[a:b], uploads[n].num_samples)
         for n, a, b in zip(nodes, bounds[:-1], bounds[1:])
     }
-    return verdicts, float(detector.threshold_)
+    contamination = getattr(detector, "contamination_", None)
+    if not contamination:
+        contamination = estimate_contamination(int(labels.sum()), len(labels), DEFAULT_BUDGET)
+    contamination = _plain(contamination)
+    log(INFO, "fedsieve: estimated pollution of the pool %.1f %% [%.1f %%, %.1f %%]",
+        100 * contamination["estimate"], 100 * contamination["low"],
+        100 * contamination["high"])
+    return PoolScoring(verdicts, float(detector.threshold_), contamination)
+
+
+def _plain(contamination: Mapping[str, object]) -> dict[str, float]:
+    """``estimate``, ``low``, ``high`` and ``confidence`` as plain Python floats."""
+    return {key: float(contamination[key])
+            for key in ("estimate", "low", "high", "confidence") if key in contamination}
 
 
 def _content_keys(images: np.ndarray) -> np.ndarray:

@@ -12,9 +12,10 @@ change, the way Flower's ``DifferentialPrivacyServerSide*`` wrappers do. What it
    than they kept never reach the inner strategy. Clients whose training failed or that
    never replied are recorded too (the inner strategy skips them as usual). Each exclusion is
    an :class:`Exclusion`: a code of :data:`REASON_CODES` and a human-readable message.
-4. **Audit**: every sample verdict and every exclusion goes to ``<run_dir>/audit.jsonl``
-   (:mod:`fedsieve.server.audit`) when it is decided; per-round figures go to :attr:`history`
-   and into the round's train MetricRecord.
+4. **Audit**: every sample verdict, each screening's pool summary (with the estimated
+   pollution share of the pooled uploads and its interval) and every exclusion go to
+   ``<run_dir>/audit.jsonl`` (:mod:`fedsieve.server.audit`) when they are decided; per-round
+   figures go to :attr:`history` and into the round's train MetricRecord.
 
 The training-sample count a client reports is read under the inner strategy's
 ``weighted_by_key`` (``"num-examples"`` for a strategy without one), as Flower's
@@ -44,7 +45,7 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 from sklearn.base import clone
 
 from fedsieve.server.audit import AuditLog
-from fedsieve.server.screening import Screening, collect_uploads, score_uploads
+from fedsieve.server.screening import Screening, collect_uploads, score_pool
 from fedsieve.shared.protocol import VERDICT_RECORD, encode_verdicts
 
 #: Exclusion reasons, also reported as integer codes in MetricRecords (which hold numbers only).
@@ -118,9 +119,12 @@ class AnomalyFilter(Strategy):
     Attributes
     ----------
     history : list of dict
-        One entry per round: uploads, drops, threshold, per-node estimated contamination,
-        exclusions (``excluded``: node -> reason text, ``excluded_codes``: node -> code of
-        :data:`REASON_CODES`) and timings.
+        One entry per round: uploads, drops, threshold, per-node estimated contamination
+        (``estimated_contamination``: node -> flagged share), the pool's estimated
+        contamination of the latest screening (``contamination``: ``estimate``, ``low``,
+        ``high``, ``confidence``), exclusions (``excluded``: node -> reason text,
+        ``excluded_codes``: node -> code of :data:`REASON_CODES`) and timings; ``metrics`` holds
+        what goes into the round's train MetricRecord.
     audit : AuditLog or None
         The audit log, when ``run_dir`` is given.
     """
@@ -277,8 +281,9 @@ class AnomalyFilter(Strategy):
             timeout=self.screening_timeout)
         screening.upload_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        screening.verdicts, screening.threshold = score_uploads(uploads, self.trusted_images,
-                                                                self._make_detector)
+        scoring = score_pool(uploads, self.trusted_images, self._make_detector)
+        screening.verdicts, screening.threshold = scoring.verdicts, scoring.threshold
+        screening.contamination = scoring.contamination
         screening.detector_seconds = time.perf_counter() - started
         self._audit_screening(screening)
         return screening
@@ -317,11 +322,15 @@ class AnomalyFilter(Strategy):
                        message_type=message.metadata.message_type)
 
     def _audit_screening(self, screening: Screening) -> None:
+        """Write a screening to the audit log: its sample verdicts, then one pool entry (size,
+        flagged count, estimated contamination with its interval), then its failures."""
         if self.audit is None:
             return
         for node, verdict in sorted(screening.verdicts.items()):
             self.audit.write_samples(screening.server_round, node, verdict.ids, verdict.scores,
                                      verdict.verdicts, screening.threshold)
+        self.audit.write_pool(screening.server_round, screening.uploaded, screening.flagged,
+                              screening.threshold, screening.contamination)
         # Every node that failed is recorded at once, sampled for training this round or not.
         for node, reason in sorted(screening.failures.items()):
             exclusion = Exclusion("failed-screening", reason)
@@ -337,10 +346,11 @@ class AnomalyFilter(Strategy):
         record = {
             "round": server_round,
             "screened": fresh,
-            "uploaded": int(sum(len(v.ids) for v in verdicts.values())),
-            "dropped": int(sum(int(v.verdicts.sum()) for v in verdicts.values())),
+            "uploaded": screening.uploaded,
+            "dropped": screening.flagged,
             "threshold": screening.threshold,
             "estimated_contamination": {n: verdicts[n].estimated_contamination for n in nodes},
+            "contamination": dict(screening.contamination),
             "excluded": {n: str(e) for n, e in excluded.items()},
             "excluded_codes": {n: e.code for n, e in excluded.items()},
             "screening_seconds": screening.seconds if fresh else 0.0,
@@ -356,11 +366,18 @@ class AnomalyFilter(Strategy):
             "fedsieve-excluded-reasons": [e.number for e in excluded.values()],
             "fedsieve-nodes": nodes,
             "fedsieve-contamination": [verdicts[n].estimated_contamination for n in nodes],
+            **_pool_metrics(screening.contamination),
             "fedsieve-screening-s": record["screening_seconds"],
             "fedsieve-filter-s": record["filter_seconds"],
         }
         self.history.append(record)
         return record
+
+
+def _pool_metrics(contamination: dict[str, float]) -> dict[str, float]:
+    """The pool's estimated contamination as MetricRecord scalars (NaN when unknown)."""
+    return {f"fedsieve-pool-contamination{suffix}": float(contamination.get(key, math.nan))
+            for key, suffix in (("estimate", ""), ("low", "-low"), ("high", "-high"))}
 
 
 def _reported_count(content: RecordDict, key: str) -> int | None:

@@ -100,7 +100,7 @@ class FilterSettings(_RunConfigPart):
     checkpoint: str = ""
     trusted_file: str = ""
     alpha: float = 0.9
-    threshold_policy: str = "gmm"
+    threshold_policy: str = "budget"
     upload_fraction: float = 1.0
     max_client_contamination: float = 0.5
     screen_every: int = 0

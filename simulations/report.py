@@ -29,12 +29,59 @@ def read_exclusions(audit_path: Path) -> dict[int, str]:
             if e.get("decision") == "excluded"}
 
 
+def read_pool_estimate(audit_path: Path) -> tuple[dict, set[int]] | None:
+    """The latest screening's pool entry in an audit log, and the ids it scored.
+
+    Returns
+    -------
+    tuple or None
+        The latest ``"pool"`` entry (:mod:`fedsieve.server.audit`) and the sample ids of its
+        round; None when the log has no pool entry (no filter, or a log written before pool
+        entries existed).
+    """
+    if not audit_path.is_file():
+        return None
+    pool, ids_by_round = None, {}
+    for entry in read_audit(audit_path):
+        if entry.get("kind") == "sample":
+            ids_by_round.setdefault(entry["round"], set()).add(int(entry["id"]))
+        elif entry.get("kind") == "pool":
+            pool = entry
+    if pool is None:
+        return None
+    return pool, ids_by_round.get(pool["round"], set())
+
+
+def estimated_contamination(federation: Federation, audit_path: Path) -> dict | None:
+    """The latest screening's estimated pollution share next to the true one.
+
+    Returns
+    -------
+    dict or None
+        ``estimate``, ``low``, ``high`` and ``confidence`` (the pool's estimate with its
+        interval, as the server logged it), ``round`` and ``uploaded`` of that screening, and
+        ``true``: the share of polluted samples among its uploads (None without uploads).
+        None when the audit log holds no pool entry.
+    """
+    found = read_pool_estimate(audit_path)
+    if found is None:
+        return None
+    pool, ids = found
+    truth = federation.ground_truth()
+    true = float(np.mean([truth[i] for i in ids])) if ids else None
+    return {"estimate": pool["contamination"], "low": pool["contamination_low"],
+            "high": pool["contamination_high"], "confidence": pool["confidence"],
+            "round": pool["round"], "uploaded": pool["uploaded"], "true": true}
+
+
 def detection_report(federation: Federation, audit_path: Path) -> dict:
     """Detection quality on the uploads, overall and per client.
 
     Returns AUC, precision, recall and F1 of the verdicts, the fractions of polluted and of
-    normal samples dropped, and per client the true pollution next to what was dropped.
-    Empty (``{"screened": False}``) when the run had no filter.
+    normal samples dropped, the latest screening's estimated pollution share with its interval
+    next to the true one (``estimated_contamination``, :func:`estimated_contamination`; None
+    for a log without pool entries), and per client the true pollution next to what was
+    dropped. Empty (``{"screened": False}``) when the run had no filter.
     """
     verdicts = read_sample_verdicts(audit_path)
     if not verdicts:
@@ -58,6 +105,7 @@ def detection_report(federation: Federation, audit_path: Path) -> dict:
         "f1": float(f1),
         "pollution_dropped": float(dropped[polluted].mean()) if polluted.any() else None,
         "normal_dropped": float(dropped[~polluted].mean()) if (~polluted).any() else None,
+        "estimated_contamination": estimated_contamination(federation, audit_path),
         "by_kind": _dropped_by_kind(federation, ids, dropped),
         "clients": [],
     }
@@ -146,7 +194,34 @@ def write_simulation_report(report: dict, out: Path) -> None:
     (out / "report.md").write_text(simulation_markdown(report, plots))
 
 
+def estimate_line(estimate: dict | None) -> str:
+    """The report's line on the pool's estimated pollution share, with its interval and the
+    true share of the uploads, e.g. ``Estimated pollution of the uploads (round 1): 19.8 %
+    [18.9 %, 20.8 %] (95 % interval); true 20.0 %.``"""
+    if not estimate:
+        return f"Estimated pollution of the uploads: {MISSING} (the audit log has no pool entry)."
+    true = MISSING if estimate.get("true") is None else f"{100 * estimate['true']:.1f} %"
+    return (f"Estimated pollution of the uploads (round {estimate['round']}): "
+            f"{100 * estimate['estimate']:.1f} % [{100 * estimate['low']:.1f} %, "
+            f"{100 * estimate['high']:.1f} %] ({100 * estimate['confidence']:g} % interval); "
+            f"true {true}.")
+
+
 def simulation_markdown(report: dict, plots: list[str]) -> str:
+    """The Markdown of ``report.md``: settings, accuracy, screening quality and data sources.
+
+    Parameters
+    ----------
+    report : dict
+        What :func:`fedsieve.simulations.simulate.simulate` builds (``report.json``).
+    plots : list of str
+        File names of the plots to embed.
+
+    Returns
+    -------
+    str
+        The Markdown text.
+    """
     s = report["settings"]
     lines = [
         "# fedsieve simulation report", "",
@@ -171,7 +246,7 @@ def simulation_markdown(report: dict, plots: list[str]) -> str:
                                *(format_value(d[k]) for k in ("auc", "precision", "recall", "f1")),
                                *(format_value(d[k], ".2%") for k in ("pollution_dropped",
                                                                      "normal_dropped"))]) + " |",
-            "",
+            "", estimate_line(d.get("estimated_contamination")), "",
             "| pollution kind | uploaded | dropped |", "|---|---|---|",
             *(f"| `{k}` | {v['uploaded']} | {v['dropped']:.2%} |"
               for k, v in d.get("by_kind", {}).items()),

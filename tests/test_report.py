@@ -6,7 +6,7 @@ import numpy as np
 
 from fedsieve.server.audit import AuditLog
 from fedsieve.shared.config import RunSettings
-from fedsieve.simulations.report import detection_report, simulation_markdown
+from fedsieve.simulations.report import detection_report, estimate_line, simulation_markdown
 
 
 def test_detection_report_breaks_drops_down_by_pollution_kind(federation_builder, tmp_path):
@@ -16,6 +16,9 @@ def test_detection_report_breaks_drops_down_by_pollution_kind(federation_builder
         drop = np.isin(client.kinds, ["constant", "trigger"]).astype(int)
         log.write_samples(1, 50 + client.client_id, client.ids, drop + 0.1 * client.polluted,
                           drop, 0.5)
+    uploads = sum(len(c) for c in federation.clients)
+    log.write_pool(1, uploads, 123, 0.5, {"estimate": 0.198, "low": 0.189, "high": 0.208,
+                                          "confidence": 0.95})
     report = detection_report(federation, tmp_path / "audit.jsonl")
     by_kind = report["by_kind"]
     assert set(by_kind) == {"constant", "trigger", "ink-fashion"}
@@ -23,6 +26,11 @@ def test_detection_report_breaks_drops_down_by_pollution_kind(federation_builder
     assert by_kind["ink-fashion"]["dropped"] == 0.0
     assert sum(v["uploaded"] for v in by_kind.values()) == report["polluted"]
     assert report["normal_dropped"] == 0.0
+    # The server's pool estimate, with its interval, next to the true share of the uploads.
+    truth = federation.ground_truth()
+    assert report["estimated_contamination"] == {
+        "estimate": 0.198, "low": 0.189, "high": 0.208, "confidence": 0.95, "round": 1,
+        "uploaded": uploads, "true": sum(truth.values()) / len(truth)}
     settings = RunSettings().replace(num_clients=3, contamination=0.3, seed=4,
                                      pollution=federation.config["pollution"])
     markdown = simulation_markdown(
@@ -31,3 +39,34 @@ def test_detection_report_breaks_drops_down_by_pollution_kind(federation_builder
          "data_sources": {}}, [])
     assert "| `ink-fashion` | " in markdown and "| 0.00% |" in markdown
     assert "30% pollution (`constant,trigger,ink-fashion`)" in markdown
+    true = 100 * report["estimated_contamination"]["true"]
+    assert (f"Estimated pollution of the uploads (round 1): 19.8 % [18.9 %, 20.8 %] "
+            f"(95 % interval); true {true:.1f} %.") in markdown
+
+
+def test_estimate_comes_from_the_latest_screening(federation_builder, tmp_path):
+    federation = federation_builder(2, 0.3, seed=4)
+    log = AuditLog(tmp_path / "audit.jsonl")
+    first, second = federation.clients
+    for server_round, client in ((1, first), (2, second)):
+        zeros = np.zeros(len(client), dtype=int)
+        log.write_samples(server_round, 7, client.ids, zeros.astype(float), zeros, 0.5)
+        log.write_pool(server_round, len(client), 0, 0.5, {"estimate": 0.1 * server_round,
+                                                           "low": 0.0, "high": 0.5,
+                                                           "confidence": 0.95})
+    estimate = detection_report(federation, tmp_path / "audit.jsonl")["estimated_contamination"]
+    assert (estimate["round"], estimate["estimate"], estimate["uploaded"]) == (2, 0.2,
+                                                                               len(second))
+    assert estimate["true"] == second.polluted.mean()
+
+
+def test_a_log_without_pool_entries_reports_no_estimate(federation_builder, tmp_path):
+    federation = federation_builder(2, 0.3, seed=4)
+    log = AuditLog(tmp_path / "audit.jsonl")
+    client = federation.clients[0]
+    zeros = np.zeros(len(client), dtype=int)
+    log.write_samples(1, 7, client.ids, zeros.astype(float), zeros, 0.5)
+    report = detection_report(federation, tmp_path / "audit.jsonl")
+    assert report["screened"] and report["estimated_contamination"] is None
+    assert estimate_line(None) == ("Estimated pollution of the uploads: — (the audit log has no "
+                                   "pool entry).")

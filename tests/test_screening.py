@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedsieve.server.screening import ClientUpload, score_uploads
+from fedsieve.server.screening import ClientUpload, score_pool
 from fedsieve.shared.detectors import make_detector
 
 
 def _verdicts_by_sample(uploads: dict[int, ClientUpload], trusted: np.ndarray) -> dict:
     # Self-training draws batches by position: the pool's order reaches the verdicts.
-    verdicts, threshold = score_uploads(uploads, trusted, lambda: make_detector(
+    scoring = score_pool(uploads, trusted, lambda: make_detector(
         "rtbigan", self_training_rounds=1, steps_per_round=40, random_state=0))
     return {(int(i), bytes(x)): (float(s), int(v))
-            for n, cv in verdicts.items()
-            for i, s, v, x in zip(cv.ids, cv.scores, cv.verdicts, uploads[n].x)}, threshold
+            for n, cv in scoring.verdicts.items()
+            for i, s, v, x in zip(cv.ids, cv.scores, cv.verdicts, uploads[n].x)
+            }, scoring.threshold
 
 
 def test_verdicts_do_not_depend_on_node_ids(detector_data):

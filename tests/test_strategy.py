@@ -96,6 +96,23 @@ def test_verdicts_routed_to_their_own_node(clean_round, compact_federation):
     assert metrics["fedsieve-excluded"] == 0 and clean_round.strategy.history[-1]["excluded"] == {}
 
 
+def test_pool_contamination_is_recorded_with_its_interval(clean_round, compact_federation):
+    record, metrics = clean_round.strategy.history[-1], clean_round.metrics
+    estimate = record["contamination"]
+    assert set(estimate) == {"estimate", "low", "high", "confidence"}
+    assert all(type(v) is float for v in estimate.values())
+    assert 0.0 <= estimate["low"] <= estimate["estimate"] <= estimate["high"] <= 1.0
+    assert estimate["confidence"] == 0.95
+    # The compact federation is 20 % polluted and the default detector finds most of it.
+    truth = compact_federation.ground_truth()
+    assert abs(estimate["estimate"] - np.mean(list(truth.values()))) < 0.05
+    assert (metrics["fedsieve-pool-contamination"], metrics["fedsieve-pool-contamination-low"],
+            metrics["fedsieve-pool-contamination-high"]) == (
+        estimate["estimate"], estimate["low"], estimate["high"])
+    # The per-node estimates are still the flagged shares.
+    assert set(record["estimated_contamination"]) == set(NODES)
+
+
 def test_default_rtbigan_drops_mostly_pollution(clean_round, compact_federation):
     truth = compact_federation.ground_truth()
     verdicts = {e["id"]: e["verdict"] for e in audit(clean_round.run_dir, "sample")}
@@ -115,6 +132,15 @@ def test_audit_log_matches_the_drops(clean_round, compact_federation):
         assert sent == logged
     assert all((e["score"] > e["threshold"]) == (e["verdict"] == 1) for e in entries)
     assert audit(clean_round.run_dir, "client") == []  # nobody was excluded
+    [pool] = audit(clean_round.run_dir, "pool")  # one per screening
+    estimate = clean_round.strategy.history[-1]["contamination"]
+    assert pool == {"kind": "pool", "round": 1, "uploaded": len(entries),
+                    "flagged": sum(e["verdict"] for e in entries),
+                    "threshold": entries[0]["threshold"],
+                    "contamination": estimate["estimate"],
+                    "contamination_low": estimate["low"],
+                    "contamination_high": estimate["high"], "confidence": 0.95}
+    assert pool["contamination_low"] <= pool["contamination"] <= pool["contamination_high"]
     [start] = audit(clean_round.run_dir, "start")
     assert start["round"] == 1 and start["trusted_images"] == len(
         compact_federation.trusted_set.images)
@@ -357,4 +383,14 @@ def test_upload_fraction_and_rescreening(small_settings, compact_federation,
     assert len(queries) > len(NODES)  # chunks of 50 need several requests per node
     run_round(strategy, grid, server_round=2)
     assert [h["screened"] for h in strategy.history] == [True, True]
-    assert {e["round"] for e in audit(tmp_path, "sample")} == {1, 2}
+    samples = audit(tmp_path, "sample")
+    assert {e["round"] for e in samples} == {1, 2}
+    # One pool entry per screening, summing up that screening's sample verdicts.
+    pools = audit(tmp_path, "pool")
+    assert [p["round"] for p in pools] == [1, 2]
+    for pool, record in zip(pools, strategy.history):
+        mine = [e for e in samples if e["round"] == pool["round"]]
+        assert pool["uploaded"] == len(mine) == record["uploaded"]
+        assert pool["flagged"] == sum(e["verdict"] == 1 for e in mine) == record["dropped"]
+        assert pool["contamination_low"] <= pool["contamination"] <= pool["contamination_high"]
+        assert pool["contamination"] == record["contamination"]["estimate"]

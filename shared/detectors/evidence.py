@@ -115,24 +115,29 @@ class EvidenceCalibration:
 
     Attributes
     ----------
-    cuts, modes : ndarray of shape (K,)
-        Per piece, the cut and the normal mode on the log scale.
+    cuts, modes, spreads : ndarray of shape (K,)
+        Per piece, on the log scale: the cut, the normal mode and the robust SD of the
+        mode's left side.
     """
 
     cuts: np.ndarray
     modes: np.ndarray
+    spreads: np.ndarray
 
     @classmethod
     def fit(cls, pool: np.ndarray, trusted: np.ndarray | None, budget: float
             ) -> EvidenceCalibration:
         """Calibrate from the pool's (log) evidence, shape (N, K), anchored by the trusted
         images' evidence (M, K)."""
-        k = pool.shape[1]
-        cuts, modes = np.empty(k), np.empty(k)
-        for j in range(k):
-            cuts[j], modes[j] = normal_mode_cut(
-                pool[:, j], None if trusted is None else trusted[:, j], budget / k)
-        return cls(cuts, modes)
+        found = [normal_mode_cut(pool[:, j], None if trusted is None else trusted[:, j],
+                                 budget / pool.shape[1]) for j in range(pool.shape[1])]
+        return cls(*(np.array(column, dtype=np.float64) for column in zip(*found)))
+
+    def core(self, evidence: np.ndarray, width: float) -> np.ndarray:
+        """Images whose every piece lies at most ``width`` robust SDs above its normal mode
+        (bool, shape (N,)): the normal population's core, free of pollution that scores
+        between the mode and the cut."""
+        return (evidence <= self.modes + width * self.spreads).all(axis=1)
 
     def combine(self, evidence: np.ndarray) -> np.ndarray:
         """Largest calibrated piece per image (float64, shape (N,)); > 0 = past a cut."""
@@ -140,8 +145,8 @@ class EvidenceCalibration:
         return ((evidence - self.cuts) / unit).max(axis=1)
 
     def as_array(self) -> np.ndarray:
-        return np.stack([self.cuts, self.modes])
+        return np.stack([self.cuts, self.modes, self.spreads])
 
     @classmethod
     def from_array(cls, a: np.ndarray) -> EvidenceCalibration:
-        return cls(np.asarray(a[0], np.float64), np.asarray(a[1], np.float64))
+        return cls(*(np.asarray(row, np.float64) for row in a))

@@ -32,6 +32,7 @@ from fedsieve.shared.detectors.evidence import (
     typicality,
 )
 from fedsieve.shared.detectors.gan import GANDetector
+from fedsieve.shared.detectors.threshold import log_scores, normal_mode_cut
 from fedsieve.shared.networks import BiGAN, NetConfig
 
 #: Added to the per-pixel normal residual before inverting it, so that pixels that are
@@ -99,20 +100,27 @@ class RtBiGAN(GANDetector):
         border a digit never reaches) counts more. Off for the adapted-only model.
     local_window : int, default=0
         Side of the patches of the local evidence (0 = off).
-    typicality : bool, default=False
+    typicality : bool, default=True
         Whether the image-statistics evidence is part of the score.
     trim_fraction : float, default=0.0
         Self-training leaves out the highest-scoring ``trim_fraction`` of the pool besides
         the flagged images, so that pollution just under the cut (or a round that flags
         almost nothing) is not learned as normal.
+    core_width : float or None, default=1.0
+        Self-training learns only from the pool's normal core: the unflagged images whose
+        every piece of evidence lies at most ``core_width`` robust SDs (of the normal
+        mode's left side, see :func:`~fedsieve.shared.detectors.threshold.normal_mode_cut`)
+        above the normal mode. The verdicts are unchanged; what is learned as normal no
+        longer depends on a cut that pollution the score cannot yet separate (round 0 of an
+        ink-matched or majority pool) leaves in. None = every unflagged image (the paper).
     batch_size : int, default=32
         Images per self-training step (adaptation uses all trusted images in every step).
     lr_d, lr_eg : float, default=2e-4, 1e-3
         Adam learning rates of D and of E+G (beta1 = 0.5).
     z_dim, width, d_hidden : int, default=32, 16, 128
         Network sizes, used only when ``meta_checkpoint`` is None.
-    threshold_policy : {"gmm", "budget", "trusted-quantile", "contamination", "fixed"}
-        Default "gmm".
+    threshold_policy : {"budget", "gmm", "trusted-quantile", "contamination", "fixed"}
+        Default "budget".
         See :mod:`fedsieve.shared.detectors.threshold`. The evidence is always calibrated
         with the false-drop budget (``threshold_value`` under ``"budget"``, else 0.01); the
         other policies then cut the combined score.
@@ -179,6 +187,7 @@ class RtBiGAN(GANDetector):
         "local_window": [Interval(Integral, 0, 28, closed="both")],
         "typicality": ["boolean"],
         "trim_fraction": [Interval(Real, 0, 1, closed="left")],
+        "core_width": [Interval(Real, 0, None, closed="neither"), None],
     }
 
     def __init__(
@@ -196,15 +205,16 @@ class RtBiGAN(GANDetector):
         recon_weight: float = 0.0,
         pixel_weighting: bool = True,
         local_window: int = 0,
-        typicality: bool = False,
+        typicality: bool = True,
         trim_fraction: float = 0.0,
+        core_width: float | None = 1.0,
         batch_size: int = 32,
         lr_d: float = 2e-4,
         lr_eg: float = 1e-3,
         z_dim: int = 32,
         width: int = 16,
         d_hidden: int = 128,
-        threshold_policy: str = "gmm",
+        threshold_policy: str = "budget",
         threshold_value: float | None = None,
         random_state: int | None = 0,
     ) -> None:
@@ -222,6 +232,7 @@ class RtBiGAN(GANDetector):
         self.local_window = local_window
         self.typicality = typicality
         self.trim_fraction = trim_fraction
+        self.core_width = core_width
         self.batch_size = batch_size
         self.lr_d = lr_d
         self.lr_eg = lr_eg
@@ -250,7 +261,7 @@ class RtBiGAN(GANDetector):
         self.adapt_time_ = time.perf_counter() - t0
 
         opts = None
-        scores = self._calibrate(X, trusted)
+        scores, evidence = self._calibrate(X, trusted)
         for rnd in range(int(self.self_training_rounds) + 1):
             labels, changed = rounds.end_round(scores)
             if rnd == int(self.self_training_rounds) or (rnd > 0 and changed < self.stop_tol):
@@ -260,6 +271,8 @@ class RtBiGAN(GANDetector):
             keep = labels == 0
             if self.trim_fraction > 0:
                 keep &= scores <= np.quantile(scores, 1.0 - float(self.trim_fraction))
+            if self.core_width is not None:
+                keep &= self._normal_core(scores, evidence)
             anchors = trusted_t if self.trusted_anchors else None
             normal = RowSet(X, np.flatnonzero(keep),
                             trusted if self.trusted_anchors else None)
@@ -267,7 +280,7 @@ class RtBiGAN(GANDetector):
             opts = train_loop(self.model_, sampler, int(self.steps_per_round), cfg, gen, opts)
             self._set_pixel_weight(normal)
             self._set_norm(trusted)
-            scores = self._calibrate(X, trusted)
+            scores, evidence = self._calibrate(X, trusted)
 
     def _init_weights(self) -> None:
         if self.meta_checkpoint is None:
@@ -300,23 +313,37 @@ class RtBiGAN(GANDetector):
         residual (``local_window``), then typicality (``typicality``)."""
         window = int(self.local_window)
         losses = bigan_losses(self.model_, X, self.pixel_weight_, local_window=window)
-        pieces = [self._combine(losses[0], losses[1])]
+        pieces = [np.log(np.maximum(self._combine(losses[0], losses[1]), 1e-12))]
         if window:
-            pieces.append(losses[2])
+            pieces.append(np.log(np.maximum(losses[2], 1e-12)))
         if self.typicality:
-            pieces.append(typicality(image_statistics(X), self.statistics_center_,
-                                     self.statistics_scale_))
-        return np.log(np.maximum(np.stack(pieces, axis=1), 1e-12))
+            # log1p, not log: a distance of 0 is the most typical image, and log would
+            # stretch the near-0 distances into a long left tail that widens the normal
+            # mode's estimated spread.
+            pieces.append(np.log1p(typicality(image_statistics(X), self.statistics_center_,
+                                              self.statistics_scale_)))
+        return np.stack(pieces, axis=1)
 
-    def _calibrate(self, X: np.ndarray, trusted: np.ndarray) -> np.ndarray:
-        """Fit this round's calibration on the pool; return the pool's scores."""
+    def _calibrate(self, X: np.ndarray, trusted: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Fit this round's calibration on the pool; return the pool's scores and its
+        log-evidence (None when the score is the global score alone)."""
         self.calibration_ = None
         if not self._uses_evidence():
-            return self._score(X)
+            return self._score(X), None
         pool = self._evidence(X)
         self.calibration_ = EvidenceCalibration.fit(pool, self._evidence(trusted),
                                                     self._budget())
-        return self.calibration_.combine(pool)
+        return self.calibration_.combine(pool), pool
+
+    def _normal_core(self, scores: np.ndarray, evidence: np.ndarray | None) -> np.ndarray:
+        """The pool's normal core (bool): see ``core_width``."""
+        width = float(self.core_width)
+        if evidence is not None:
+            return self.calibration_.core(evidence, width)
+        logs = log_scores(scores)
+        found = normal_mode_cut(logs, log_scores(self.trusted_scores_, scores), self._budget())
+        return logs <= found.mode + width * found.spread
 
     def _score(self, X: np.ndarray) -> np.ndarray:
         if self.calibration_ is None:

@@ -2,19 +2,19 @@
 
 Five policies, chosen with ``threshold_policy`` and parameterised by ``threshold_value``:
 
-``"budget"`` (default)
+``"budget"``
     A false-drop budget: ``threshold_value`` (default :data:`DEFAULT_BUDGET` = 0.01) is the
-    share of normal data the cut may flag, and the cut flags as much else as it can under it.
+    share of a single, inseparable population the cut may flag.
     The normal data's score distribution is estimated from the pool itself, anchored by the
     trusted images (:func:`normal_mode_cut`): starting at the trusted images' median, climb the
     pool's (log-)score density to its nearest peak, the normal mode, whatever share of the pool
-    it holds; follow the density to the right to the first deep valley (a second population:
-    the pollution) or to the end; the cut is the ``1 - budget`` quantile of the pool scores
-    left of that valley. No valley (a clean pool, or pollution the score cannot separate)
-    flags ``budget`` of the pool; a majority of pollution does not move the normal mode,
-    because the climb starts at the trusted images. Detectors that calibrate their own scores
-    (Rt-BiGAN: each piece of evidence is cut this way and rescaled so that its cut is 0)
-    keep 0 as the threshold.
+    it holds; follow the density to the right to the first deep valley after which it at least
+    doubles again (a second population: the pollution). The cut is that valley; without one
+    (a clean pool, or pollution the score cannot separate) it is the ``1 - budget`` quantile
+    of the pool, so a clean pool loses ``budget`` of its data. A majority of pollution does
+    not move the normal mode, because the climb starts at the trusted images. Detectors
+    that calibrate their own scores (Rt-BiGAN: each piece of evidence is cut this way and
+    rescaled so that its cut is 0) keep 0 as the threshold.
 ``"gmm"`` (unsupervised, the 0.1 default)
     Fit a 2-component :class:`sklearn.mixture.GaussianMixture` to the log of the pool scores
     (scores are shifted to be positive first when they are not). The threshold is the score at
@@ -38,6 +38,8 @@ Five policies, chosen with ``threshold_policy`` and parameterised by ``threshold
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from sklearn.mixture import GaussianMixture
 
@@ -48,6 +50,8 @@ DEFAULT_BUDGET = 0.01
 VALLEY_DEPTH = 0.5
 #: ...rises again by this share of the peak after it (a second population, not a shoulder)...
 VALLEY_RISE = 0.02
+#: ...and to at least this multiple of the valley's own density (not a ripple in a long tail)...
+VALLEY_RATIO = 2.0
 #: ...and lies at least this many left-side standard deviations above the normal mode.
 VALLEY_MIN_SD = 2.0
 #: Posterior of the anomalous mixture component at which ``"gmm"`` cuts.
@@ -91,9 +95,20 @@ def log_shift(reference: np.ndarray) -> float:
     return 0.0 if low > 0 else 1e-6 - low + 1e-3 * (float(np.ptp(reference)) + 1e-12)
 
 
+class NormalMode(NamedTuple):
+    """The normal population found by :func:`normal_mode_cut` on 1-D values."""
+
+    #: Values above it are anomalous (the ``1 - rate`` quantile of the normal part).
+    cut: float
+    #: The normal mode's location (``cut - mode`` is a natural unit for these values).
+    mode: float
+    #: Robust standard deviation of the mode's left side (pollution seldom lies there).
+    spread: float
+
+
 def normal_mode_cut(
     values: np.ndarray, trusted_values: np.ndarray | None, rate: float
-) -> tuple[float, float]:
+) -> NormalMode:
     """The ``"budget"`` cut on 1-D values (higher = more anomalous), and the normal mode.
 
     Parameters
@@ -104,14 +119,12 @@ def normal_mode_cut(
         The trusted images' values; where the climb to the normal mode starts (the pool's
         median without them).
     rate : float
-        The false-drop budget: the cut is the ``1 - rate`` quantile of the normal part.
+        The false-drop budget: without a valley the cut is the ``1 - rate`` quantile.
 
     Returns
     -------
-    cut : float
-        Values above it are anomalous.
-    mode : float
-        The normal mode's location (``cut - mode`` is a natural unit for these values).
+    NormalMode
+        ``cut``, ``mode`` and ``spread`` (robust SD of the mode's left side).
     """
     from scipy.ndimage import gaussian_filter1d
 
@@ -119,7 +132,7 @@ def normal_mode_cut(
     v = v[np.isfinite(v)]
     if len(v) < 4 or np.ptp(v) < 1e-12:
         top = float(v.max()) if len(v) else 0.0
-        return top, top
+        return NormalMode(top, top, 0.0)
     q25, q75 = np.quantile(v, [0.25, 0.75])
     spread = min(float(np.std(v)), (q75 - q25) / 1.349) or float(np.std(v))
     # Half of Silverman's bandwidth: two populations close together must stay two peaks.
@@ -149,13 +162,18 @@ def normal_mode_cut(
     for j in range(i + 1, bins):
         if dens[j] <= dens[lowest]:  # the rightmost point of a flat valley
             lowest = j
-        if (dens[lowest] < VALLEY_DEPTH * peak and dens[j] > dens[lowest] + VALLEY_RISE * peak
+        if (dens[lowest] < VALLEY_DEPTH * peak
+                and dens[j] > max(dens[lowest] + VALLEY_RISE * peak, VALLEY_RATIO * dens[lowest])
                 and centers[lowest] > mode + VALLEY_MIN_SD * sd_left):
             end = lowest
             break
-    normal = v[v <= centers[end]]
-    cut = float(np.quantile(normal, 1.0 - rate))
-    return cut, mode
+    if end < bins - 1:
+        # A second population: cut at the valley, the density's low point between the two.
+        # A quantile of the part left of it would lie further left, inside the normal
+        # tail, when the pollution is the larger population and pulls the valley towards
+        # the normal data.
+        return NormalMode(float(centers[end]), mode, sd_left)
+    return NormalMode(float(np.quantile(v, 1.0 - rate)), mode, sd_left)
 
 
 def budget_threshold(scores: np.ndarray, trusted_scores: np.ndarray | None = None,
@@ -167,7 +185,7 @@ def budget_threshold(scores: np.ndarray, trusted_scores: np.ndarray | None = Non
     logs = log_scores(s)
     t_logs = None if trusted_scores is None or len(trusted_scores) == 0 else log_scores(
         trusted_scores, s)
-    cut, _ = normal_mode_cut(logs, t_logs, rate)
+    cut = normal_mode_cut(logs, t_logs, rate).cut
     # Back to the score scale: the smallest pool score whose log exceeds the cut stays flagged.
     kept = s[logs <= cut]
     return float(kept.max()) if len(kept) else float(s.min()) - 1e-12
