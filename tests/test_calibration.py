@@ -8,6 +8,8 @@ import pytest
 from fedsieve.shared.detectors import RtBiGAN, load_detector, save_detector
 from fedsieve.shared.detectors.evidence import (
     STATISTICS,
+    EvidenceCalibration,
+    detached_ink,
     image_statistics,
     robust_center_scale,
     typicality,
@@ -55,7 +57,7 @@ def test_budget_finds_pollution_at_any_share_within_budget(share):
 def test_budget_does_not_follow_a_majority_to_its_mode():
     """80 % pollution forms the densest peak; the climb starts at the trusted images."""
     scores, anomal, trusted = _mixture(800, 3200, seed=3)
-    cut, mode, _ = normal_mode_cut(np.log(scores), np.log(trusted), 0.01)
+    cut, mode = normal_mode_cut(np.log(scores), np.log(trusted), 0.01)[:2]
     assert abs(mode) < 0.3  # the normal log-mode is 0, the pollution's is 2
     assert (np.log(scores[anomal]) > cut).mean() >= 0.99
 
@@ -85,24 +87,51 @@ def test_typicality_sees_degenerate_frames(mnist_train):
     assert t[len(digits):].min() > np.quantile(t[:len(digits)], 0.99)
 
 
+def test_detached_ink_is_the_ink_beside_the_largest_blob():
+    images = np.zeros((3, 28, 28), np.float32)
+    images[:, 8:20, 12:15] = 1.0  # a stroke: 36 units of ink
+    images[1, 23:26, 23:26] = 1.0  # a 3x3 patch apart from it: 9 more
+    images[2, 20:23, 12:15] = 1.0  # the same patch touching the stroke: one blob
+    np.testing.assert_allclose(detached_ink(images), [0.0, 9 / 45, 0.0])
+    assert detached_ink(np.zeros((1, 28, 28), np.float32))[0] == 0.0  # no ink at all
+
+
+def test_normal_core_leaves_out_pollution_under_the_cut():
+    """Self-training's normal core: pollution that no cut separates yet (it overlaps the
+    normal tail) mostly stays out, most normal data stays in."""
+    rng = np.random.default_rng(4)
+    normal = rng.normal(0.0, 0.3, (3000, 2))
+    pollution = rng.normal(0.6, 0.3, (1000, 2))  # above the mode, inside the normal tail
+    pool = np.concatenate([normal, pollution])
+    cal = EvidenceCalibration.fit(pool, normal[:10], 0.01)
+    core = cal.core(pool, 1.0)
+    assert core[:3000].mean() >= 0.5  # ~0.84 per piece if the mode and spread were exact
+    assert core[3000:].mean() <= 0.1
+    assert np.allclose(cal.modes, 0.0, atol=0.15) and (cal.spreads > 0.15).all()
+
+
 @pytest.mark.slow
 def test_black_frames_and_triggers_score_above_every_trusted_image(mnist_train, tmp_path):
-    """After a small real fit with the evidence switched on, a black frame and a digit with
-    a 3x3 white patch each score above every trusted image; the calibration persists."""
+    """After a small real fit with the default evidence, a black frame and a digit with a
+    3x3 white patch each score above every trusted image and are dropped; the calibration
+    persists."""
     digits = mnist_train.images[:900]
     trusted = mnist_train.images[1000:1010]
     black = np.zeros((100, 28, 28), np.uint8)
     trig = mnist_train.images[1100:1200].copy()
     trig[:, 23:26, 23:26] = 255
     pool = np.concatenate([digits, black, trig])
-    det = RtBiGAN(self_training_rounds=1, steps_per_round=150, typicality=True, local_window=3,
-                  threshold_policy="budget", random_state=0).fit(pool, trusted)
+    det = RtBiGAN(self_training_rounds=1, steps_per_round=150, random_state=0).fit(pool, trusted)
     top_trusted = det.trusted_scores_.max()
     assert det.decision_function(np.zeros((1, 28, 28), np.uint8))[0] > top_trusted
     fresh = mnist_train.images[1300:1340].copy()
     fresh[:, 23:26, 23:26] = 255
     assert np.median(det.decision_function(fresh)) > top_trusted
     assert det.labels_[900:1000].mean() == 1.0  # every black frame dropped
+    # and the triggered digits: by their detached ink, so not the few whose strokes reach
+    # the patch (one blob then) after this short fit
+    assert det.labels_[1000:].mean() >= 0.8
+    assert det.labels_[:900].mean() <= 0.03
     assert det.contamination_["low"] <= 0.1 + 1e-9 <= det.contamination_["high"] + 0.1
     path = save_detector(det, tmp_path / "det.safetensors")
     back = load_detector(path)

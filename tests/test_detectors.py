@@ -201,9 +201,9 @@ class _CountingRtBiGAN(RtBiGAN):
             self.events.append(("score", len(X)))
         return super()._score(X)
 
-    def _evidence(self, X):
+    def _evidence(self, X, stats=None):
         self.events.append(("score", len(X)))
-        return super()._evidence(X)
+        return super()._evidence(X, stats)
 
 
 class _CountingEGBAD(EGBAD):

@@ -12,6 +12,11 @@ typicality
     those of normal images, in robust standard deviations, in either direction: blank,
     over- or under-exposed, blurred, noisy or inverted frames are atypical here even when
     they reconstruct well.
+detached ink
+    How much of an image's ink lies outside its largest connected blob, in robust standard
+    deviations above normal (one-sided): a sticker, trigger patch, watermark or speck added
+    beside the object, or an object cut in two by an occluder. The generator may well draw a
+    patch it has seen in the pool; the patch still does not touch the object.
 
 :class:`EvidenceCalibration` turns each piece into a common unit with the false-drop budget
 of :func:`fedsieve.shared.detectors.threshold.normal_mode_cut`, so that they can be mixed by
@@ -25,12 +30,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
-from fedsieve.shared.detectors.threshold import normal_mode_cut
+from fedsieve.shared.detectors.threshold import NormalMode, normal_mode_cut
 
 #: Names of the statistics :func:`image_statistics` returns, in column order.
 STATISTICS = ("log_ink", "contrast", "inked_share", "stroke_level", "peak", "midtone_share",
-              "sharpness", "background")
+              "sharpness", "background", "detached_ink")
+#: Column of :data:`STATISTICS` that the detached-ink evidence reads.
+DETACHED = STATISTICS.index("detached_ink")
+#: Pixels touching by an edge or a corner belong to the same blob.
+_BLOB_STRUCTURE = np.ones((3, 3), dtype=bool)
 #: A pixel counts as ink above this grey level (images in [0, 1]).
 INK_LEVEL = 0.2
 #: Smallest robust scale of a statistic, as a share of its typical magnitude plus an absolute
@@ -45,12 +55,13 @@ TRIM_Z = 3.5
 
 
 def image_statistics(X: np.ndarray) -> np.ndarray:
-    """Plain statistics of each image, float64 of shape (N, 8) (columns: :data:`STATISTICS`).
+    """Plain statistics of each image, float64 of shape (N, 9) (columns: :data:`STATISTICS`).
 
     ``X`` is float32 in [0, 1] of shape (N, H, W). The statistics are the total ink (log),
     the pixel standard deviation, the share of inked pixels, the mean grey level of inked
     pixels, the brightest pixel, the share of inked pixels that are mid-tones (blur), the
-    edge energy per unit of ink (log; sharpness) and the mean level of the 2-pixel border.
+    edge energy per unit of ink (log; sharpness), the mean level of the 2-pixel border and
+    the share of ink outside the largest blob (:func:`detached_ink`).
     """
     x = np.asarray(X, dtype=np.float64)
     n = len(x)
@@ -70,7 +81,20 @@ def image_statistics(X: np.ndarray) -> np.ndarray:
         (inked & (flat < 1.0 - INK_LEVEL)).sum(1) / n_ink,
         np.log1p(edges) - np.log1p(ink),
         border.mean(1),
+        detached_ink(x),
     ], axis=1)
+
+
+def detached_ink(X: np.ndarray) -> np.ndarray:
+    """Share of each image's ink (grey level summed) outside its largest blob of inked
+    pixels (8-connected, above :data:`INK_LEVEL`), float64 of shape (N,); 0 for one blob."""
+    out = np.zeros(len(X))
+    for i, image in enumerate(X):
+        blobs, n = ndimage.label(image > INK_LEVEL, structure=_BLOB_STRUCTURE)
+        if n > 1:
+            mass = ndimage.sum_labels(image, blobs, np.arange(1, n + 1))
+            out[i] = 1.0 - mass.max() / max(mass.sum(), 1e-12)
+    return out
 
 
 def robust_center_scale(pool_stats: np.ndarray, trusted_stats: np.ndarray,
@@ -95,8 +119,14 @@ def robust_center_scale(pool_stats: np.ndarray, trusted_stats: np.ndarray,
 
 
 def typicality(stats: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Largest robust deviation of any statistic from normal, either direction, shape (N,)."""
-    return np.abs((stats - center) / scale).max(axis=1)
+    """Largest robust deviation of any statistic but the detached ink (its own piece of
+    evidence) from normal, either direction, shape (N,)."""
+    return np.delete(np.abs((stats - center) / scale), DETACHED, axis=1).max(axis=1)
+
+
+def detachment(stats: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Robust deviations of the detached ink above normal (0 at or below), shape (N,)."""
+    return np.maximum((stats[:, DETACHED] - center[DETACHED]) / scale[DETACHED], 0.0)
 
 
 def local_residual(residual: torch.Tensor, window: int) -> torch.Tensor:
@@ -129,9 +159,24 @@ class EvidenceCalibration:
             ) -> EvidenceCalibration:
         """Calibrate from the pool's (log) evidence, shape (N, K), anchored by the trusted
         images' evidence (M, K)."""
-        found = [normal_mode_cut(pool[:, j], None if trusted is None else trusted[:, j],
-                                 budget / pool.shape[1]) for j in range(pool.shape[1])]
-        return cls(*(np.array(column, dtype=np.float64) for column in zip(*found)))
+        k = pool.shape[1]
+
+        def cut(j: int, rows: np.ndarray) -> NormalMode:
+            return normal_mode_cut(pool[rows, j], None if trusted is None else trusted[:, j],
+                                   budget / k)
+
+        found = [cut(j, np.ones(len(pool), bool)) for j in range(k)]
+        # Again, piece by piece from the cleanest separation (the deepest valley) on, each on
+        # the images the pieces before it do not flag: pollution one piece already explains
+        # (a trigger patch's detached ink) would otherwise form a second population on the
+        # others too, overlapping their normal tail, and the valley between them would cut
+        # into the normal data.
+        explained = np.zeros(len(pool), bool)
+        for j in sorted(range(k), key=lambda j: found[j].depth):
+            found[j] = cut(j, ~explained)
+            explained |= pool[:, j] > found[j].cut
+        return cls(*(np.array([getattr(f, name) for f in found], dtype=np.float64)
+                     for name in ("cut", "mode", "spread")))
 
     def core(self, evidence: np.ndarray, width: float) -> np.ndarray:
         """Images whose every piece lies at most ``width`` robust SDs above its normal mode

@@ -27,6 +27,7 @@ from fedsieve.shared.detectors.bigan import (
 )
 from fedsieve.shared.detectors.evidence import (
     EvidenceCalibration,
+    detachment,
     image_statistics,
     robust_center_scale,
     typicality,
@@ -54,14 +55,15 @@ class RtBiGAN(GANDetector):
 
     The last round's pool scores, threshold and labels are the fitted ones.
 
-    Beyond the paper, the score weighs three pieces of evidence
+    Beyond the paper, the score weighs up to four pieces of evidence
     (:mod:`fedsieve.shared.detectors.evidence`): the paper's global score ``A(x)``, the
-    largest local residual (``local_window``; triggers, stickers, small defects) and the
-    image's typicality (``typicality``; blank, over-exposed, blurred, noisy frames). Each
+    largest local residual (``local_window``; small defects), the image's typicality
+    (``typicality``; blank, over-exposed, blurred, noisy frames) and its detached ink
+    (``detached_ink``; stickers, trigger patches, specks, occluders). Each
     round calibrates every piece on the pool so that its false-drop cut is 0, and the
     score is the largest calibrated piece: with the default ``"budget"`` policy an image is
-    dropped when any piece passes its cut. With ``local_window=0`` and ``typicality=False``
-    the score is the paper's ``A(x)`` alone.
+    dropped when any piece passes its cut. With ``local_window=0``, ``typicality=False``
+    and ``detached_ink=False`` the score is the paper's ``A(x)`` alone.
 
     Parameters
     ----------
@@ -102,17 +104,23 @@ class RtBiGAN(GANDetector):
         Side of the patches of the local evidence (0 = off).
     typicality : bool, default=True
         Whether the image-statistics evidence is part of the score.
+    detached_ink : bool, default=True
+        Whether the detached-ink evidence (ink outside the image's largest blob: stickers,
+        trigger patches, specks, occluders) is part of the score.
     trim_fraction : float, default=0.0
         Self-training leaves out the highest-scoring ``trim_fraction`` of the pool besides
         the flagged images, so that pollution just under the cut (or a round that flags
         almost nothing) is not learned as normal.
     core_width : float or None, default=1.0
-        Self-training learns only from the pool's normal core: the unflagged images whose
-        every piece of evidence lies at most ``core_width`` robust SDs (of the normal
-        mode's left side, see :func:`~fedsieve.shared.detectors.threshold.normal_mode_cut`)
-        above the normal mode. The verdicts are unchanged; what is learned as normal no
-        longer depends on a cut that pollution the score cannot yet separate (round 0 of an
-        ink-matched or majority pool) leaves in. None = every unflagged image (the paper).
+        The first self-training round learns only from the pool's normal core: the
+        unflagged images whose every piece of evidence lies at most ``core_width`` robust
+        SDs (of the normal mode's left side, see
+        :func:`~fedsieve.shared.detectors.threshold.normal_mode_cut`) above the normal mode.
+        The adapted model has seen 5-10 images, so pollution it cannot yet separate (an
+        ink-matched or majority pool) would otherwise be learned as normal; later rounds
+        learn from every unflagged image, as in the paper (learning only the core every
+        round narrows the model until the normal images outside it score like a second
+        population). The verdicts are unchanged. None = every unflagged image from round 0.
     batch_size : int, default=32
         Images per self-training step (adaptation uses all trusted images in every step).
     lr_d, lr_eg : float, default=2e-4, 1e-3
@@ -143,9 +151,9 @@ class RtBiGAN(GANDetector):
     score_norm_ : ndarray of shape (2,) or None
         Means of ``L_G`` and ``L_D`` on the trusted images that divide them before mixing
         (None without ``normalize_scores``).
-    statistics_center_, statistics_scale_ : ndarray of shape (8,) or None
+    statistics_center_, statistics_scale_ : ndarray of shape (9,) or None
         Robust centre and scale of the normal images' statistics (None without
-        ``typicality``).
+        ``typicality`` and ``detached_ink``).
     calibration_ : EvidenceCalibration or None
         The last round's cut and normal mode of each piece of evidence (None when the score
         is the global score alone).
@@ -186,6 +194,7 @@ class RtBiGAN(GANDetector):
         "pixel_weighting": ["boolean"],
         "local_window": [Interval(Integral, 0, 28, closed="both")],
         "typicality": ["boolean"],
+        "detached_ink": ["boolean"],
         "trim_fraction": [Interval(Real, 0, 1, closed="left")],
         "core_width": [Interval(Real, 0, None, closed="neither"), None],
     }
@@ -206,6 +215,7 @@ class RtBiGAN(GANDetector):
         pixel_weighting: bool = True,
         local_window: int = 0,
         typicality: bool = True,
+        detached_ink: bool = True,
         trim_fraction: float = 0.0,
         core_width: float | None = 1.0,
         batch_size: int = 32,
@@ -231,6 +241,7 @@ class RtBiGAN(GANDetector):
         self.pixel_weighting = pixel_weighting
         self.local_window = local_window
         self.typicality = typicality
+        self.detached_ink = detached_ink
         self.trim_fraction = trim_fraction
         self.core_width = core_width
         self.batch_size = batch_size
@@ -257,11 +268,12 @@ class RtBiGAN(GANDetector):
         train_loop(self.model_, lambda g: trusted_t, int(self.adapt_steps), cfg, gen)
         self.pixel_weight_ = None
         self._set_norm(trusted)
-        self._fit_statistics(X, trusted)
+        # The images' statistics do not change between rounds: computed once.
+        stats = self._fit_statistics(X, trusted)
         self.adapt_time_ = time.perf_counter() - t0
 
         opts = None
-        scores, evidence = self._calibrate(X, trusted)
+        scores, evidence = self._calibrate(X, trusted, stats)
         for rnd in range(int(self.self_training_rounds) + 1):
             labels, changed = rounds.end_round(scores)
             if rnd == int(self.self_training_rounds) or (rnd > 0 and changed < self.stop_tol):
@@ -271,7 +283,7 @@ class RtBiGAN(GANDetector):
             keep = labels == 0
             if self.trim_fraction > 0:
                 keep &= scores <= np.quantile(scores, 1.0 - float(self.trim_fraction))
-            if self.core_width is not None:
+            if self.core_width is not None and rnd == 0:
                 keep &= self._normal_core(scores, evidence)
             anchors = trusted_t if self.trusted_anchors else None
             normal = RowSet(X, np.flatnonzero(keep),
@@ -280,7 +292,7 @@ class RtBiGAN(GANDetector):
             opts = train_loop(self.model_, sampler, int(self.steps_per_round), cfg, gen, opts)
             self._set_pixel_weight(normal)
             self._set_norm(trusted)
-            scores, evidence = self._calibrate(X, trusted)
+            scores, evidence = self._calibrate(X, trusted, stats)
 
     def _init_weights(self) -> None:
         if self.meta_checkpoint is None:
@@ -300,39 +312,56 @@ class RtBiGAN(GANDetector):
         return getattr(self, "calibration_", None) is not None
 
     def _uses_evidence(self) -> bool:
-        return bool(self.local_window) or bool(self.typicality)
+        return bool(self.local_window) or self._uses_statistics()
 
-    def _fit_statistics(self, X: np.ndarray, trusted: np.ndarray) -> None:
+    def _uses_statistics(self) -> bool:
+        return bool(self.typicality) or bool(self.detached_ink)
+
+    def _fit_statistics(self, X: np.ndarray, trusted: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
+        """Fit the normal statistics' centre and scale; return the pool's and the trusted
+        images' statistics (None, None when no evidence reads them)."""
         self.statistics_center_ = self.statistics_scale_ = None
-        if self.typicality:
-            self.statistics_center_, self.statistics_scale_ = robust_center_scale(
-                image_statistics(X), image_statistics(trusted))
+        if not self._uses_statistics():
+            return None, None
+        pool_stats, trusted_stats = image_statistics(X), image_statistics(trusted)
+        self.statistics_center_, self.statistics_scale_ = robust_center_scale(
+            pool_stats, trusted_stats)
+        return pool_stats, trusted_stats
 
-    def _evidence(self, X: np.ndarray) -> np.ndarray:
+    def _evidence(self, X: np.ndarray, stats: np.ndarray | None = None) -> np.ndarray:
         """Log of each piece of evidence, float64 of shape (N, K): global score, then local
-        residual (``local_window``), then typicality (``typicality``)."""
+        residual (``local_window``), typicality (``typicality``) and detached ink
+        (``detached_ink``). ``stats`` are ``X``'s image statistics when already known."""
         window = int(self.local_window)
         losses = bigan_losses(self.model_, X, self.pixel_weight_, local_window=window)
         pieces = [np.log(np.maximum(self._combine(losses[0], losses[1]), 1e-12))]
         if window:
             pieces.append(np.log(np.maximum(losses[2], 1e-12)))
+        if self._uses_statistics() and stats is None:
+            stats = image_statistics(X)
+        # log1p, not log, for the distances: 0 is the most typical image, and log would
+        # stretch the near-0 distances into a long left tail that widens the normal mode's
+        # estimated spread.
         if self.typicality:
-            # log1p, not log: a distance of 0 is the most typical image, and log would
-            # stretch the near-0 distances into a long left tail that widens the normal
-            # mode's estimated spread.
-            pieces.append(np.log1p(typicality(image_statistics(X), self.statistics_center_,
+            pieces.append(np.log1p(typicality(stats, self.statistics_center_,
+                                              self.statistics_scale_)))
+        if self.detached_ink:
+            pieces.append(np.log1p(detachment(stats, self.statistics_center_,
                                               self.statistics_scale_)))
         return np.stack(pieces, axis=1)
 
-    def _calibrate(self, X: np.ndarray, trusted: np.ndarray
+    def _calibrate(self, X: np.ndarray, trusted: np.ndarray,
+                   stats: tuple[np.ndarray | None, np.ndarray | None]
                    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Fit this round's calibration on the pool; return the pool's scores and its
-        log-evidence (None when the score is the global score alone)."""
+        log-evidence (None when the score is the global score alone). ``stats``: the pool's
+        and the trusted images' statistics."""
         self.calibration_ = None
         if not self._uses_evidence():
             return self._score(X), None
-        pool = self._evidence(X)
-        self.calibration_ = EvidenceCalibration.fit(pool, self._evidence(trusted),
+        pool = self._evidence(X, stats[0])
+        self.calibration_ = EvidenceCalibration.fit(pool, self._evidence(trusted, stats[1]),
                                                     self._budget())
         return self.calibration_.combine(pool), pool
 

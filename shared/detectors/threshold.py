@@ -48,8 +48,9 @@ POLICIES = ("budget", "gmm", "trusted-quantile", "contamination", "fixed")
 DEFAULT_BUDGET = 0.01
 #: A valley counts when the density there is below this share of the normal mode's peak...
 VALLEY_DEPTH = 0.5
-#: ...rises again by this share of the peak after it (a second population, not a shoulder)...
-VALLEY_RISE = 0.02
+#: ...rises again after it by at least as much as this many images gathered in one place add
+#: (a second population, however small beside a spike of identical normal values)...
+VALLEY_RISE_IMAGES = 10
 #: ...and to at least this multiple of the valley's own density (not a ripple in a long tail)...
 VALLEY_RATIO = 2.0
 #: ...and lies at least this many left-side standard deviations above the normal mode.
@@ -104,6 +105,9 @@ class NormalMode(NamedTuple):
     mode: float
     #: Robust standard deviation of the mode's left side (pollution seldom lies there).
     spread: float
+    #: Density at the valley as a share of the mode's (1.0 without a valley): how cleanly
+    #: the values separate a second population.
+    depth: float = 1.0
 
 
 def normal_mode_cut(
@@ -146,10 +150,13 @@ def normal_mode_cut(
     start = float(np.median(trusted_values)) if trusted_values is not None and len(
         trusted_values) else float(np.median(v))
     i = int(np.clip(np.searchsorted(centers, start), 0, bins - 1))
-    while True:  # hill-climb to the nearest density peak: the normal mode
-        if i + 1 < bins and dens[i + 1] > dens[i]:
+    # Hill-climb to the nearest peak of a twice smoother density, the normal mode: a ripple
+    # of the normal population (e.g. the images self-training fits best) is not a mode.
+    smooth = gaussian_filter1d(hist.astype(np.float64), 2 * h / width)
+    while True:
+        if i + 1 < bins and smooth[i + 1] > smooth[i]:
             i += 1
-        elif i > 0 and dens[i - 1] > dens[i]:
+        elif i > 0 and smooth[i - 1] > smooth[i]:
             i -= 1
         else:
             break
@@ -158,12 +165,14 @@ def normal_mode_cut(
     # Robust spread of the normal mode's left side (pollution seldom lies there; a long
     # left tail, e.g. of log-distances near 0, must not inflate it).
     sd_left = 1.4826 * float(np.median(mode - below)) if len(below) > 5 else h
+    # The height VALLEY_RISE_IMAGES images at one value add to the smoothed histogram.
+    rise = VALLEY_RISE_IMAGES / (np.sqrt(2 * np.pi) * h / width)
     end, lowest = bins - 1, i
     for j in range(i + 1, bins):
         if dens[j] <= dens[lowest]:  # the rightmost point of a flat valley
             lowest = j
         if (dens[lowest] < VALLEY_DEPTH * peak
-                and dens[j] > max(dens[lowest] + VALLEY_RISE * peak, VALLEY_RATIO * dens[lowest])
+                and dens[j] > max(dens[lowest] + rise, VALLEY_RATIO * dens[lowest])
                 and centers[lowest] > mode + VALLEY_MIN_SD * sd_left):
             end = lowest
             break
@@ -172,8 +181,9 @@ def normal_mode_cut(
         # A quantile of the part left of it would lie further left, inside the normal
         # tail, when the pollution is the larger population and pulls the valley towards
         # the normal data.
-        return NormalMode(float(centers[end]), mode, sd_left)
-    return NormalMode(float(np.quantile(v, 1.0 - rate)), mode, sd_left)
+        return NormalMode(float(centers[end]), mode, sd_left, float(dens[end] / peak))
+    # "higher": at most rate * n values lie above the cut, whatever the ties.
+    return NormalMode(float(np.quantile(v, 1.0 - rate, method="higher")), mode, sd_left)
 
 
 def budget_threshold(scores: np.ndarray, trusted_scores: np.ndarray | None = None,
