@@ -132,7 +132,9 @@ def test_black_frames_and_triggers_score_above_every_trusted_image(mnist_train, 
     # the patch (one blob then) after this short fit
     assert det.labels_[1000:].mean() >= 0.8
     assert det.labels_[:900].mean() <= 0.03
-    assert det.contamination_["low"] <= 0.1 + 1e-9 <= det.contamination_["high"] + 0.1
+    # 200 of 1,100 are anomalies; the estimate runs low by the patches not flagged
+    truth = 200 / len(pool)
+    assert det.contamination_["low"] <= truth <= det.contamination_["high"] + 0.03
     path = save_detector(det, tmp_path / "det.safetensors")
     back = load_detector(path)
     np.testing.assert_allclose(back.decision_function(fresh), det.decision_function(fresh),
