@@ -107,8 +107,9 @@ def run_job(method: str, kw: dict, contamination: float, seed: int, root: str) -
     }
 
 
-def throughput(n: int = 6000, threads: int = 2) -> dict:
-    """Scoring speed of a fitted Rt-BiGAN on n images, and adapt+self-train time on n images."""
+def throughput(n: int = 6000, threads: int = 2, **params) -> dict:
+    """Scoring speed of a fitted Rt-BiGAN (``params`` passed to it) on n images, and
+    adapt+self-train time on n images."""
     import torch
 
     from fedsieve.shared.data import load_fashion_mnist, load_mnist
@@ -118,7 +119,7 @@ def throughput(n: int = 6000, threads: int = 2) -> dict:
     mn, fa = load_mnist("train").images, load_fashion_mnist("train").images
     pool = np.concatenate([mn, fa[: n - len(mn)]])
     t0 = time.perf_counter()
-    det = RtBiGAN(random_state=0).fit(pool, mn[:10])
+    det = RtBiGAN(random_state=0, **params).fit(pool, mn[:10])
     fit = time.perf_counter() - t0
     det.decision_function(pool[:500])
     t0 = time.perf_counter()

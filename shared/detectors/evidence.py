@@ -141,7 +141,9 @@ class EvidenceCalibration:
     Fitted on the pool every self-training round. Piece ``k`` with (log) value ``v`` becomes
     ``(v - cut_k) / (cut_k - mode_k)``; the detector's score is the largest of them, so an
     image is flagged when any piece passes its cut, and each cut spends ``budget / K`` of
-    the false-drop budget (a union bound over the ``K`` pieces).
+    the false-drop budget (a union bound over the ``K`` pieces). The cuts are fitted twice:
+    each piece on the whole pool, then again piece by piece from the deepest valley on, each
+    on the images the pieces before it leave unflagged.
 
     Attributes
     ----------
