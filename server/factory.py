@@ -70,8 +70,9 @@ def build_detector(settings: FilterSettings) -> BaseDetector:
     ValueError
         Unknown detector name (the message lists the registry).
     """
-    detector = make_detector(settings.detector, threshold_policy=settings.threshold_policy,
-                             random_state=settings.seed)
+    # An empty policy keeps the detector's own default (budget for Rt-BiGAN, gmm for peers).
+    policy = {"threshold_policy": settings.threshold_policy} if settings.threshold_policy else {}
+    detector = make_detector(settings.detector, random_state=settings.seed, **policy)
     # alpha and the meta checkpoint only mean something to the GAN detectors.
     extra = {"alpha": settings.alpha, "meta_checkpoint": settings.checkpoint or "default"}
     params = detector.get_params()

@@ -82,8 +82,10 @@ class FilterSettings(_RunConfigPart):
     alpha : float
         Weight of the generator loss in the GAN detectors' anomaly score.
     threshold_policy : str
-        How the detector cuts its scores (``budget``, the default: at most 1 % of normal data
-        dropped; ``gmm``, ``trusted-quantile``, ``contamination``, ``fixed``).
+        How the detector cuts its scores: empty (the default) keeps the detector's own
+        policy, ``budget`` for Rt-BiGAN (cut at the valley before a second population, else
+        drop a 1 % budget; its evidence is calibrated for it) and ``gmm`` for the peers;
+        or one of ``budget``, ``gmm``, ``trusted-quantile``, ``contamination``, ``fixed``.
     upload_fraction, max_client_contamination, screen_every
         :class:`fedsieve.server.AnomalyFilter` options.
     min_nodes : int
@@ -100,7 +102,7 @@ class FilterSettings(_RunConfigPart):
     checkpoint: str = ""
     trusted_file: str = ""
     alpha: float = 0.9
-    threshold_policy: str = "budget"
+    threshold_policy: str = ""
     upload_fraction: float = 1.0
     max_client_contamination: float = 0.5
     screen_every: int = 0

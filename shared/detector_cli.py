@@ -149,10 +149,11 @@ def detect_cmd(
              "(rtbigan by default; an unknown name lists them).")] = "rtbigan",
     checkpoint: Annotated[Path | None, typer.Option(help="Meta checkpoint for rtbigan.")] = None,
     threshold_policy: Annotated[
-        str, typer.Option(help="budget (a false-drop budget, default 0.01 of normal data; "
-                                "--threshold-value sets it)|gmm|trusted-quantile|"
-                                "contamination|fixed")
-    ] = "budget",
+        str | None, typer.Option(help="budget (a false-drop budget, default 0.01 of normal "
+                                       "data; --threshold-value sets it)|gmm|trusted-quantile|"
+                                       "contamination|fixed; default: the detector's own "
+                                       "(budget for rtbigan, gmm for the peers)")
+    ] = None,
     threshold_value: Annotated[float | None, typer.Option(help="Parameter of the policy.")] = None,
     random_state: Annotated[int, typer.Option("--random-state", help="Random seed.")] = 0,
     threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 1,
@@ -173,11 +174,9 @@ def detect_cmd(
     if trusted is not None:
         trusted_x, _ = _load_npz(trusted, "--trusted")
         trusted_source = str(trusted)
-    kw: dict[str, object] = {
-        "threshold_policy": threshold_policy,
-        "threshold_value": threshold_value,
-        "random_state": random_state,
-    }
+    kw: dict[str, object] = {"threshold_value": threshold_value, "random_state": random_state}
+    if threshold_policy is not None:
+        kw["threshold_policy"] = threshold_policy
     if detector == "rtbigan":
         if checkpoint is not None:
             kw["meta_checkpoint"] = str(checkpoint)

@@ -32,8 +32,9 @@ def simulate(
     local_epochs: Annotated[int, typer.Option(min=1)] = 3,
     upload_fraction: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
     max_client_contamination: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.5,
-    threshold_policy: Annotated[str, typer.Option(help="budget, gmm, trusted-quantile, "
-                                                       "contamination or fixed.")] = "budget",
+    threshold_policy: Annotated[str, typer.Option(
+        help="budget, gmm, trusted-quantile, contamination or fixed; empty (default): the "
+             "detector's own (budget for rtbigan, gmm for the peers).")] = "",
     checkpoint: Annotated[str, typer.Option(help="Meta checkpoint (default: shipped).")] = "",
     seed: Annotated[int, typer.Option(help="Seed of everything random.")] = 0,
     root: RootOption = None,
