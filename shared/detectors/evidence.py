@@ -175,7 +175,8 @@ class EvidenceCalibration:
         # into the normal data.
         explained = np.zeros(len(pool), bool)
         for j in sorted(range(k), key=lambda j: found[j].depth):
-            found[j] = cut(j, ~explained)
+            if explained.any():  # the first piece's rows are the whole pool: already cut
+                found[j] = cut(j, ~explained)
             explained |= pool[:, j] > found[j].cut
         return cls(*(np.array([getattr(f, name) for f in found], dtype=np.float64)
                      for name in ("cut", "mode", "spread")))
