@@ -11,6 +11,10 @@ normal pool flagged, fit time. Writes ``pollution.json`` and ``pollution.md``.
     python benchmarks/pollution.py                 # every kind x 0/0.1/0.2/0.4/0.6 x 3 seeds
     python benchmarks/pollution.py --quick         # rtbigan + iforest, 0.2 / 0.6, 1 seed
     python benchmarks/pollution.py --kinds trigger:size=3,black --rates 0.1 --detectors rtbigan
+
+Every finished job is appended to ``pollution.jsonl`` beside the results; ``--resume`` skips the
+jobs found there, so the full grid (about 3 h on 2 cores) can be run in pieces. Jobs run seed by
+seed: a grid cut short still has every detector at its first seeds.
 """
 
 from __future__ import annotations
@@ -121,7 +125,9 @@ def write_md(path: Path, results: list[dict], meta: dict) -> None:
         f"Command: `{meta['command']}`  ",
         f"Machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores, torch "
         f"{meta['machine']['packages']['torch']}; 1 torch thread per job, "
-        f"{meta['workers']} jobs in parallel; wall time {meta['wall_s'] / 60:.1f} min.  ",
+        f"{meta['workers']} jobs in parallel; wall time {meta['wall_s'] / 60:.1f} min"
+        + (f" (this run; {meta['resumed_jobs']} jobs kept from earlier runs)"
+           if meta.get("resumed_jobs") else "") + ".  ",
         f"Seeds: {meta['seeds']}. Pool: 4,000 packaged MNIST training digits + pollution of "
         "one kind; 10 trusted digits from the pool. Test: 2,000 official MNIST test digits + "
         "2,000 anomalies of the same kind made from the test splits. Mean ± std over seeds "
@@ -143,6 +149,14 @@ def write_md(path: Path, results: list[dict], meta: dict) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def _finished(log: Path, jobs: list[tuple], kinds: list[str]) -> list[dict]:
+    """Rows of ``log`` that belong to ``jobs`` (a clean pool's rows: one per kind)."""
+    wanted = set(jobs)
+    rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return [r for r in rows if r["kind"] in kinds and (
+        r["detector"], r["kind"] if r["rate"] > 0 else kinds[0], r["rate"], r["seed"]) in wanted]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true",
@@ -154,6 +168,8 @@ def main() -> None:
     ap.add_argument("--mnist-test-root", default=str(REPO.parent / "shared/datasets/mnist-test"))
     ap.add_argument("--out", default=str(REPO / "benchmarks/results"))
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the jobs already in OUT/pollution.jsonl and run only the rest")
     args = ap.parse_args()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -167,26 +183,36 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown detectors {sorted(unknown)}; choose from {', '.join(DETECTORS)}")
     # A clean pool is the same for every kind: fit it once, under the first kind.
-    jobs = [(d, k, r, s) for d in detectors for k in kinds for r in rates for s in seeds
+    jobs = [(d, k, r, s) for s in seeds for d in detectors for k in kinds for r in rates
             if r > 0 or k == kinds[0]]
-    results, started = [], time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "pollution.jsonl"
+    done = _finished(log, jobs, kinds) if args.resume else []
+    if not args.resume:
+        log.write_text("")
+    finished = {(r["detector"], r["kind"] if r["rate"] > 0 else kinds[0], r["rate"], r["seed"])
+                for r in done}
+    todo = [job for job in jobs if job not in finished]
+    results, started = list(done), time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     with Progress(*columns) as bar, ProcessPoolExecutor(args.workers) as pool:
-        task = bar.add_task("pollution benchmark", total=len(jobs))
+        task = bar.add_task("pollution benchmark", total=len(jobs), completed=len(jobs) - len(todo))
         futures = [pool.submit(run_job, *job, args.mnist_test_root,
-                               kinds if job[2] == 0 else None) for job in jobs]
+                               kinds if job[2] == 0 else None) for job in todo]
         for future in as_completed(futures):
-            results += future.result()
+            rows = future.result()
+            results += rows
+            with log.open("a") as f:  # a grid cut short keeps what it finished
+                f.writelines(json.dumps(row) + "\n" for row in rows)
             bar.advance(task)
     order = {(d, k): i for i, (d, k) in enumerate((d, k) for k in kinds for d in detectors)}
     results.sort(key=lambda r: (order[(r["detector"], r["kind"])], r["rate"], r["seed"]))
     meta = {"command": "python benchmarks/pollution.py " + shlex.join(sys.argv[1:]),
             "machine": machine_info(), "workers": args.workers, "seeds": seeds,
             "rates": rates, "kinds": kinds, "detectors": detectors,
-            "wall_s": time.perf_counter() - started}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+            "wall_s": time.perf_counter() - started, "resumed_jobs": len(jobs) - len(todo)}
     (out / "pollution.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     write_md(out / "pollution.md", results, meta)
     print((out / "pollution.md").read_text())
