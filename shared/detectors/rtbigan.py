@@ -33,12 +33,17 @@ from fedsieve.shared.detectors.evidence import (
     typicality,
 )
 from fedsieve.shared.detectors.gan import GANDetector
+from fedsieve.shared.detectors.latent_push import LatentPush
 from fedsieve.shared.detectors.threshold import log_scores, normal_mode_cut
-from fedsieve.shared.networks import BiGAN, NetConfig
+from fedsieve.shared.networks import BiGAN, Encoder, NetConfig
 
 #: Added to the per-pixel normal residual before inverting it, so that pixels that are
 #: always empty in normal data weigh at most ~1/PIXEL_EPS times an average pixel.
 PIXEL_EPS = 0.01
+#: AnoEAN steps of the latent push per self-training round, and the flagged images a round
+#: needs before the push learns from them.
+PUSH_STEPS = 300
+PUSH_MIN_FLAGGED = 10
 
 
 class RtBiGAN(GANDetector):
@@ -121,6 +126,13 @@ class RtBiGAN(GANDetector):
         learn from every unflagged image, as in the paper (learning only the core every
         round narrows the model until the normal images outside it score like a second
         population). The verdicts are unchanged. None = every unflagged image from round 0.
+    latent_push : bool, default=False
+        AnoEAN's encoder as one more piece of evidence
+        (:mod:`fedsieve.shared.detectors.latent_push`): after each self-training round with
+        at least 10 flagged images, a copy of the encoder learns (up to 300 steps) to map the
+        pseudo-normal images onto N(0, I) and the flagged ones out of it; the piece is the
+        Mahalanobis distance of its code. It spreads what the other pieces flag to the
+        same kind's images they miss.
     batch_size : int, default=32
         Images per self-training step (adaptation uses all trusted images in every step).
     lr_d, lr_eg : float, default=2e-4, 1e-3
@@ -154,6 +166,9 @@ class RtBiGAN(GANDetector):
     statistics_center_, statistics_scale_ : ndarray of shape (9,) or None
         Robust centre and scale of the normal images' statistics (None without
         ``typicality`` and ``detached_ink``).
+    latent_push_ : LatentPush or None
+        The pushed encoder and its normal codes' Gaussian (None without ``latent_push``,
+        or while no round has flagged enough images).
     calibration_ : EvidenceCalibration or None
         The last round's cut and normal mode of each piece of evidence (None when the score
         is the global score alone).
@@ -197,6 +212,7 @@ class RtBiGAN(GANDetector):
         "detached_ink": ["boolean"],
         "trim_fraction": [Interval(Real, 0, 1, closed="left")],
         "core_width": [Interval(Real, 0, None, closed="neither"), None],
+        "latent_push": ["boolean"],
     }
 
     def __init__(
@@ -218,6 +234,7 @@ class RtBiGAN(GANDetector):
         detached_ink: bool = True,
         trim_fraction: float = 0.0,
         core_width: float | None = 1.0,
+        latent_push: bool = False,
         batch_size: int = 32,
         lr_d: float = 2e-4,
         lr_eg: float = 1e-3,
@@ -244,6 +261,7 @@ class RtBiGAN(GANDetector):
         self.detached_ink = detached_ink
         self.trim_fraction = trim_fraction
         self.core_width = core_width
+        self.latent_push = latent_push
         self.batch_size = batch_size
         self.lr_d = lr_d
         self.lr_eg = lr_eg
@@ -267,6 +285,7 @@ class RtBiGAN(GANDetector):
         # Algorithm 2: K adversarial steps on the trusted images (all of them in every step).
         train_loop(self.model_, lambda g: trusted_t, int(self.adapt_steps), cfg, gen)
         self.pixel_weight_ = None
+        self.latent_push_: LatentPush | None = None
         self._set_norm(trusted)
         # The images' statistics do not change between rounds: computed once.
         stats = self._fit_statistics(X, trusted)
@@ -292,7 +311,20 @@ class RtBiGAN(GANDetector):
             opts = train_loop(self.model_, sampler, int(self.steps_per_round), cfg, gen, opts)
             self._set_pixel_weight(normal)
             self._set_norm(trusted)
+            self._push(X, normal, labels, gen)
             scores, evidence = self._calibrate(X, trusted, stats)
+
+    def _push(self, X: np.ndarray, normal: RowSet, labels: np.ndarray,
+              gen: torch.Generator) -> None:
+        """``latent_push``: AnoEAN steps with this round's flagged images as the anomalies."""
+        flagged = np.flatnonzero(labels == 1)
+        if not self.latent_push or len(flagged) < PUSH_MIN_FLAGGED:
+            return
+        if self.latent_push_ is None:
+            seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
+            self.latent_push_ = LatentPush.from_encoder(self.model_.E, seed)
+        self.latent_push_.train(normal, RowSet(X, flagged),
+                                min(PUSH_STEPS, int(self.steps_per_round)), gen)
 
     def _init_weights(self) -> None:
         if self.meta_checkpoint is None:
@@ -312,7 +344,7 @@ class RtBiGAN(GANDetector):
         return getattr(self, "calibration_", None) is not None
 
     def _uses_evidence(self) -> bool:
-        return bool(self.local_window) or self._uses_statistics()
+        return bool(self.local_window) or self._uses_statistics() or bool(self.latent_push)
 
     def _uses_statistics(self) -> bool:
         return bool(self.typicality) or bool(self.detached_ink)
@@ -349,6 +381,8 @@ class RtBiGAN(GANDetector):
         if self.detached_ink:
             pieces.append(np.log1p(detachment(stats, self.statistics_center_,
                                               self.statistics_scale_)))
+        if self.latent_push_ is not None:
+            pieces.append(np.log(np.maximum(self.latent_push_.distance(X), 1e-12)))
         return np.stack(pieces, axis=1)
 
     def _calibrate(self, X: np.ndarray, trusted: np.ndarray,
@@ -424,6 +458,12 @@ class RtBiGAN(GANDetector):
         if self.statistics_center_ is not None:
             state["score.statistics"] = torch.tensor(
                 np.stack([self.statistics_center_, self.statistics_scale_]))
+        push = getattr(self, "latent_push_", None)
+        if push is not None:
+            state |= {f"push.encoder.{k}": v.detach().clone()
+                      for k, v in push.encoder.state_dict().items()}
+            state["push.center"] = torch.tensor(push.center)
+            state["push.precision"] = torch.tensor(push.precision)
         return state
 
     def _state_header(self) -> dict[str, Any]:
@@ -444,3 +484,11 @@ class RtBiGAN(GANDetector):
         stats = tensors.get("score.statistics")
         self.statistics_center_, self.statistics_scale_ = (
             (None, None) if stats is None else tuple(stats.numpy().astype(np.float64)))
+        self.latent_push_ = None
+        if "push.center" in tensors:
+            encoder = Encoder(model.cfg)
+            encoder.load_state_dict({k.removeprefix("push.encoder."): v for k, v in tensors.items()
+                                     if k.startswith("push.encoder.")})
+            self.latent_push_ = LatentPush(encoder.eval())
+            self.latent_push_.center = tensors["push.center"].numpy().astype(np.float64)
+            self.latent_push_.precision = tensors["push.precision"].numpy().astype(np.float64)
