@@ -62,6 +62,23 @@ def test_budget_does_not_follow_a_majority_to_its_mode():
     assert (np.log(scores[anomal]) > cut).mean() >= 0.99
 
 
+@pytest.mark.parametrize("n_pollution", [0, 60, 1000])
+def test_budget_on_zero_inflated_values_cuts_inside_the_tail(n_pollution):
+    """97 % of normal values exactly 0, the rest a tail starting at a smallest step (as a
+    share of detached ink is): the empty stretch after the point mass is no valley, and a
+    concentrated population in the tail is still found."""
+    rng = np.random.default_rng(4)
+    # The tail: dense just after its smallest step, then thin out to 3.
+    tail = 0.08 + np.where(rng.random(6000) < 0.6, rng.exponential(0.1, 6000),
+                           rng.uniform(0, 3, 6000))
+    normal = np.where(rng.random(6000) < 0.97, 0.0, tail)
+    pollution = rng.normal(2.5, 0.05, n_pollution)
+    values = np.r_[normal, pollution]
+    cut = normal_mode_cut(values, np.zeros(10), 0.01).cut
+    assert (normal > cut).mean() <= 0.011  # only the budget, not the whole 3 % tail
+    assert n_pollution == 0 or (pollution > cut).mean() >= 0.95
+
+
 def test_budget_rejects_a_budget_out_of_range():
     with pytest.raises(ValueError, match="false-drop budget"):
         compute_threshold("budget", np.ones(10), None, 0.7)

@@ -115,6 +115,13 @@ def normal_mode_cut(
 ) -> NormalMode:
     """The ``"budget"`` cut on 1-D values (higher = more anomalous), and the normal mode.
 
+    Zero-inflated values (a share of ink, a count: most images exactly at one value, the
+    rest spread to its right) are a point mass and a continuous tail. When the normal mode is
+    such a point mass (it holds at least half the values), the density right next to it is
+    empty by construction, and the first dense stretch of the tail would pass for a second
+    population; the valley is looked for within the tail instead, climbing from its lowest
+    value, with the budget counted on every value.
+
     Parameters
     ----------
     values : ndarray of shape (n,)
@@ -130,10 +137,26 @@ def normal_mode_cut(
     NormalMode
         ``cut``, ``mode`` and ``spread`` (robust SD of the mode's left side).
     """
-    from scipy.ndimage import gaussian_filter1d
-
     v = np.sort(np.asarray(values, dtype=np.float64))
     v = v[np.isfinite(v)]
+    start = (np.median(trusted_values) if trusted_values is not None and len(trusted_values)
+             else None)
+    found = _mode_and_cut(v, start, rate)
+    atom = float(np.median(v)) if len(v) else 0.0
+    if (len(v) >= 4 and np.mean(v == atom) >= 0.5
+            and abs(found.mode - atom) <= np.ptp(v) / 256):  # the climb ended on the atom
+        tail = v[v > atom]
+        if len(tail):
+            in_tail = _mode_and_cut(tail, float(tail[0]), min(1.0, rate * len(v) / len(tail)))
+            return found._replace(cut=in_tail.cut, depth=in_tail.depth)
+    return found
+
+
+def _mode_and_cut(v: np.ndarray, start: float | None, rate: float) -> NormalMode:
+    """:func:`normal_mode_cut` on sorted finite values, climbing from ``start`` (the median
+    when None)."""
+    from scipy.ndimage import gaussian_filter1d
+
     if len(v) < 4 or np.ptp(v) < 1e-12:
         top = float(v.max()) if len(v) else 0.0
         return NormalMode(top, top, 0.0)
@@ -147,8 +170,7 @@ def normal_mode_cut(
     width = edges[1] - edges[0]
     dens = gaussian_filter1d(hist.astype(np.float64), h / width)
     centers = (edges[:-1] + edges[1:]) / 2
-    start = float(np.median(trusted_values)) if trusted_values is not None and len(
-        trusted_values) else float(np.median(v))
+    start = float(np.median(v)) if start is None else start
     i = int(np.clip(np.searchsorted(centers, start), 0, bins - 1))
     # Hill-climb to the nearest peak of a twice smoother density, the normal mode: a ripple
     # of the normal population (e.g. the images self-training fits best) is not a mode.
