@@ -111,12 +111,16 @@ def _scored(det, detector: str, kind: str, rate: float, seed: int, pool: np.ndar
 
 
 def _cell(results: list[dict], detector: str, kind: str, rate: float, key: str,
-          spec: str = ".4f") -> str:
+          spec: str = ".4f", n_seeds: int = 1) -> str:
     values = [r[key] for r in results
               if (r["detector"], r["kind"], r["rate"]) == (detector, kind, rate)]
+    if not values:
+        return "—"
+    # A grid cut short: say how many seeds a cell has.
+    short = f" (n={len(values)})" if len(values) < n_seeds else ""
     if len(values) == 1:  # one seed: no spread to show
-        return format_value(values[0], spec)
-    return format_mean_std(mean_std(values), spec)
+        return format_value(values[0], spec) + short
+    return format_mean_std(mean_std(values), spec) + short
 
 
 def write_md(path: Path, results: list[dict], meta: dict) -> None:
@@ -149,7 +153,8 @@ def write_md(path: Path, results: list[dict], meta: dict) -> None:
         for kind in kinds:
             for det in detectors:
                 lines.append(f"| `{kind}` | {det} | " + " | ".join(
-                    _cell(results, det, kind, r, key, spec) for r in shown) + " |")
+                    _cell(results, det, kind, r, key, spec, len(meta["seeds"])) for r in shown)
+                    + " |")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -175,7 +180,10 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--resume", action="store_true",
                     help="keep the jobs already in OUT/pollution.jsonl and run only the rest")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing, write the results of the jobs finished so far")
     args = ap.parse_args()
+    args.resume = args.resume or args.report_only  # never wipe what it is asked to report
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     kinds = args.kinds.split(";") if args.kinds else list(KINDS)
@@ -199,7 +207,7 @@ def main() -> None:
         log.write_text("")
     finished = {(r["detector"], r["kind"] if r["rate"] > 0 else kinds[0], r["rate"], r["seed"])
                 for r in done}
-    todo = [job for job in jobs if job not in finished]
+    todo = [] if args.report_only else [job for job in jobs if job not in finished]
     results, started = list(done), time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
