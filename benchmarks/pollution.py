@@ -123,6 +123,36 @@ def _cell(results: list[dict], detector: str, kind: str, rate: float, key: str,
     return format_mean_std(mean_std(values), spec) + short
 
 
+def _mean(results: list[dict], detector: str, kind: str, rate: float, key: str) -> float | None:
+    stat = mean_std(r[key] for r in results
+                    if (r["detector"], r["kind"], r["rate"]) == (detector, kind, rate))
+    return None if stat is None else stat[0]
+
+
+def _summary(results: list[dict], kinds: list[str], rates: list[float],
+             detectors: list[str]) -> list[str]:
+    """Rt-BiGAN's three figures per kind and rate, beside the best other detector's AUC."""
+    lines = ["", "## Summary", "",
+             "Rt-BiGAN: test AUC / pollution flagged / normal flagged (means over seeds); "
+             "best other: the other detector with the highest mean test AUC.", "",
+             "| kind | " + " | ".join(f"Rt-BiGAN c={r:g} | best other c={r:g}" for r in rates)
+             + " |", "|---|" + "---|---|" * len(rates)]
+    for kind in kinds:
+        cells = []
+        for rate in rates:
+            figures = [_mean(results, "rtbigan", kind, rate, key)
+                       for key in ("test_auc", "pollution_flagged", "normal_flagged")]
+            cells.append(" / ".join(format_value(v, spec) for v, spec in
+                                    zip(figures, (".3f", ".0%", ".1%"))))
+            others = {d: _mean(results, d, kind, rate, "test_auc") for d in detectors
+                      if d != "rtbigan"}
+            others = {d: v for d, v in others.items() if v is not None}
+            best = max(others, key=others.get) if others else None
+            cells.append("—" if best is None else f"{best} {others[best]:.3f}")
+        lines.append(f"| `{kind}` | " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_md(path: Path, results: list[dict], meta: dict) -> None:
     """The Markdown report: one table per figure, kinds as rows, detectors x rates as cells."""
     detectors = list(dict.fromkeys(r["detector"] for r in results))
@@ -133,14 +163,17 @@ def write_md(path: Path, results: list[dict], meta: dict) -> None:
         f"Command: `{meta['command']}`  ",
         f"Machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores, torch "
         f"{meta['machine']['packages']['torch']}; 1 torch thread per job, "
-        f"{meta['workers']} jobs in parallel; wall time {meta['wall_s'] / 60:.1f} min"
-        + (f" (this run; {meta['resumed_jobs']} jobs kept from earlier runs)"
+        f"{meta['workers']} jobs in parallel; wall time "
+        f"{meta.get('wall_s_total', meta['wall_s']) / 60:.1f} min"
+        + (f" over several runs ({meta['resumed_jobs']} jobs kept from earlier runs)"
            if meta.get("resumed_jobs") else "") + ".  ",
         f"Seeds: {meta['seeds']}. Pool: 4,000 packaged MNIST training digits + pollution of "
         "one kind; 10 trusted digits from the pool. Test: 2,000 official MNIST test digits + "
         "2,000 anomalies of the same kind made from the test splits. Mean ± std over seeds "
         "(the value alone with one seed).",
     ]
+    if "rtbigan" in detectors and len(detectors) > 1:
+        lines += _summary(results, kinds, [r for r in rates if r > 0], detectors)
     sections = (("Test AUC", "test_auc", ".4f", True),
                 ("Pollution flagged (recall on the pool)", "pollution_flagged", ".1%", False),
                 ("Normal pool images flagged", "normal_flagged", ".1%", True),
@@ -164,6 +197,15 @@ def _finished(log: Path, jobs: list[tuple], kinds: list[str]) -> list[dict]:
     rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     return [r for r in rows if r["kind"] in kinds and (
         r["detector"], r["kind"] if r["rate"] > 0 else kinds[0], r["rate"], r["seed"]) in wanted]
+
+
+def _earlier_wall_s(out: Path) -> float:
+    """Wall time of the earlier runs whose jobs a resumed run keeps."""
+    try:
+        meta = json.loads((out / "pollution.json").read_text())["meta"]
+    except (OSError, ValueError, KeyError):
+        return 0.0
+    return float(meta.get("wall_s_total", meta.get("wall_s", 0.0)))
 
 
 def main() -> None:
@@ -223,10 +265,13 @@ def main() -> None:
             bar.advance(task)
     order = {(d, k): i for i, (d, k) in enumerate((d, k) for k in kinds for d in detectors)}
     results.sort(key=lambda r: (order[(r["detector"], r["kind"])], r["rate"], r["seed"]))
-    meta = {"command": "python benchmarks/pollution.py " + shlex.join(sys.argv[1:]),
+    # The command that reproduces the whole grid in one run.
+    argv = [a for a in sys.argv[1:] if a not in ("--resume", "--report-only")]
+    meta = {"command": "python benchmarks/pollution.py " + shlex.join(argv),
             "machine": machine_info(), "workers": args.workers, "seeds": seeds,
             "rates": rates, "kinds": kinds, "detectors": detectors,
             "wall_s": time.perf_counter() - started, "resumed_jobs": len(jobs) - len(todo)}
+    meta["wall_s_total"] = meta["wall_s"] + (_earlier_wall_s(out) if args.resume else 0.0)
     (out / "pollution.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     write_md(out / "pollution.md", results, meta)
     print((out / "pollution.md").read_text())
