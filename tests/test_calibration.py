@@ -79,6 +79,19 @@ def test_budget_on_zero_inflated_values_cuts_inside_the_tail(n_pollution):
     assert n_pollution == 0 or (pollution > cut).mean() >= 0.95
 
 
+def test_budget_valley_is_the_low_point_beyond_the_floor():
+    """Pollution spread flat from inside the normal tail (a dip just before it, left of
+    mode + 2 SD), then a concentrated population: the valley before that population is the
+    low point *beyond* the floor; the dip left of the floor must not hide it (the cut then
+    jumped past the population and flagged 5 % of it)."""
+    rng = np.random.default_rng(5)
+    normal = rng.normal(0, 1, 4000)
+    spread_out, population = rng.uniform(1.85, 3.0, 600), rng.normal(3.3, 0.05, 1000)
+    cut = normal_mode_cut(np.r_[normal, spread_out, population], normal[:10], 0.01).cut
+    assert (population > cut).mean() >= 0.99
+    assert (normal > cut).mean() <= 0.01
+
+
 def test_budget_rejects_a_budget_out_of_range():
     with pytest.raises(ValueError, match="false-drop budget"):
         compute_threshold("budget", np.ones(10), None, 0.7)

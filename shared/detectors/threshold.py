@@ -189,13 +189,15 @@ def _mode_and_cut(v: np.ndarray, start: float | None, rate: float) -> NormalMode
     sd_left = 1.4826 * float(np.median(mode - below)) if len(below) > 5 else h
     # The height VALLEY_RISE_IMAGES images at one value add to the smoothed histogram.
     rise = VALLEY_RISE_IMAGES / (np.sqrt(2 * np.pi) * h / width)
-    end, lowest = bins - 1, i
-    for j in range(i + 1, bins):
+    # The valley is the low point beyond VALLEY_MIN_SD left-side SDs: a lower point left of
+    # that floor (a flat stretch of the normal tail) must not hide the valley after it.
+    first = max(i + 1, int(np.searchsorted(centers, mode + VALLEY_MIN_SD * sd_left, "right")))
+    end, lowest = bins - 1, first
+    for j in range(first, bins):
         if dens[j] <= dens[lowest]:  # the rightmost point of a flat valley
             lowest = j
         if (dens[lowest] < VALLEY_DEPTH * peak
-                and dens[j] > max(dens[lowest] + rise, VALLEY_RATIO * dens[lowest])
-                and centers[lowest] > mode + VALLEY_MIN_SD * sd_left):
+                and dens[j] > max(dens[lowest] + rise, VALLEY_RATIO * dens[lowest])):
             end = lowest
             break
     if end < bins - 1:
