@@ -167,6 +167,9 @@ def write_md(path: Path, results: list[dict], meta: dict) -> None:
         f"{meta.get('wall_s_total', meta['wall_s']) / 60:.1f} min"
         + (f" over several runs ({meta['resumed_jobs']} jobs kept from earlier runs)"
            if meta.get("resumed_jobs") else "") + ".  ",
+        *([f"**Cut short: {meta['jobs_done']} of {meta['jobs']} jobs finished** (cells say n "
+           "when they have fewer seeds; `--resume` runs the rest).  "]
+          if meta.get("jobs_done", meta.get("jobs")) != meta.get("jobs") else []),
         f"Seeds: {meta['seeds']}. Pool: 4,000 packaged MNIST training digits + pollution of "
         "one kind; 10 trusted digits from the pool. Test: 2,000 official MNIST test digits + "
         "2,000 anomalies of the same kind made from the test splits. Mean ± std over seeds "
@@ -270,7 +273,10 @@ def main() -> None:
     meta = {"command": "python benchmarks/pollution.py " + shlex.join(argv),
             "machine": machine_info(), "workers": args.workers, "seeds": seeds,
             "rates": rates, "kinds": kinds, "detectors": detectors,
-            "wall_s": time.perf_counter() - started, "resumed_jobs": len(jobs) - len(todo)}
+            "wall_s": time.perf_counter() - started, "resumed_jobs": len(set(jobs) & finished),
+            "jobs": len(jobs),
+            "jobs_done": len({(r["detector"], r["kind"] if r["rate"] > 0 else kinds[0],
+                               r["rate"], r["seed"]) for r in results})}
     meta["wall_s_total"] = meta["wall_s"] + (_earlier_wall_s(out) if args.resume else 0.0)
     (out / "pollution.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     write_md(out / "pollution.md", results, meta)
