@@ -110,10 +110,15 @@ def _scored(det, detector: str, kind: str, rate: float, seed: int, pool: np.ndar
     }
 
 
+def _values(results: list[dict], detector: str, kind: str, rate: float, key: str) -> list:
+    """``key`` of every seed's row for one detector, kind and rate."""
+    return [r[key] for r in results
+            if (r["detector"], r["kind"], r["rate"]) == (detector, kind, rate)]
+
+
 def _cell(results: list[dict], detector: str, kind: str, rate: float, key: str,
           spec: str = ".4f", n_seeds: int = 1) -> str:
-    values = [r[key] for r in results
-              if (r["detector"], r["kind"], r["rate"]) == (detector, kind, rate)]
+    values = _values(results, detector, kind, rate, key)
     if not values:
         return "—"
     # A grid cut short: say how many seeds a cell has.
@@ -124,8 +129,7 @@ def _cell(results: list[dict], detector: str, kind: str, rate: float, key: str,
 
 
 def _mean(results: list[dict], detector: str, kind: str, rate: float, key: str) -> float | None:
-    stat = mean_std(r[key] for r in results
-                    if (r["detector"], r["kind"], r["rate"]) == (detector, kind, rate))
+    stat = mean_std(_values(results, detector, kind, rate, key))
     return None if stat is None else stat[0]
 
 
@@ -194,12 +198,17 @@ def write_md(path: Path, results: list[dict], meta: dict) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def _job_of(row: dict, kinds: list[str]) -> tuple:
+    """The job that produced ``row``: a clean pool is fitted once, under the first kind."""
+    return (row["detector"], row["kind"] if row["rate"] > 0 else kinds[0], row["rate"],
+            row["seed"])
+
+
 def _finished(log: Path, jobs: list[tuple], kinds: list[str]) -> list[dict]:
     """Rows of ``log`` that belong to ``jobs`` (a clean pool's rows: one per kind)."""
     wanted = set(jobs)
     rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-    return [r for r in rows if r["kind"] in kinds and (
-        r["detector"], r["kind"] if r["rate"] > 0 else kinds[0], r["rate"], r["seed"]) in wanted]
+    return [r for r in rows if r["kind"] in kinds and _job_of(r, kinds) in wanted]
 
 
 def _earlier_wall_s(out: Path) -> float:
@@ -250,8 +259,7 @@ def main() -> None:
     done = _finished(log, jobs, kinds) if args.resume else []
     if not args.resume:
         log.write_text("")
-    finished = {(r["detector"], r["kind"] if r["rate"] > 0 else kinds[0], r["rate"], r["seed"])
-                for r in done}
+    finished = {_job_of(r, kinds) for r in done}
     todo = [] if args.report_only else [job for job in jobs if job not in finished]
     results, started = list(done), time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -275,8 +283,7 @@ def main() -> None:
             "rates": rates, "kinds": kinds, "detectors": detectors,
             "wall_s": time.perf_counter() - started, "resumed_jobs": len(set(jobs) & finished),
             "jobs": len(jobs),
-            "jobs_done": len({(r["detector"], r["kind"] if r["rate"] > 0 else kinds[0],
-                               r["rate"], r["seed"]) for r in results})}
+            "jobs_done": len({_job_of(r, kinds) for r in results})}
     meta["wall_s_total"] = meta["wall_s"] + (_earlier_wall_s(out) if args.resume else 0.0)
     (out / "pollution.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     write_md(out / "pollution.md", results, meta)
