@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from logging import INFO, WARNING
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Result
+from torch import nn
 
 from fedsieve.server.factory import (
     build_strategy,
@@ -31,21 +33,29 @@ from fedsieve.server.factory import (
     load_trusted_images,
     wait_for_nodes,
 )
-from fedsieve.shared.classifier import DigitNet, evaluate
+from fedsieve.shared.classifier import DigitNet, class_accuracy, evaluate, predict
 from fedsieve.shared.config import RunSettings
 from fedsieve.shared.data import load_mnist
 from fedsieve.shared.trusted import draw_trusted_indices
 
+#: ``probe(model)`` -> extra metrics of the global model, evaluated each round beside accuracy.
+ModelProbe = Callable[[nn.Module], dict[str, float]]
 
-def make_server_app(settings: RunSettings | None = None) -> ServerApp:
-    """A ServerApp running :func:`run_server`; ``settings`` None means: read the run config."""
+
+def make_server_app(settings: RunSettings | None = None, *,
+                    probe: ModelProbe | None = None) -> ServerApp:
+    """A ServerApp running :func:`run_server`; ``settings`` None means: read the run config.
+
+    ``probe`` adds metrics of the global model to each round's evaluation (``fedsieve
+    simulate`` passes the attack success of a backdoor federation).
+    """
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         run = settings or RunSettings.from_run_config(context.run_config)
         run_dir = Path(run.filter.run_dir or f"runs/run-{context.run_id}")
-        run_server(grid, run, run_dir)
+        run_server(grid, run, run_dir, probe=probe)
 
     return app
 
@@ -68,8 +78,13 @@ def example_trusted_images(settings: RunSettings) -> np.ndarray | None:
     return train.images[draw_trusted_indices(train.labels, size, seed)]
 
 
-def run_server(grid: Grid, settings: RunSettings, run_dir: Path) -> Result:
-    """Train the example classifier with the configured strategy; write ``result.json``."""
+def run_server(grid: Grid, settings: RunSettings, run_dir: Path, *,
+               probe: ModelProbe | None = None) -> Result:
+    """Train the example classifier with the configured strategy; write ``result.json``.
+
+    Each round the global model is evaluated on the clean test split: loss, accuracy, the
+    accuracy of every class (``accuracy-class-<k>``) and what ``probe`` adds.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)
     trusted = example_trusted_images(settings)  # a bad trusted file stops us before waiting
@@ -86,7 +101,10 @@ def run_server(grid: Grid, settings: RunSettings, run_dir: Path) -> Result:
         clock[0] = now
         model.load_state_dict(arrays.to_torch_state_dict())
         loss, accuracy = evaluate(model, test.images, test.labels)
-        return MetricRecord({"loss": loss, "accuracy": accuracy})
+        per_class = class_accuracy(predict(model, test.images), test.labels)
+        metrics = {"loss": loss, "accuracy": accuracy,
+                   **{f"accuracy-class-{k}": float(a) for k, a in enumerate(per_class)}}
+        return MetricRecord({**metrics, **(probe(model) if probe else {})})
 
     started = time.perf_counter()
     result = strategy.start(
@@ -104,6 +122,11 @@ def run_server(grid: Grid, settings: RunSettings, run_dir: Path) -> Result:
         "round_seconds": round_times,
         "accuracy": {r: m["accuracy"] for r, m in result.evaluate_metrics_serverapp.items()},
         "loss": {r: m["loss"] for r, m in result.evaluate_metrics_serverapp.items()},
+        "class_accuracy": {r: [m[f"accuracy-class-{k}"] for k in range(10)]
+                           for r, m in result.evaluate_metrics_serverapp.items()},
+        "attack_success": {r: m["attack-success"]
+                           for r, m in result.evaluate_metrics_serverapp.items()
+                           if "attack-success" in m},
         "train_metrics": {r: dict(m) for r, m in result.train_metrics_clientapp.items()},
         "filter": getattr(strategy, "history", []),
     }

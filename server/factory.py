@@ -23,7 +23,15 @@ from pathlib import Path
 import numpy as np
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, Strategy
+from flwr.serverapp.strategy import (
+    Bulyan,
+    FedAvg,
+    FedMedian,
+    FedTrimmedAvg,
+    Krum,
+    MultiKrum,
+    Strategy,
+)
 
 from fedsieve.server.strategy import AnomalyFilter
 from fedsieve.shared.checkpoint import default_meta_checkpoint, load_meta
@@ -53,9 +61,17 @@ def make_aggregator(name: str, num_nodes: int = 2) -> Strategy:
         return FedAvg(**common)
     if name == "fedmedian":
         return FedMedian(**common)
+    # Krum tolerates f byzantine nodes with n > 2f + 2, Bulyan with n >= 4f + 3; each assumes
+    # the largest f its rule allows (the strongest guarantee the federation affords).
+    krum_f = max(0, (num_nodes - 3) // 2)
     if name == "krum":
-        # Krum tolerates f byzantine nodes with n > 2f + 2; assume the largest such f.
-        return Krum(num_malicious_nodes=max(0, (num_nodes - 3) // 2), **common)
+        return Krum(num_malicious_nodes=krum_f, **common)
+    if name == "multikrum":
+        # Average the n - f most central updates (El Mhamdi et al.'s multi-Krum).
+        return MultiKrum(num_malicious_nodes=krum_f,
+                         num_nodes_to_select=max(1, num_nodes - krum_f), **common)
+    if name == "bulyan":
+        return Bulyan(num_malicious_nodes=max(0, (num_nodes - 3) // 4), **common)
     if name == "trimmedavg":
         return FedTrimmedAvg(beta=0.2, **common)
     raise ValueError(f"unknown aggregator {name!r}; choose one of {', '.join(AGGREGATORS)}")

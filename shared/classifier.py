@@ -80,3 +80,22 @@ def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray,
         loss += F.cross_entropy(logits, target, reduction="sum").item()
         correct += (logits.argmax(1) == target).sum().item()
     return loss / len(images), correct / len(images)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """The class ``model`` predicts for each image, int64 (N,)."""
+    model.eval()
+    out = [model(classifier_batch(images[start:start + batch_size])).argmax(1)
+           for start in range(0, len(images), batch_size)]
+    return torch.cat(out).numpy().astype(np.int64) if out else np.empty(0, np.int64)
+
+
+def class_accuracy(predicted: np.ndarray, labels: np.ndarray,
+                   num_classes: int = 10) -> np.ndarray:
+    """Accuracy per class (NaN for a class absent from ``labels``), float (num_classes,)."""
+    labels = np.asarray(labels)
+    hits = np.bincount(labels, weights=np.asarray(predicted) == labels, minlength=num_classes)
+    counts = np.bincount(labels, minlength=num_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, hits / np.maximum(counts, 1), np.nan)

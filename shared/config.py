@@ -24,7 +24,7 @@ from typing import Any, Self
 #: Detector name meaning: no data filter, the inner aggregator alone.
 DETECTORS_NONE = "none"
 #: Inner strategies :func:`fedsieve.server.factory.make_aggregator` builds.
-AGGREGATORS = ("fedavg", "fedmedian", "krum", "trimmedavg")
+AGGREGATORS = ("fedavg", "fedmedian", "krum", "multikrum", "trimmedavg", "bulyan")
 
 
 class _RunConfigPart:
@@ -157,7 +157,11 @@ class HarnessSettings(_RunConfigPart):
     ----------
     num_clients, contamination, partition, profile, label_policy
         How many clients, how much pollution, how MNIST is split between them, how rates
-        differ between clients, and the labels of the injected images.
+        differ between clients (``attackers:k``: only clients 0..k-1, each at
+        ``contamination``), and the labels of the injected images (``target:d``: all ``d``,
+        a backdoor with a trigger pollution).
+    dirichlet_alpha : float
+        Concentration of the ``dirichlet`` partition (0.1: very non-IID clients).
     pollution : str
         What is injected: a spec of :func:`fedsieve.simulations.zoo.parse_pollution`
         (``"fashion"``, ``"trigger:size=3"``, ``"fashion,black,held-out:digit=9"``, ...).
@@ -176,12 +180,15 @@ class HarnessSettings(_RunConfigPart):
     profile: str = "uniform"
     label_policy: str = "random"
     pollution: str = "fashion"
+    dirichlet_alpha: float = 0.5
     trusted_size: int = 10
     federation_dir: str = ""
 
     def validated(self) -> HarnessSettings:
         if self.num_clients < 1:
             raise ValueError(f"num-clients must be at least 1, got {self.num_clients}")
+        if not self.dirichlet_alpha > 0:
+            raise ValueError(f"dirichlet-alpha must be > 0, got {self.dirichlet_alpha}")
         return self
 
 

@@ -20,7 +20,6 @@ import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 
@@ -30,16 +29,20 @@ from fedsieve.shared.trusted import draw_trusted_indices, save_trusted_file
 from fedsieve.simulations.zoo import Material, MixSample, PollutionKind, parse_pollution
 
 PARTITIONS = ("iid", "dirichlet", "shard", "pathological", "linear", "square", "exponential")
-PROFILES = ("uniform", "skewed")
-LABEL_POLICIES = ("random", "mapped", "original")
+#: How rates differ between clients (see :func:`client_rates`); ``attackers`` takes ``:k``.
+PROFILES = ("uniform", "skewed", "attackers")
+#: Labels of injected images (see :func:`build_federation`); ``target`` takes ``:digit``.
+LABEL_POLICIES = ("random", "mapped", "original", "target")
+#: Attacker clients of the ``"attackers"`` profile when no ``:k`` is given.
+DEFAULT_ATTACKERS = 2
+#: Target class of the ``"target"`` label policy when no ``:digit`` is given.
+DEFAULT_TARGET = 0
 #: Sample ids are ``client_id * ID_STRIDE + position``: unique across the federation.
 ID_STRIDE = 1_000_000
 #: The fixed class mapping of the ``"mapped"`` label policy: Fashion class k -> digit.
 DEFAULT_LABEL_MAP = (3, 8, 1, 6, 0, 9, 4, 2, 7, 5)
 #: Rate ceiling of the heavily polluted clients of the ``"skewed"`` profile.
 SKEWED_HEAVY_CAP = 0.95
-
-LabelPolicy = Literal["random", "mapped", "original"]
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,10 @@ class Federation:
 def client_rates(profile: str, num_clients: int, contamination: float) -> list[float]:
     """Per-client contamination rates for a profile.
 
-    ``"uniform"`` gives every client ``contamination``. ``"skewed"`` keeps a third of the
+    ``"uniform"`` gives every client ``contamination``. ``"attackers:k"`` (k defaults to
+    :data:`DEFAULT_ATTACKERS`) pollutes clients 0 to k-1 at ``contamination`` each (the
+    attackers' own rate, not the federation's mean) and keeps the others clean: the
+    backdoor setting of a few malicious clients. ``"skewed"`` keeps a third of the
     clients clean, makes one client fully polluted, and splits the rest between lightly
     and heavily (3x) polluted clients so that the mean rate equals ``contamination`` as
     closely as the pattern allows (heavy rates are capped at 0.95; when the target is too
@@ -170,10 +176,14 @@ def client_rates(profile: str, num_clients: int, contamination: float) -> list[f
     _check_rate(contamination, "contamination")
     if num_clients < 1:
         raise ValueError(f"num_clients must be at least 1, got {num_clients}")
-    if profile == "uniform":
+    name, attackers = parse_profile(profile)
+    if name == "uniform":
         return [float(contamination)] * num_clients
-    if profile != "skewed":
-        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+    if name == "attackers":
+        if attackers > num_clients:
+            raise ValueError(f"profile {profile!r} asks for {attackers} attackers among "
+                             f"{num_clients} clients; use at most {num_clients}")
+        return [float(contamination)] * attackers + [0.0] * (num_clients - attackers)
     if contamination == 0.0:
         return [0.0] * num_clients
     n_clean = num_clients // 3
@@ -187,6 +197,53 @@ def client_rates(profile: str, num_clients: int, contamination: float) -> list[f
     heavy = min(3 * light, SKEWED_HEAVY_CAP)
     light = min(light, SKEWED_HEAVY_CAP)
     return [0.0] * n_clean + [light] * n_light + [heavy] * n_heavy + [1.0] * n_full
+
+
+def parse_profile(profile: str) -> tuple[str, int]:
+    """Split a profile into its name and attacker count: ``"attackers:3"`` -> ("attackers", 3);
+    other profiles take no argument (count -1).
+
+    Raises
+    ------
+    ValueError
+        Unknown profile, or a bad attacker count; the message lists the profiles.
+    """
+    return _name_and_digit(profile, PROFILES, "profile", {"attackers": DEFAULT_ATTACKERS},
+                           "attackers:3 (three attacker clients)", low=1, high=None)
+
+
+def parse_label_policy(policy: str) -> tuple[str, int]:
+    """Split a label policy into its name and target class: ``"target:7"`` -> ("target", 7);
+    other policies take no argument (target -1).
+
+    Raises
+    ------
+    ValueError
+        Unknown policy, or a target that is no digit; the message lists the policies.
+    """
+    return _name_and_digit(policy, LABEL_POLICIES, "label policy", {"target": DEFAULT_TARGET},
+                           "target:7 (every injected sample labelled 7)", low=0, high=9)
+
+
+def _name_and_digit(spec: str, names: tuple[str, ...], what: str, defaults: dict[str, int],
+                    example: str, *, low: int, high: int | None) -> tuple[str, int]:
+    name, sep, arg = str(spec).partition(":")
+    if name not in names or (sep and name not in defaults):
+        raise ValueError(f"{what} must be one of {', '.join(names)} (e.g. {example}), "
+                         f"got {spec!r}")
+    if name not in defaults:
+        return name, -1
+    if not sep:
+        return name, defaults[name]
+    try:
+        value = int(arg)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value > high):
+        bound = f"{low}-{high}" if high is not None else f"at least {low}"
+        raise ValueError(f"{what} {spec!r}: the number after ':' must be an integer "
+                         f"{bound}, e.g. {example}")
+    return name, value
 
 
 def make_partitioner(partition: str, num_clients: int, *, alpha: float = 0.5,
@@ -222,7 +279,7 @@ def build_federation(
     *,
     partition="iid",
     profile: str = "uniform",
-    label_policy: LabelPolicy = "random",
+    label_policy: str = "random",
     rates: Sequence[float] | None = None,
     pollution: str | PollutionKind = "fashion",
     seed: int = 0,
@@ -245,13 +302,15 @@ def build_federation(
     partition : str or flwr_datasets Partitioner
         How normal MNIST is split: one of :data:`PARTITIONS` or a ready partitioner
         (it receives a dataset with ``label`` and ``index`` columns).
-    profile : {"uniform", "skewed"}
+    profile : {"uniform", "skewed", "attackers[:k]"}
         How rates differ between clients (see :func:`client_rates`); ignored when
         ``rates`` is given.
-    label_policy : {"random", "mapped", "original"}
-        Labels of injected images: a random digit, ``label_map[source_class]``, or the
-        source class itself (the Fashion class id, or a corrupted digit's own digit). Images
-        made from nothing (blank frames, noise) get a random digit under every policy.
+    label_policy : {"random", "mapped", "original", "target[:digit]"}
+        Labels of injected images: a random digit, ``label_map[source_class]``, the source
+        class itself (the Fashion class id, or a corrupted digit's own digit), or one target
+        digit for all (a backdoor: ``pollution="trigger"``, ``label_policy="target:0"``).
+        Images made from nothing (blank frames, noise) get a random digit under every
+        policy but ``target``.
     rates : sequence of float, optional
         Explicit per-client rates, one per client.
     pollution : str or PollutionKind
@@ -283,8 +342,7 @@ def build_federation(
     c = 1 holds n injected images and none of its partition.
     """
     mix = parse_pollution(pollution)
-    if label_policy not in LABEL_POLICIES:
-        raise ValueError(f"label_policy must be one of {LABEL_POLICIES}, got {label_policy!r}")
+    parse_label_policy(label_policy)
     label_map = tuple(DEFAULT_LABEL_MAP if label_map is None else label_map)
     if len(label_map) != 10 or not all(0 <= int(v) <= 9 for v in label_map):
         raise ValueError(f"label_map must hold 10 digits 0-9, got {label_map!r}")
@@ -388,17 +446,17 @@ def federation_for(settings: RunSettings, contamination: float | None = None) ->
     return _cached_federation(
         harness.num_clients, harness.contamination if contamination is None else contamination,
         harness.partition, harness.profile, harness.label_policy, harness.pollution,
-        settings.seed, harness.trusted_size, settings.task.data_root or None)
+        settings.seed, harness.trusted_size, harness.dirichlet_alpha,
+        settings.task.data_root or None)
 
 
 @functools.lru_cache(maxsize=4)
 def _cached_federation(num_clients: int, contamination: float, partition: str, profile: str,
                        label_policy: str, pollution: str, seed: int, trusted_size: int,
-                       root: str | None) -> Federation:
+                       alpha: float, root: str | None) -> Federation:
     return build_federation(num_clients, contamination, partition=partition, profile=profile,
                             label_policy=label_policy, pollution=pollution, seed=seed,
-                            trusted_size=trusted_size,
-                            root=root)
+                            trusted_size=trusted_size, alpha=alpha, root=root)
 
 
 def _check_rate(rate: float, what: str) -> None:
@@ -414,6 +472,9 @@ def _injected_count(n_normal: int, rate: float) -> int:
 
 def _injected_labels(source_labels: np.ndarray, policy: str, label_map: tuple[int, ...],
                      rng: np.random.Generator) -> np.ndarray:
+    policy, target = parse_label_policy(policy)
+    if policy == "target":
+        return np.full(len(source_labels), target, np.int64)
     if policy == "random":
         return rng.integers(0, 10, size=len(source_labels), dtype=np.int64)
     classless = source_labels < 0  # made from nothing: no class to keep or map
@@ -470,5 +531,5 @@ def _partition_name(partition) -> str:
 __all__ = [
     "ClientData", "DEFAULT_LABEL_MAP", "Federation", "ID_STRIDE", "LABEL_POLICIES",
     "PARTITIONS", "PROFILES", "TrustedSet", "build_federation", "client_rates", "federation_for",
-    "make_partitioner",
+    "make_partitioner", "parse_label_policy", "parse_profile",
 ]

@@ -15,12 +15,17 @@ from fedsieve.shared.cli_common import RootOption, console, fail
 # The options that describe a simulated federation (``pollute`` and ``simulate`` share them).
 PartitionOption = Annotated[str, typer.Option(
     help="iid, dirichlet, shard, pathological, linear, square or exponential.")]
-ProfileOption = Annotated[str, typer.Option(help="uniform or skewed.")]
-LabelPolicyOption = Annotated[str, typer.Option(help="random, mapped or original.")]
+ProfileOption = Annotated[str, typer.Option(
+    help="uniform, skewed, or attackers:k (only clients 0..k-1 polluted, each at "
+         "--contamination).")]
+LabelPolicyOption = Annotated[str, typer.Option(
+    help="Labels of the injected samples: random, mapped, original, or target:d (all d: "
+         "a backdoor with a trigger pollution).")]
 PollutionOption = Annotated[str, typer.Option(
     help="What is injected: kinds separated by ',', parameters after ':' "
          "(fashion, ink-fashion, black, white, grey, noise, salt-pepper, inverted, blurred, "
-         "low-contrast, occluded, trigger:size=3:position=random-corner, held-out:digit=9), "
+         "low-contrast, occluded, trigger:size=3:position=random-corner, held-out:digit=9, "
+         "relabelled: genuine digits whose label the label policy sets), "
          "an optional weight as '*w'.")]
 
 

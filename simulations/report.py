@@ -156,8 +156,15 @@ def write_simulation_report(report: dict, out: Path) -> None:
     (out / "report.json").write_text(json.dumps(report, indent=2))
     rounds = sorted(report["accuracy"], key=int)
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot([int(r) for r in rounds], [report["accuracy"][r] for r in rounds], marker="o")
-    ax.set(xlabel="round", ylabel="test accuracy", title="Global model on clean MNIST test")
+    ax.plot([int(r) for r in rounds], [report["accuracy"][r] for r in rounds], marker="o",
+            label="clean accuracy")
+    attack = report.get("attack_success") or {}
+    if attack:
+        ax.plot([int(r) for r in rounds], [attack.get(r, np.nan) for r in rounds], marker="s",
+                label="attack success")
+        ax.legend(fontsize=8)
+    ax.set(xlabel="round", ylabel="rate", title="Global model on the MNIST test split",
+           ylim=(0, 1.02) if attack else None)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out / "accuracy.png", dpi=120)
@@ -207,6 +214,25 @@ def estimate_line(estimate: dict | None) -> str:
             f"true {true}.")
 
 
+def model_lines(report: dict) -> list[str]:
+    """Table rows after the accuracy row: attack success per round (backdoor runs), then a
+    paragraph with the last round's accuracy per class."""
+    rounds = sorted(report["accuracy"], key=int)
+    attack = report.get("attack_success") or {}
+    lines = []
+    if attack:
+        lines.append("| attack success | " + " | ".join(format_value(attack.get(r), ".4f")
+                                                     for r in rounds) + " |")
+    per_class = report.get("final_class_accuracy")
+    if per_class:
+        lines += ["", "Accuracy per class after the last round: " + ", ".join(
+            f"{k}: {format_value(a, '.3f')}" for k, a in enumerate(per_class)) + "."]
+    if attack:
+        lines += ["", "Attack success: share of triggered test digits of the other classes "
+                  "that the global model predicts as the attacker's target."]
+    return lines
+
+
 def simulation_markdown(report: dict, plots: list[str]) -> str:
     """The Markdown of ``report.md``: settings, accuracy, screening quality and data sources.
 
@@ -234,7 +260,8 @@ def simulation_markdown(report: dict, plots: list[str]) -> str:
         "| round | " + " | ".join(sorted(report["accuracy"], key=int)) + " |",
         "|---|" + "---|" * len(report["accuracy"]),
         "| accuracy | " + " | ".join(f"{report['accuracy'][r]:.4f}"
-                                      for r in sorted(report["accuracy"], key=int)) + " |", "",
+                                      for r in sorted(report["accuracy"], key=int)) + " |",
+        *model_lines(report), "",
     ]
     d = report["detection"]
     if d.get("screened"):

@@ -20,32 +20,46 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsieve.shared.config import RunSettings
+from fedsieve.shared.config import AGGREGATORS, RunSettings
+from fedsieve.shared.detectors import DETECTORS
 from fedsieve.simulations.pollution import Federation, federation_for
 from fedsieve.simulations.report import detection_report, write_simulation_report
 
-#: What ``--defense`` means: (inner aggregator, detector).
+#: The named defenses: (inner aggregator, detector). Any ``<detector>+<aggregator>`` also
+#: names one (a data filter composed with a robust aggregator, e.g. ``rtbigan+fedmedian``).
 DEFENSES = {
     "none": ("fedavg", "none"),
-    "rtbigan": ("fedavg", "rtbigan"),
-    "egbad": ("fedavg", "egbad"),
-    "anogan": ("fedavg", "anogan"),
-    "iforest": ("fedavg", "iforest"),
-    "deepsvdd": ("fedavg", "deepsvdd"),
-    "fedmedian": ("fedmedian", "none"),
-    "krum": ("krum", "none"),
-    "trimmedavg": ("trimmedavg", "none"),
+    **{name: ("fedavg", name) for name in DETECTORS},
+    **{name: (name, "none") for name in AGGREGATORS if name != "fedavg"},
 }
 #: Label of the clean oracle in sweeps and benchmarks: the same clients without pollution,
 #: plain FedAvg (the "none" defense at contamination 0).
 ORACLE = "oracle"
 
 
+def parse_defense(defense: str) -> tuple[str, str]:
+    """(inner aggregator, detector) of a defense name: one of :data:`DEFENSES` or
+    ``<detector>+<aggregator>``.
+
+    Raises
+    ------
+    ValueError
+        An unknown name; the message lists the named defenses and the composed form.
+    """
+    if defense in DEFENSES:
+        return DEFENSES[defense]
+    detector, plus, aggregator = defense.partition("+")
+    if plus and DEFENSES.get(detector, ("", "none"))[1] != "none" and aggregator in AGGREGATORS:
+        return aggregator, detector
+    raise ValueError(f"unknown defense {defense!r}; choose one of {', '.join(DEFENSES)}, or "
+                     f"compose a detector with an aggregator ({', '.join(AGGREGATORS)}) as "
+                     "e.g. rtbigan+fedmedian")
+
+
 def settings_for_defense(settings: RunSettings, defense: str) -> RunSettings:
-    """``settings`` with the aggregator and detector that ``defense`` names."""
-    if defense not in DEFENSES:
-        raise ValueError(f"defense must be one of {sorted(DEFENSES)}, got {defense!r}")
-    aggregator, detector = DEFENSES[defense]
+    """``settings`` with the aggregator and detector that ``defense`` names
+    (:func:`parse_defense`)."""
+    aggregator, detector = parse_defense(defense)
     return settings.replace(aggregator=aggregator, detector=detector)
 
 
@@ -84,6 +98,7 @@ def _run_apps(settings: RunSettings, verbose: bool) -> None:
 
     from fedsieve.client.app import make_client_app
     from fedsieve.server.app import make_server_app
+    from fedsieve.simulations.poisoning import backdoor_probe
 
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
@@ -92,7 +107,8 @@ def _run_apps(settings: RunSettings, verbose: bool) -> None:
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                "init_args": {"include_dashboard": False, "log_to_driver": verbose,
                              "logging_level": "error"}}
-    run_simulation(make_server_app(settings), make_client_app(settings),
+    run_simulation(make_server_app(settings, probe=backdoor_probe(settings)),
+                   make_client_app(settings),
                    num_supernodes=settings.harness.num_clients, backend_config=backend)
 
 
@@ -119,12 +135,17 @@ def simulate(settings: RunSettings, out: Path, *, progress=None, verbose: bool =
     wall = time.perf_counter() - started
     say("joining the audit log with the ground truth")
     detection = detection_report(federation, out / "audit.jsonl")
+    last = str(settings.task.num_server_rounds)
     report = {
         "settings": settings.to_run_config(),
         "wall_seconds": wall,
         "strategy": result.get("strategy", {}),
         "accuracy": result["accuracy"],
-        "final_accuracy": result["accuracy"][str(settings.task.num_server_rounds)],
+        "final_accuracy": result["accuracy"][last],
+        "class_accuracy": result.get("class_accuracy", {}),
+        "final_class_accuracy": result.get("class_accuracy", {}).get(last),
+        "attack_success": result.get("attack_success", {}),
+        "final_attack_success": result.get("attack_success", {}).get(last),
         "loss": result["loss"],
         "round_seconds": result["round_seconds"],
         "filter": result["filter"],

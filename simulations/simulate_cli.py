@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -22,13 +23,16 @@ def simulate(
     clients: Annotated[int, typer.Option(min=2, help="Number of simulated clients.")] = 10,
     contamination: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.2,
     partition: PartitionOption = "iid",
+    dirichlet_alpha: Annotated[float, typer.Option(
+        help="Concentration of the dirichlet partition (> 0; 0.1: very non-IID).")] = 0.5,
     profile: ProfileOption = "uniform",
     label_policy: LabelPolicyOption = "random",
     pollution: PollutionOption = "fashion",
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 3,
     defense: Annotated[str, typer.Option(
-        help="none, rtbigan, egbad, anogan, iforest, deepsvdd, fedmedian, krum, trimmedavg."
-    )] = "rtbigan",
+        help="none, rtbigan, egbad, anogan, iforest, deepsvdd, fedmedian, krum, multikrum, "
+             "trimmedavg, bulyan, or a detector composed with an aggregator "
+             "(rtbigan+fedmedian).")] = "rtbigan",
     local_epochs: Annotated[int, typer.Option(min=1)] = 3,
     upload_fraction: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
     max_client_contamination: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.5,
@@ -37,6 +41,10 @@ def simulate(
              "detector's own (budget for rtbigan, gmm for the peers).")] = "",
     checkpoint: Annotated[str, typer.Option(help="Meta checkpoint (default: shipped).")] = "",
     seed: Annotated[int, typer.Option(help="Seed of everything random.")] = 0,
+    compare: Annotated[str, typer.Option(
+        help="Comma-separated extra runs beside this one, each a --defense name or oracle "
+             "(the same federation without pollution and without defense), e.g. none,oracle; "
+             "they run into OUT/compare/<name>/ and report.md gets a comparison.")] = "",
     root: RootOption = None,
     verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
@@ -44,6 +52,7 @@ def simulate(
     # Imported here, not at the top: Flower, Ray and torch are slow to import.
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    from fedsieve.simulations.compare import compared_settings, simulate_compare
     from fedsieve.simulations.simulate import settings_for_defense
     from fedsieve.simulations.simulate import simulate as run
 
@@ -56,16 +65,26 @@ def simulate(
             task=TaskSettings(num_server_rounds=rounds, local_epochs=local_epochs,
                               data_root=str(root) if root else ""),
             harness=HarnessSettings(num_clients=clients, contamination=contamination,
-                                    partition=partition, profile=profile,
+                                    partition=partition, dirichlet_alpha=dirichlet_alpha,
+                                    profile=profile,
                                     label_policy=label_policy, pollution=pollution),
         ).validated(), defense)
+        names = [v.strip() for v in compare.split(",") if v.strip()]
+        compared_settings(settings, names)
     except ValueError as err:
         raise fail(str(err)) from err
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("starting", total=None)
-        report = run(settings, out, verbose=verbose,
-                     progress=lambda message: progress.update(task, description=message))
+
+        def say(message: str) -> None:
+            progress.update(task, description=message)
+
+        if names:
+            comparison = simulate_compare(settings, out, names, progress=say, verbose=verbose)
+            report = json.loads((out / "report.json").read_text())
+        else:
+            report = run(settings, out, verbose=verbose, progress=say)
         progress.update(task, description="done")
     d = report["detection"]
     console.print(f"final accuracy {report['final_accuracy']:.4f} after {rounds} rounds "
@@ -74,7 +93,23 @@ def simulate(
         console.print(f"uploads {d['uploads']}: AUC {d['auc'] or float('nan'):.4f}, "
                       f"pollution dropped {d['pollution_dropped'] or 0:.1%}, "
                       f"normal dropped {d['normal_dropped'] or 0:.1%}")
+    if names:
+        _print_comparison(comparison)
     console.print(f"report: {out / 'report.md'}")
+
+
+def _print_comparison(comparison: dict) -> None:
+    """The "Compared runs" table of ``report.md`` on the console."""
+    from rich.table import Table
+
+    from fedsieve.simulations.compare import table_cells, table_columns
+
+    table = Table(title="Compared runs")
+    for i, column in enumerate(table_columns(comparison)):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    for row in comparison["runs"]:
+        table.add_row(*table_cells(comparison, row))
+    console.print(table)
 
 
 def register(app: typer.Typer) -> None:

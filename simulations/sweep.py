@@ -1,16 +1,26 @@
-"""``fedsieve sweep``: contamination-rate experiments over a grid of federations and defenses.
+"""``fedsieve sweep``: poisoning and contamination-rate experiments, every defense side by side.
+
+A grid is a set of federation *families* (:class:`Family`: what is injected, how it is
+labelled, which clients hold it, how the digits are partitioned), each at its contamination
+rates, crossed with defenses and seeds. The default grid (:data:`FAMILIES`) holds the
+poisoning that hurts an undefended model (a backdoor on a few attacker clients, IID and
+non-IID; Fashion-MNIST with mapped labels at skewed majority rates; consistent label flips)
+and the paper's protocol as a control.
 
 Every cell of the grid is one ``fedsieve simulate`` run (the real ServerApp and ClientApp in
-Flower's simulation engine) and, for the data-filter defenses, one detector-only run: the same
-detector fitted on the pooled client data with the ground truth at hand, which gives the test
-AUC and the AUC per self-training round that a federated run cannot see. Each cell writes
-``cells/<key>/row.json`` when it is done, so a re-run with the same settings skips it; a
-failing cell is recorded (``cells/<key>/error.txt``) and the sweep goes on.
+Flower's simulation engine) and, for the data-filter defenses when ``detector_only`` is set,
+one detector-only run: the same detector fitted on the pooled client data with the ground
+truth at hand, which gives the test AUC and the AUC per self-training round that a federated
+run cannot see. Each cell writes ``cells/<key>/row.json`` when it is done, so a re-run with the
+same settings skips it; a failing cell is recorded (``cells/<key>/error.txt``) and the sweep
+goes on.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import functools
 import itertools
 import json
 import time
@@ -28,23 +38,79 @@ from fedsieve.shared.config import HarnessSettings, RunSettings, TaskSettings
 from fedsieve.simulations.benchmark import FittedScores, detection_test_set
 from fedsieve.simulations.machine import machine_info
 from fedsieve.simulations.paper_figures import fig3_adaptation, table_one
+from fedsieve.simulations.poisoning import backdoor_of
 from fedsieve.simulations.pollution import (
-    LABEL_POLICIES,
     PARTITIONS,
-    PROFILES,
     federation_for,
+    parse_label_policy,
+    parse_profile,
 )
-from fedsieve.simulations.simulate import DEFENSES, ORACLE, settings_for_defense, simulate
+from fedsieve.simulations.simulate import ORACLE, parse_defense, settings_for_defense, simulate
 from fedsieve.simulations.sweep_report import write_sweep_report
+from fedsieve.simulations.zoo import parse_pollution
+
+
+@dataclass(frozen=True)
+class Family:
+    """A family of federations: how the clients are polluted (one table and oracle each).
+
+    Attributes
+    ----------
+    name : str
+        Short name, used in cell keys and report headings.
+    pollution, label_policy, profile, partition, dirichlet_alpha
+        The harness settings (:class:`fedsieve.shared.config.HarnessSettings`).
+    contamination : tuple of float, optional
+        This family's rates; None: the grid's.
+    defenses : tuple of str, optional
+        Of the grid's defenses, those this family runs (a short control needs few); None:
+        all of them.
+    about : str
+        One line for the report: the threat the family stands for.
+    """
+
+    name: str
+    pollution: str = "fashion"
+    label_policy: str = "random"
+    profile: str = "uniform"
+    partition: str = "iid"
+    dirichlet_alpha: float = 0.5
+    contamination: tuple[float, ...] | None = None
+    defenses: tuple[str, ...] | None = None
+    about: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name or any(c in self.name for c in "/ :"):
+            raise ValueError(f"family name {self.name!r} must be non-empty, without '/', ':' "
+                             "or spaces (it names directories)")
+        parse_pollution(self.pollution)
+        parse_label_policy(self.label_policy)
+        parse_profile(self.profile)
+        if self.partition not in PARTITIONS:
+            raise ValueError(f"family {self.name}: unknown partition {self.partition!r}; "
+                             f"choose from {', '.join(PARTITIONS)}")
+        if bad := [c for c in self.contamination or () if not 0.0 <= c < 1.0]:
+            raise ValueError(f"family {self.name}: rates must be in [0, 1), got {bad}")
+
+    @classmethod
+    def crossed(cls, partitions: Sequence[str], profiles: Sequence[str],
+                label_policies: Sequence[str], pollution: str = "fashion") -> list[Family]:
+        """One family per (partition, profile, label policy), named after them."""
+        return [cls(f"{p}-{pr}-{lp}".replace(":", ""), pollution, lp, pr, p)
+                for p, pr, lp in itertools.product(partitions, profiles, label_policies)]
+
+    def settings(self, base: RunSettings) -> RunSettings:
+        """``base`` with this family's harness."""
+        return base.replace(pollution=self.pollution, label_policy=self.label_policy,
+                            profile=self.profile, partition=self.partition,
+                            dirichlet_alpha=self.dirichlet_alpha)
 
 
 @dataclass(frozen=True)
 class Cell:
     """One federated run of the sweep."""
 
-    partition: str
-    profile: str
-    label_policy: str
+    family: Family
     contamination: float
     defense: str
     seed: int
@@ -52,71 +118,104 @@ class Cell:
     @property
     def key(self) -> str:
         """Directory name, unique within a sweep."""
-        return (f"{self.partition}-{self.profile}-{self.label_policy}-c{self.contamination:g}-"
-                f"{self.defense}-s{self.seed}")
+        return f"{self.family.name}-c{self.contamination:g}-{self.defense}-s{self.seed}"
 
     @property
-    def group(self) -> tuple[str, str, str]:
-        """The federation family the cell belongs to (one table and oracle per group)."""
-        return self.partition, self.profile, self.label_policy
+    def group(self) -> str:
+        """The federation family the cell belongs to (one table and oracle per family)."""
+        return self.family.name
+
+    def fields(self) -> dict[str, object]:
+        """The cell as flat row fields (family, its harness, contamination, defense, seed)."""
+        family = asdict(self.family)
+        name = family.pop("name")
+        del family["contamination"], family["defenses"], family["about"]
+        return {"family": name, **family, "contamination": self.contamination,
+                "defense": self.defense, "seed": self.seed}
 
     def settings(self, base: RunSettings) -> RunSettings:
         """``base`` with this cell's federation and defense (the oracle: no pollution)."""
-        settings = base.replace(partition=self.partition, profile=self.profile,
-                                label_policy=self.label_policy,
-                                contamination=self.contamination, seed=self.seed)
+        settings = self.family.settings(base).replace(contamination=self.contamination,
+                                                      seed=self.seed)
         return settings_for_defense(settings, "none" if self.defense == ORACLE else self.defense)
+
+
+#: Families of the default sweep: poisoning that hurts an undefended model, and a control.
+BACKDOOR = Family("backdoor-iid", pollution="trigger:size=3", label_policy="target:0",
+                  profile="attackers:3", contamination=(0.2,),
+                  about="3 of 10 clients stamp a 3x3 trigger on 20 % of their digits, "
+                        "labelled 0 (BadNets)")
+#: The paper's own protocol (Fashion-MNIST, random labels, every client alike).
+PAPER_PROTOCOL = Family("fashion-random", contamination=(0.4,), defenses=("none", "rtbigan"),
+                        about="the paper's protocol: Fashion-MNIST with random labels")
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    BACKDOOR,
+    dataclasses.replace(BACKDOOR, name="backdoor-dirichlet", partition="dirichlet",
+                        dirichlet_alpha=0.1,
+                        about="the same backdoor on non-IID clients (Dirichlet alpha 0.1)"),
+    Family("fashion-mapped-skewed", label_policy="mapped", profile="skewed",
+           contamination=(0.6,),
+           about="Fashion-MNIST, classes mapped to digits, skewed rates (60 % mean)"),
+    # An image-only filter cannot see a wrong label on a genuine digit: a measured limit.
+    Family("label-flip", pollution="relabelled", label_policy="mapped", contamination=(0.4,),
+           defenses=("none", "rtbigan", "fedmedian", "multikrum"),
+           about="every client adds copies of its own digits with a consistently flipped "
+                 "label (40 % of its data)"),
+    PAPER_PROTOCOL,
+)}
 
 
 @dataclass(frozen=True)
 class SweepGrid:
-    """What a sweep runs. Every list is crossed with every other; ``seeds`` counts from 0.
+    """What a sweep runs: every family at its rates, with every defense and seed.
 
-    The oracle runs once per (partition, profile, label policy, seed) at contamination 0;
-    it is also the "none" defense at contamination 0, which is therefore not run twice.
+    The oracle runs once per (family, seed) at contamination 0; it is also the "none"
+    defense at contamination 0, which is therefore not run twice.
     """
 
-    contamination: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4)
-    defenses: tuple[str, ...] = ("none", "rtbigan", "iforest", "fedmedian", "krum",
-                                 "trimmedavg")
-    partitions: tuple[str, ...] = ("iid",)
-    profiles: tuple[str, ...] = ("uniform",)
-    label_policies: tuple[str, ...] = ("random",)
+    families: tuple[Family, ...] = tuple(FAMILIES.values())
+    contamination: tuple[float, ...] = (0.2,)
+    defenses: tuple[str, ...] = ("none", "rtbigan", "rtbigan+fedmedian", "iforest",
+                                 "fedmedian", "trimmedavg", "krum", "multikrum", "bulyan")
     seeds: int = 2
-    base: RunSettings = field(default_factory=RunSettings)
+    # A backdoor needs rounds to take hold: FedAvg's attack success is 0.22 after 3 rounds
+    # and 0.97 after 5 (backdoor-iid, seed 0).
+    base: RunSettings = field(default_factory=lambda: RunSettings().replace(
+        num_server_rounds=5))
+    #: Whether filter cells also fit their detector on the pooled data with the ground truth
+    #: at hand (test AUC, AUC per self-training round).
+    detector_only: bool = False
     paper_figures: bool = True
     #: Scale of the paper-figure fits (1.0 = the detectors' defaults; the quick sweep uses less).
     paper_budget: float = 1.0
 
     def __post_init__(self) -> None:
-        unknown = [d for d in self.defenses if d not in DEFENSES and d != ORACLE]
-        if unknown:
-            raise ValueError(f"unknown defense(s) {', '.join(unknown)}; choose from "
-                             f"{', '.join(DEFENSES)}")
+        for defense in self.defenses:
+            if defense != ORACLE:
+                parse_defense(defense)
         bad = [c for c in self.contamination if not 0.0 <= c < 1.0]
         if bad:
             raise ValueError(f"contamination rates must be in [0, 1), got {bad}")
-        for given, allowed, what in ((self.partitions, PARTITIONS, "partition"),
-                                     (self.profiles, PROFILES, "profile"),
-                                     (self.label_policies, LABEL_POLICIES, "label policy")):
-            if unknown := [v for v in given if v not in allowed]:
-                raise ValueError(f"unknown {what} {', '.join(unknown)}; choose from "
-                                 f"{', '.join(allowed)}")
         if self.seeds < 1:
             raise ValueError(f"seeds must be at least 1, got {self.seeds}")
-        if not (self.contamination and self.defenses and self.partitions and self.profiles
-                and self.label_policies):
-            raise ValueError("every list of the grid needs at least one value")
+        if not (self.contamination and self.defenses and self.families):
+            raise ValueError("a sweep needs at least one family, rate and defense")
+        names = [f.name for f in self.families]
+        if len(set(names)) < len(names):
+            raise ValueError(f"family names must be unique, got {names}")
+
+    def rates(self, family: Family) -> tuple[float, ...]:
+        """The contamination rates ``family`` runs at."""
+        return family.contamination or self.contamination
 
     def cells(self) -> list[Cell]:
-        """Oracle cells first, then every (federation, contamination, defense, seed)."""
-        groups = list(itertools.product(self.partitions, self.profiles, self.label_policies))
+        """Oracle cells first, then every (family, contamination, defense, seed)."""
         seeds = range(self.seeds)
-        oracle = [Cell(p, pr, lp, 0.0, ORACLE, s) for (p, pr, lp), s in
-                  itertools.product(groups, seeds)]
-        rest = [Cell(p, pr, lp, c, d, s) for (p, pr, lp), c, d, s in
-                itertools.product(groups, self.contamination, self.defenses, seeds)
-                if d != ORACLE and not (d == "none" and c == 0.0)]
+        oracle = [Cell(f, 0.0, ORACLE, s) for f, s in itertools.product(self.families, seeds)]
+        rest = [Cell(f, c, d, s) for f in self.families
+                for c, d, s in itertools.product(self.rates(f), self.defenses, seeds)
+                if d != ORACLE and not (d == "none" and c == 0.0)
+                and (f.defenses is None or d in f.defenses)]
         return oracle + rest
 
     def to_dict(self) -> dict[str, object]:
@@ -126,11 +225,14 @@ class SweepGrid:
 
 
 #: The reduced grid of ``fedsieve sweep --quick`` (CI runs it): a few minutes on 2 cores.
+#: A backdoor cell with the filter itself, beside no defense and one robust aggregator.
 QUICK = SweepGrid(
-    contamination=(0.0, 0.3),
-    defenses=("none", "iforest", "fedmedian"),
+    families=(dataclasses.replace(BACKDOOR, profile="attackers:1", contamination=(0.3,),
+                                  about="1 of 4 clients stamps a 3x3 trigger on 30 % of its "
+                                        "digits, labelled 0 (BadNets)"),),
+    defenses=("none", "rtbigan", "fedmedian"),
     seeds=1,
-    base=RunSettings(task=TaskSettings(num_server_rounds=2),
+    base=RunSettings(task=TaskSettings(num_server_rounds=3),
                      harness=HarnessSettings(num_clients=4)),
     paper_budget=0.1,
 )
@@ -170,16 +272,21 @@ def detector_only(settings: RunSettings, out: Path) -> dict:
     return row
 
 
-def run_cell(cell: Cell, base: RunSettings, out: Path) -> dict:
-    """Run one cell (federated run, then the detector-only run); returns its result row."""
+def run_cell(cell: Cell, base: RunSettings, out: Path, *,
+             detector_only_run: bool = True) -> dict:
+    """Run one cell (federated run, then for a filter the detector-only run unless
+    ``detector_only_run`` is False); returns its result row."""
     settings = cell.settings(base)
     report = simulate(settings, out)
     detection = report["detection"]
     row: dict[str, object] = {
-        **asdict(cell), "key": cell.key, "status": "ok",
+        **cell.fields(), "key": cell.key, "status": "ok",
         "settings": settings.to_run_config(),
         "final_accuracy": report["final_accuracy"],
         "accuracy": {int(r): a for r, a in report["accuracy"].items()},
+        "final_attack_success": report.get("final_attack_success"),
+        "attack_success": {int(r): a for r, a in report.get("attack_success", {}).items()},
+        "final_class_accuracy": report.get("final_class_accuracy"),
         "upload_auc": detection.get("auc"),
         "upload_precision": detection.get("precision"),
         "upload_recall": detection.get("recall"),
@@ -191,7 +298,7 @@ def run_cell(cell: Cell, base: RunSettings, out: Path) -> dict:
                                    if h.get("screened")), None),
         "wall_seconds": report["wall_seconds"],
     }
-    if settings.filter.filtered:
+    if settings.filter.filtered and detector_only_run:
         row |= detector_only(settings, out)
     return row
 
@@ -219,18 +326,30 @@ def run_sweep(grid: SweepGrid, out: Path, *,
         ``settings`` (``to_run_config()``), by which a re-run recognises a finished cell.
     """
     say = on_cell or (lambda cell, status: None)
-    runner = runner or run_cell
+    runner = runner or functools.partial(run_cell, detector_only_run=grid.detector_only)
     rows = []
+    oracles: dict[str, dict] = {}  # families' clean federations are often the same one
     for cell in grid.cells():
         cell_dir = out / "cells" / cell.key
         done = cell_dir / "row.json"
+        settings = cell.settings(grid.base).to_run_config()
+        clean = _clean_key(cell, grid.base)
         row = _finished_row(done)
         # Reuse a finished cell only if it ran with the same settings (not a stale grid).
+        if row is not None and row.get("settings") != settings:
+            row = None
+        if row is None and clean in oracles:
+            source = oracles[clean]
+            row = {**source, **cell.fields(), "key": cell.key, "settings": settings,
+                   "same_run_as": source.get("same_run_as", source["key"])}
+            cell_dir.mkdir(parents=True, exist_ok=True)
+            _write_row(done, row)
         if row is not None:
-            if row.get("settings") == cell.settings(grid.base).to_run_config():
-                rows.append(row)
-                say(cell, "skipped")
-                continue
+            if clean is not None and row.get("status") == "ok":
+                oracles.setdefault(clean, row)
+            rows.append(row)
+            say(cell, "skipped")
+            continue
         say(cell, "start")
         cell_dir.mkdir(parents=True, exist_ok=True)
         (cell_dir / "error.txt").unlink(missing_ok=True)
@@ -238,17 +357,36 @@ def run_sweep(grid: SweepGrid, out: Path, *,
             row = runner(cell, grid.base, cell_dir)
         except Exception as error:  # one broken cell must not end a long sweep
             (cell_dir / "error.txt").write_text(traceback.format_exc())
-            rows.append({**asdict(cell), "key": cell.key, "status": "failed",
+            rows.append({**cell.fields(), "key": cell.key, "status": "failed",
                          "error": f"{type(error).__name__}: {error}"})
             say(cell, "failed")
             continue
-        # Write then rename: a sweep killed mid-write leaves no half-written row.json.
-        partial = done.with_suffix(".json.partial")
-        partial.write_text(json.dumps(row, indent=1))
-        partial.replace(done)
+        _write_row(done, row)
+        if clean is not None and row.get("status") == "ok":
+            oracles.setdefault(clean, row)
         rows.append(row)
         say(cell, "ok")
     return rows
+
+
+def _write_row(path: Path, row: dict) -> None:
+    """Write then rename: a sweep killed mid-write leaves no half-written row.json."""
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(row, indent=1))
+    partial.replace(path)
+
+
+def _clean_key(cell: Cell, base: RunSettings) -> str | None:
+    """For an oracle cell, what its clean federation depends on (families that differ only in
+    their pollution, labels or rates share it); None for other cells and for a held-out
+    class, which changes the normal data itself."""
+    if cell.defense != ORACLE or parse_pollution(cell.family.pollution).held_out_class is not None:
+        return None
+    settings = cell.settings(base).replace(pollution="fashion", label_policy="random",
+                                           profile="uniform")
+    # The oracle's attack success is measured with its family's backdoor, if any.
+    backdoor = backdoor_of(cell.family.pollution, cell.family.label_policy)
+    return json.dumps([settings.to_run_config(), repr(backdoor)], sort_keys=True)
 
 
 def _finished_row(path: Path) -> dict | None:
@@ -262,8 +400,9 @@ def _finished_row(path: Path) -> dict | None:
 
 
 #: Scalar columns of ``results.csv`` (accuracy per round follows as ``accuracy_round_<r>``).
-CSV_COLUMNS = ("key", "status", "partition", "profile", "label_policy", "contamination",
-               "defense", "seed", "final_accuracy", "upload_auc", "upload_precision",
+CSV_COLUMNS = ("key", "status", "family", "pollution", "label_policy", "profile", "partition",
+               "dirichlet_alpha", "contamination", "defense", "seed", "final_accuracy",
+               "final_attack_success", "upload_auc", "upload_precision",
                "upload_recall", "pollution_dropped", "normal_dropped", "excluded_clients",
                "test_auc", "pool_auc", "pool_precision", "pool_recall", "pool_normal_flagged",
                "screening_seconds", "detector_fit_seconds", "wall_seconds", "error")
@@ -283,7 +422,7 @@ def write_results(rows: Sequence[dict], out: Path, meta: dict) -> None:
                              for c in CSV_COLUMNS] + [accuracy.get(r, "") for r in rounds])
 
 
-def cell_test_scores(grid: SweepGrid, out: Path, group: tuple[str, str, str], *,
+def cell_test_scores(grid: SweepGrid, out: Path, group: str, *,
                      seed: int) -> FittedScores:
     """Look up the test scores a finished cell's detector-only run saved, for a detector
     that would score exactly the same: same class and parameters (the threshold aside,
@@ -321,12 +460,14 @@ def cell_test_scores(grid: SweepGrid, out: Path, group: tuple[str, str, str], *,
 
 
 def paper_phase(grid: SweepGrid, out: Path) -> dict:
-    """Table I / Fig. 4 and Fig. 3 on the first federation family, seed 0; cached in
-    ``out/paper.json`` like the cells."""
+    """Table I / Fig. 4 and Fig. 3 on the paper's protocol, seed 0: the first family whose
+    pollution is Fashion-MNIST (else :data:`PAPER_PROTOCOL`); cached in ``out/paper.json``
+    like the cells."""
     cached = out / "paper.json"
     if cached.is_file():
         return json.loads(cached.read_text())
-    first = grid.cells()[0]
+    family = next((f for f in grid.families if f.pollution == "fashion"), PAPER_PROTOCOL)
+    first = Cell(family, 0.0, ORACLE, 0)
     settings = first.settings(grid.base).replace(seed=0)
     paper = {"table_one": table_one(settings, out, grid.paper_budget,
                                     fitted=cell_test_scores(grid, out, first.group, seed=0)),
@@ -363,8 +504,10 @@ def sweep(grid: SweepGrid, out: Path, *, command: str = "",
             sources = json.loads(report.read_text())["data_sources"]
             break
     meta = {"command": command, "grid": grid.to_dict(), "machine": machine_info(),
+            # A shared oracle row ran once.
             "wall_seconds": sum(r.get("wall_seconds", 0) + r.get("detector_fit_seconds", 0)
-                                for r in rows) + paper.get("table_one", {}).get("seconds", 0)
+                                for r in rows if "same_run_as" not in r)
+            + paper.get("table_one", {}).get("seconds", 0)
             + paper.get("fig3", {}).get("seconds", 0),
             "this_invocation_seconds": time.perf_counter() - started,
             "data_sources": sources, "paper": paper,

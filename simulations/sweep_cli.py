@@ -25,38 +25,49 @@ def _names(text: str) -> tuple[str, ...]:
 
 def sweep_cmd(
     out: Annotated[Path, typer.Option(help="Sweep directory (re-run to resume it).")],
+    families: Annotated[str | None, typer.Option(
+        help="Comma-separated federation families of the default grid: backdoor-iid, "
+             "backdoor-dirichlet, label-flip, fashion-mapped-skewed, fashion-random "
+             "[default: all].")] = None,
     contamination: Annotated[str | None, typer.Option(
-        help="Comma-separated rates [default: 0,0.1,0.2,0.3,0.4].")] = None,
+        help="Comma-separated rates; replaces every family's own [default: each family's].")
+    ] = None,
     defenses: Annotated[str | None, typer.Option(
         help="Comma-separated: none, rtbigan, egbad, anogan, iforest, deepsvdd, fedmedian, "
-             "krum, trimmedavg [default: none,rtbigan,iforest,fedmedian,krum,trimmedavg].")
+             "krum, multikrum, trimmedavg, bulyan, or a detector composed with an "
+             "aggregator (rtbigan+fedmedian) [default: none, rtbigan, rtbigan+fedmedian, "
+             "iforest, fedmedian, trimmedavg, krum, multikrum, bulyan].")] = None,
+    partition: Annotated[str | None, typer.Option(
+        help="Instead of the named families: cross these partitions (iid,dirichlet,...) ...")
     ] = None,
-    partition: Annotated[str | None, typer.Option(help="iid,dirichlet,... [default: iid]")
-                         ] = None,
-    profile: Annotated[str | None, typer.Option(help="uniform,skewed [default: uniform]")
-                       ] = None,
+    profile: Annotated[str | None, typer.Option(
+        help="... with these profiles (uniform,skewed,attackers:3) ...")] = None,
     label_policy: Annotated[str | None, typer.Option(
-        help="random,mapped [default: random]")] = None,
+        help="... and label policies (random,mapped,original,target:0) [default: iid, "
+             "uniform, random].")] = None,
     pollution: Annotated[str | None, typer.Option(
-        help="What is injected, as for `fedsieve simulate --pollution`; the detector-only "
-             "test set holds the same kind [default: fashion].")] = None,
+        help="What the crossed families inject, as for `fedsieve simulate --pollution` "
+             "[default: fashion].")] = None,
     seeds: Annotated[int | None, typer.Option(min=1, help="Seeds per cell [default: 2].")
                      ] = None,
     clients: Annotated[int | None, typer.Option(min=2, help="Clients [default: 10].")] = None,
-    rounds: Annotated[int | None, typer.Option(min=1, help="Rounds [default: 3].")] = None,
+    rounds: Annotated[int | None, typer.Option(min=1, help="Rounds [default: 5].")] = None,
+    detector_only: Annotated[bool | None, typer.Option(
+        "--detector-only/--no-detector-only",
+        help="Also fit each filter cell's detector on the pooled data, with the ground truth "
+             "at hand: test AUC and AUC per self-training round [default: no].")] = None,
     quick: Annotated[bool, typer.Option(
         help="The reduced grid CI runs (a few minutes); options given still apply.")] = False,
     paper_figures: Annotated[bool, typer.Option(
         help="Regenerate the paper's Table I, Fig. 3 and Fig. 4.")] = True,
     root: RootOption = None,
 ) -> None:
-    """Contamination-rate experiments: every defense on every federation, plots and a report."""
+    """Poisoning experiments: every defense on every federation family, plots and a report."""
     # Imported here, not at the top: the sweep pulls in Flower, torch and the detectors.
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from fedsieve.simulations.sweep import QUICK, SweepGrid
+    from fedsieve.simulations.sweep import FAMILIES, QUICK, Family, SweepGrid
     from fedsieve.simulations.sweep import sweep as run
-    from fedsieve.simulations.zoo import parse_pollution
 
     grid = QUICK if quick else SweepGrid()
     base = grid.base
@@ -66,22 +77,29 @@ def sweep_cmd(
         base = base.replace(num_server_rounds=rounds)
     if root:
         base = base.replace(data_root=str(root))
-    if pollution:
-        try:
-            parse_pollution(pollution)
-        except ValueError as err:
-            raise fail(str(err)) from err
-        base = base.replace(pollution=pollution)
     changes: dict[str, object] = {"base": base, "paper_figures": paper_figures}
-    if contamination:
-        changes["contamination"] = _floats(contamination, "--contamination")
-    for name, value in (("defenses", defenses), ("partitions", partition),
-                        ("profiles", profile), ("label_policies", label_policy)):
-        if value:
-            changes[name] = _names(value)
-    if seeds:
-        changes["seeds"] = seeds
+    if detector_only is not None:
+        changes["detector_only"] = detector_only
     try:
+        if families:
+            unknown = [n for n in _names(families) if n not in FAMILIES]
+            if unknown:
+                raise ValueError(f"unknown famil{'y' if len(unknown) == 1 else 'ies'} "
+                                 f"{', '.join(unknown)}; choose from {', '.join(FAMILIES)}")
+            changes["families"] = tuple(FAMILIES[n] for n in _names(families))
+        if partition or profile or label_policy or pollution:
+            changes["families"] = tuple(Family.crossed(
+                _names(partition or "iid"), _names(profile or "uniform"),
+                _names(label_policy or "random"), pollution or "fashion"))
+        if contamination:
+            rates = _floats(contamination, "--contamination")
+            changes["contamination"] = rates
+            changes["families"] = tuple(replace(f, contamination=None) for f in
+                                        changes.get("families", grid.families))
+        if defenses:
+            changes["defenses"] = _names(defenses)
+        if seeds:
+            changes["seeds"] = seeds
         grid = replace(grid, **changes)
         base.validated()
     except ValueError as err:

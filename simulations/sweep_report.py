@@ -15,13 +15,19 @@ from fedsieve.simulations.figures import framed_grid
 from fedsieve.simulations.pollution import federation_for
 from fedsieve.simulations.report import read_sample_verdicts
 from fedsieve.simulations.simulate import ORACLE
-from fedsieve.simulations.tables import format_mean_std, mean_std
+from fedsieve.simulations.tables import MISSING, format_mean_std, mean_std
 
-Key = tuple[tuple[str, str, str], float, str]
+Key = tuple[str, float, str]
+#: An undefended model counts as hurt when pollution costs it this much accuracy ...
+HARM_ACCURACY_PP = 2.0
+#: ... or when a backdoor succeeds this often.
+HARM_ATTACK_SUCCESS = 0.5
 
 
-def _group(row: dict) -> tuple[str, str, str]:
-    return row["partition"], row["profile"], row["label_policy"]
+def _group(row: dict) -> str:
+    """The row's federation family (older rows: partition/profile/label policy)."""
+    return row.get("family") or "/".join((row["partition"], row["profile"],
+                                          row["label_policy"]))
 
 
 def aggregate(rows: Sequence[dict], metric: str) -> dict[Key, tuple[float, float]]:
@@ -82,7 +88,7 @@ def plot_accuracy(rows: Sequence[dict], path: Path) -> None:
             mean, std = acc[(group, 0.0, ORACLE)]
             ax.axhline(mean, color="black", ls="--", lw=1, label="clean oracle")
             ax.axhspan(mean - std, mean + std, color="black", alpha=0.08)
-        _style(ax, xlabel="contamination", ylabel="final test accuracy", title=" / ".join(group))
+        _style(ax, xlabel="contamination", ylabel="final test accuracy", title=group)
     _save(fig, path)
 
 
@@ -93,8 +99,12 @@ def plot_detection(rows: Sequence[dict], path: Path) -> None:
     for ax, metric, title in ((axes[0], "upload_auc", "AUC on the uploads"),
                               (axes[1], "test_auc", "AUC on the test set")):
         stats = aggregate(rows, metric)
+        if not stats:  # no detector-only runs: say so rather than draw an empty frame
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+            ax.set(title=title)
+            continue
         for (group, defense) in sorted({(k[0], k[2]) for k in stats}):
-            label = defense if len({k[0] for k in stats}) == 1 else f"{defense} ({'/'.join(group)})"
+            label = defense if len({k[0] for k in stats}) == 1 else f"{defense} ({group})"
             _curve(ax, stats, group, defense, label)
         _style(ax, xlabel="contamination", ylabel="AUC", title=title)
     _save(fig, path)
@@ -149,19 +159,54 @@ def client_grids(rows: Sequence[dict], sweep_dir: Path, path: Path, per_side: in
     return cell["key"]
 
 
+def harm(rows: Sequence[dict]) -> dict[str, dict]:
+    """Per family: did pollution hurt the undefended model at any of its rates?
+
+    Returns family -> ``{"hurt", "accuracy_drop_pp", "attack_success"}``: the largest drop of
+    the undefended model's mean final accuracy below the clean oracle's, its largest mean
+    attack success (None without a backdoor), and whether either passes
+    :data:`HARM_ACCURACY_PP` / :data:`HARM_ATTACK_SUCCESS`.
+    """
+    acc = aggregate(rows, "final_accuracy")
+    attack = aggregate(rows, "final_attack_success")
+    result = {}
+    for group in dict.fromkeys(_group(r) for r in rows if r.get("status") == "ok"):
+        oracle = acc.get((group, 0.0, ORACLE))
+        levels = [k[1] for k in acc if k[0] == group and k[2] == "none" and k[1] > 0]
+        drops = [100 * (oracle[0] - acc[(group, c, "none")][0]) for c in levels] if oracle else []
+        success = [attack[(group, c, "none")][0] for c in levels if (group, c, "none") in attack]
+        drop = max(drops, default=None)
+        top = max(success, default=None)
+        result[group] = {"hurt": bool((drop is not None and drop >= HARM_ACCURACY_PP)
+                                      or (top is not None and top >= HARM_ATTACK_SUCCESS)),
+                         "accuracy_drop_pp": drop, "attack_success": top}
+    return result
+
+
+def _levels(acc: dict[Key, tuple[float, float]], group: str) -> list[float]:
+    """The family's contamination rates (0 only when a defense other than the oracle ran at
+    0: the oracle also stands for "none" at 0)."""
+    return sorted({k[1] for k in acc if k[0] == group and k[2] != ORACLE
+                   and not (k[1] == 0.0 and k[2] == "none")})
+
+
 def verdicts(rows: Sequence[dict]) -> list[str]:
     """One sentence per (federation family, contamination): which defense holds."""
     acc = aggregate(rows, "final_accuracy")
+    attack = aggregate(rows, "final_attack_success")
     dropped = aggregate(rows, "pollution_dropped")
     normal = aggregate(rows, "normal_dropped")
+    hurt = harm(rows)
     lines = []
-    for group in sorted({k[0] for k in acc}):
+    for group in sorted(hurt, key=lambda g: not hurt[g]["hurt"]):
         oracle = acc.get((group, 0.0, ORACLE))
-        for level in sorted({k[1] for k in acc if k[0] == group and k[2] != ORACLE}):
+        h = hurt[group]
+        status = "**pollution hurts**" if h["hurt"] else "control: no measurable harm"
+        for level in _levels(acc, group):
             here = {d: s for (g, c, d), s in acc.items() if g == group and c == level
                     and d != ORACLE}
             best = max(here, key=lambda d: here[d][0])
-            text = (f"- {'/'.join(group)}, c={level:g}: best **{best}** "
+            text = (f"- {group} ({status}), c={level:g}: best accuracy **{best}** "
                     f"({here[best][0]:.4f})")
             # Differences smaller than the seeds' own spread are not a ranking.
             tied = sorted(d for d in here if d != best and here[best][0] - here[d][0]
@@ -173,13 +218,62 @@ def verdicts(rows: Sequence[dict]) -> list[str]:
                 text += f", {gap:+.2f} pp vs the clean oracle ({oracle[0]:.4f})"
             if "none" in here and best != "none":
                 text += f"; no defense {here['none'][0]:.4f}"
+            success = {d: s for (g, c, d), s in attack.items() if g == group and c == level
+                       and d != ORACLE}
+            if success:
+                lowest = min(success, key=lambda d: success[d][0])
+                text += (f"; attack success: no defense {success['none'][0]:.1%}, lowest "
+                         f"**{lowest}** {success[lowest][0]:.1%}"
+                         if "none" in success else "")
             if "rtbigan" in here:
                 text += f"; Rt-BiGAN {here['rtbigan'][0]:.4f}"
                 d, n = (dropped.get((group, level, "rtbigan")),
                         normal.get((group, level, "rtbigan")))
+                if "rtbigan" in success:
+                    text += f", attack success {success['rtbigan'][0]:.1%}"
                 if d and n:
                     text += f" (dropped {d[0]:.1%} of pollution, {n[0]:.1%} of normal data)"
             lines.append(text + ".")
+    return lines
+
+
+def family_table(rows: Sequence[dict], group: str) -> list[str]:
+    """Markdown table of one family: per defense and rate, final accuracy (its gap to the
+    oracle in pp), attack success for a backdoor, and what a filter dropped."""
+    acc = aggregate(rows, "final_accuracy")
+    attack = aggregate(rows, "final_attack_success")
+    dropped = aggregate(rows, "pollution_dropped")
+    normal = aggregate(rows, "normal_dropped")
+    levels = _levels(acc, group)
+    defenses = sorted({k[2] for k in acc if k[0] == group and k[2] != ORACLE and k[1] in levels},
+                      key=lambda d: (d != "none", "+" not in d and d != "rtbigan", d))
+    oracle = acc.get((group, 0.0, ORACLE))
+    backdoor = any(k[0] == group for k in attack)
+    head = ["defense"]
+    for c in levels:
+        head += [f"accuracy c={c:g}", f"Δ oracle c={c:g}"]
+        head += [f"attack success c={c:g}"] if backdoor else []
+        head += [f"pollution / normal dropped c={c:g}"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    if oracle:
+        cells = []
+        for _ in levels:
+            cells += [format_mean_std(oracle), "0.00"]
+            cells += [format_mean_std(attack.get((group, 0.0, ORACLE)), ".3f")] if backdoor \
+                else []
+            cells += [MISSING]
+        lines.append("| clean oracle | " + " | ".join(cells) + " |")
+    for defense in defenses:
+        cells = []
+        for c in levels:
+            here = acc.get((group, c, defense))
+            gap = (f"{100 * (here[0] - oracle[0]):+.2f}" if here and oracle else MISSING)
+            cells += [format_mean_std(here), gap]
+            cells += [format_mean_std(attack.get((group, c, defense)), ".3f")] if backdoor \
+                else []
+            d, n = dropped.get((group, c, defense)), normal.get((group, c, defense))
+            cells += [f"{d[0]:.1%} / {n[0]:.1%}" if d and n else MISSING]
+        lines.append(f"| {defense} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -213,22 +307,27 @@ def write_sweep_report(rows: Sequence[dict], out: Path, meta: dict) -> Path:
              f"{meta['this_invocation_seconds'] / 60:.1f} min for this invocation (less when "
              f"it resumed finished cells), on {meta['machine']['cpu']} "
              f"({meta['machine']['cores']} cores).", "",
-             "## Verdict per contamination rate", "", *verdicts(rows), ""]
-    acc = aggregate(rows, "final_accuracy")
-    for group in sorted({k[0] for k in acc}):
-        levels = sorted({k[1] for k in acc if k[0] == group and k[2] != ORACLE})
-        defenses = [ORACLE, *sorted({k[2] for k in acc if k[0] == group and k[2] != ORACLE})]
-        lines += [f"## Final accuracy — {' / '.join(group)}", "",
-                  "| defense | " + " | ".join(f"c={c:g}" for c in levels) + " |",
-                  "|---|" + "---|" * len(levels)]
-        for defense in defenses:
-            if defense == ORACLE:
-                cell = format_mean_std(acc.get((group, 0.0, ORACLE)))
-                lines.append("| clean oracle | " + " | ".join([cell] * len(levels)) + " |")
-            else:
-                lines.append(f"| {defense} | " + " | ".join(
-                    format_mean_std(acc.get((group, c, defense))) for c in levels) + " |")
-        lines.append("")
+             "## Verdict per family and rate", "", *verdicts(rows), ""]
+    hurt = harm(rows)
+    about = {f["name"]: f.get("about", "") for f in meta["grid"].get("families", [])}
+    for title, wanted in (("Where pollution hurts", True), ("Controls", False)):
+        families = [g for g in hurt if hurt[g]["hurt"] == wanted]
+        if not families:
+            continue
+        lines += [f"## {title}", ""]
+        if not wanted:
+            lines += [f"Families where the undefended model lost less than "
+                      f"{HARM_ACCURACY_PP:g} pp of accuracy against the clean oracle (and no "
+                      f"backdoor reached {HARM_ATTACK_SUCCESS:.0%} attack success).", ""]
+        for group in families:
+            h = hurt[group]
+            effect = ", ".join(
+                ([f"without a defense: accuracy {-h['accuracy_drop_pp']:+.2f} pp against the "
+                  "clean oracle"] if h["accuracy_drop_pp"] is not None else [])
+                + ([f"attack success {h['attack_success']:.1%}"]
+                   if h["attack_success"] is not None else []))
+            lines += [f"### {group}", "", (about.get(group) or group) + f". {effect}.", "",
+                      *family_table(rows, group), ""]
     metrics = {m: aggregate(rows, m) for m in ("upload_auc", "pollution_dropped",
                                                "normal_dropped", "test_auc")}
     detectors = sorted({(k[0], k[1], k[2]) for k in metrics["upload_auc"]})
@@ -237,7 +336,7 @@ def write_sweep_report(rows: Sequence[dict], out: Path, meta: dict) -> Path:
                   "| family | c | detector | upload AUC | pollution dropped | normal dropped | "
                   "test AUC |", "|---|---|---|---|---|---|---|"]
         for key in detectors:
-            lines.append(f"| {'/'.join(key[0])} | {key[1]:g} | {key[2]} | "
+            lines.append(f"| {key[0]} | {key[1]:g} | {key[2]} | "
                          f"{format_mean_std(metrics['upload_auc'].get(key))} | "
                          f"{format_mean_std(metrics['pollution_dropped'].get(key), '.2%')} | "
                          f"{format_mean_std(metrics['normal_dropped'].get(key), '.2%')} | "

@@ -35,6 +35,7 @@ __all__ = [
     "MixSample",
     "Occluded",
     "PollutionKind",
+    "Relabelled",
     "Sample",
     "SaltPepper",
     "Trigger",
@@ -410,6 +411,23 @@ class HeldOutClass(PollutionKind):
                       material.extra_labels[idx].astype(np.int64), idx.astype(np.int64))
 
 
+@dataclass(frozen=True)
+class Relabelled(PollutionKind):
+    """Genuine digits, copied unchanged from the data they pollute: only their label is wrong.
+
+    The image carries no trace of the attack, so an image-only detector cannot see it; the
+    harm comes from the label the harness's label policy gives each copy (``mapped``: a
+    consistent label flip, ``random``: label noise, ``target``: every copy one class).
+    Under the ``original`` policy the copies keep their own digit and are harmless.
+    """
+
+    name: ClassVar[str] = "relabelled"
+    source: ClassVar[str | None] = "digits"
+
+    def sample(self, n, rng, material):
+        return _digits(n, rng, material)
+
+
 # -- composition ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Mix(PollutionKind):
@@ -517,7 +535,7 @@ def as_mix(kind: PollutionKind) -> Mix:
 #: Every elementary kind by name.
 KINDS: Mapping[str, type[PollutionKind]] = {
     k.name: k for k in (Fashion, InkMatchedFashion, Constant, UniformNoise, SaltPepper, Inverted,
-                        Blurred, LowContrast, Occluded, Trigger, HeldOutClass)
+                        Blurred, LowContrast, Occluded, Trigger, HeldOutClass, Relabelled)
 }
 #: Short names for common settings.
 ALIASES = {"black": "constant:value=0", "white": "constant:value=255",

@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 import pytest
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import Bulyan, FedAvg, Krum, MultiKrum
 
 from fedsieve.server import AnomalyFilter
 from fedsieve.server.app import example_trusted_images
@@ -53,11 +53,34 @@ def test_no_filter_needs_no_trusted_images(tmp_path):
 def test_every_aggregator_name_builds_and_an_unknown_one_is_an_error():
     built = {name: type(make_aggregator(name, 5)).__name__ for name in AGGREGATORS}
     assert built == {"fedavg": "FedAvg", "fedmedian": "FedMedian", "krum": "Krum",
-                     "trimmedavg": "FedTrimmedAvg"}
+                     "multikrum": "MultiKrum", "trimmedavg": "FedTrimmedAvg",
+                     "bulyan": "Bulyan"}
     with pytest.raises(ValueError, match="unknown aggregator 'fedavgg'; choose one of fedavg"):
         make_aggregator("fedavgg")
     with pytest.raises(ValueError, match="aggregator must be one of"):
         FilterSettings.from_run_config({"aggregator": "fedavgg"})
+    for name in ("multikrum", "bulyan"):
+        assert FilterSettings.from_run_config({"aggregator": name}).aggregator == name
+
+
+@pytest.mark.parametrize("num_nodes", [1, 2, 3, 4, 5, 7, 10, 11, 20])
+def test_byzantine_aggregators_assume_the_most_malicious_nodes_their_rule_allows(num_nodes):
+    krum, multikrum, bulyan = (make_aggregator(name, num_nodes)
+                               for name in ("krum", "multikrum", "bulyan"))
+    assert (type(krum), type(multikrum), type(bulyan)) == (Krum, MultiKrum, Bulyan)
+    krum_f = max(0, (num_nodes - 3) // 2)
+    assert krum.num_malicious_nodes == multikrum.num_malicious_nodes == krum_f
+    assert krum.num_nodes_to_select == 1
+    assert multikrum.num_nodes_to_select == max(1, num_nodes - krum_f)
+    assert bulyan.num_malicious_nodes == max(0, (num_nodes - 3) // 4)
+    # Each f is the largest its rule tolerates: Krum needs n > 2f + 2, Bulyan n >= 4f + 3.
+    if num_nodes >= 3:
+        assert 2 * krum_f + 2 < num_nodes <= 2 * (krum_f + 1) + 2
+        bulyan_f = bulyan.num_malicious_nodes
+        assert 4 * bulyan_f + 3 <= num_nodes < 4 * (bulyan_f + 1) + 3
+    for strategy in (krum, multikrum, bulyan):
+        assert strategy.min_available_nodes == num_nodes
+        assert strategy.min_train_nodes == min(2, num_nodes)
 
 
 def test_detector_comes_from_the_registry_with_the_settings():
