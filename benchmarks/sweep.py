@@ -1,6 +1,6 @@
 """The committed default sweep: run (or resume) ``fedsieve sweep`` and publish its outputs.
 
-    .venv/bin/python benchmarks/sweep.py [--work runs/sweep-default] [--root DIR]
+    .venv/bin/python benchmarks/sweep.py [--work runs/sweep-default] [--root DIR] [--report-only]
 
 The work directory keeps every cell (audit logs included, resumable); only the results,
 plots and report are copied to ``benchmarks/results/sweep/`` (replacing what was there).
@@ -28,7 +28,9 @@ def main(work: Annotated[Path, typer.Option(help="Sweep directory.")] = Path(
         "runs/sweep-default"),
          root: Annotated[Path | None, typer.Option(
              help="Data folder with the MNIST test split [default: ../shared/datasets/"
-                  "mnist-test when it exists].")] = None) -> None:
+                  "mnist-test when it exists].")] = None,
+         report_only: Annotated[bool, typer.Option(
+             help="Run nothing: publish the cells finished so far.")] = False) -> None:
     """Run the default grid, then copy what people read into benchmarks/results/sweep."""
     from fedsieve.simulations.sweep_cli import sweep_cmd
 
@@ -37,7 +39,7 @@ def main(work: Annotated[Path, typer.Option(help="Sweep directory.")] = Path(
     sys.argv = ["fedsieve", "sweep", "--out", str(work),
                 *(["--root", str(root)] if root else [])]
     try:
-        sweep_cmd(out=work, root=root)
+        sweep_cmd(out=work, root=root, report_only=report_only)
     except typer.Exit as done:
         if done.exit_code:
             sys.exit(done.exit_code)

@@ -87,11 +87,13 @@ def run_server(grid: Grid, settings: RunSettings, run_dir: Path, *,
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)
+    # First, before building a detector draws from the same generator: every defense (and
+    # the clean oracle) starts from the same initial model for a given seed.
+    model = DigitNet()
     trusted = example_trusted_images(settings)  # a bad trusted file stops us before waiting
     num_nodes = wait_for_nodes(grid, settings.filter.min_nodes)
     strategy = build_strategy(settings.filter, num_nodes, run_dir, trusted_images=trusted)
     test = load_mnist("test", root=settings.task.data_root or None)
-    model = DigitNet()
     round_times: dict[int, float] = {}
     clock = [time.perf_counter()]
 

@@ -476,21 +476,38 @@ def paper_phase(grid: SweepGrid, out: Path) -> dict:
     return paper
 
 
+def finished_rows(grid: SweepGrid, out: Path) -> list[dict]:
+    """The rows of the cells already finished in ``out`` with the grid's settings, in grid
+    order (what a sweep cut short has to show)."""
+    rows = []
+    for cell in grid.cells():
+        row = _finished_row(out / "cells" / cell.key / "row.json")
+        if row is not None and row.get("settings") == cell.settings(grid.base).to_run_config():
+            rows.append(row)
+    return rows
+
+
 def sweep(grid: SweepGrid, out: Path, *, command: str = "",
           on_cell: Callable[[Cell, str], None] | None = None,
           on_phase: Callable[[str], None] | None = None,
-          runner: CellRunner | None = None) -> dict:
+          runner: CellRunner | None = None, report_only: bool = False) -> dict:
     """Run (or resume) the whole sweep and write results, plots and ``report.md`` into ``out``.
 
-    ``on_cell`` and ``runner`` are passed to :func:`run_sweep`. Returns the ``results.json``
-    content.
+    ``on_cell`` and ``runner`` are passed to :func:`run_sweep`. With ``report_only`` nothing
+    runs: the report shows the cells finished so far (and the paper figures if they are),
+    and says how many are missing. Returns the ``results.json`` content.
     """
     phase = on_phase or (lambda message: None)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    rows = run_sweep(grid, out, on_cell=on_cell, runner=runner)
+    rows = (finished_rows(grid, out) if report_only
+            else run_sweep(grid, out, on_cell=on_cell, runner=runner))
+    done = {r["key"] for r in rows}
     paper: dict = {}
-    if grid.paper_figures:
+    if report_only:
+        cached = out / "paper.json"
+        paper = json.loads(cached.read_text()) if cached.is_file() else {}
+    elif grid.paper_figures:
         phase("regenerating the paper's Table I, Fig. 3 and Fig. 4")
         try:
             paper = paper_phase(grid, out)
@@ -511,7 +528,9 @@ def sweep(grid: SweepGrid, out: Path, *, command: str = "",
             + paper.get("fig3", {}).get("seconds", 0),
             "this_invocation_seconds": time.perf_counter() - started,
             "data_sources": sources, "paper": paper,
-            "failed_cells": [r["key"] for r in rows if r.get("status") != "ok"]}
+            "failed_cells": [r["key"] for r in rows if r.get("status") != "ok"],
+            "cells": len(grid.cells()),
+            "missing_cells": [c.key for c in grid.cells() if c.key not in done]}
     phase("writing results.csv, results.json, plots and report.md")
     write_results(rows, out, meta)
     write_sweep_report(rows, out, meta)

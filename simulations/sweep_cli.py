@@ -56,6 +56,8 @@ def sweep_cmd(
         "--detector-only/--no-detector-only",
         help="Also fit each filter cell's detector on the pooled data, with the ground truth "
              "at hand: test AUC and AUC per self-training round [default: no].")] = None,
+    report_only: Annotated[bool, typer.Option(
+        help="Run nothing: write the report of the cells finished so far.")] = False,
     quick: Annotated[bool, typer.Option(
         help="The reduced grid CI runs (a few minutes); options given still apply.")] = False,
     paper_figures: Annotated[bool, typer.Option(
@@ -120,9 +122,15 @@ def sweep_cmd(
                 progress.console.print(f"[red]cell {cell.key} failed[/] (see "
                                        f"{out / 'cells' / cell.key / 'error.txt'})")
 
-        result = run(grid, out, command="fedsieve " + " ".join(sys.argv[1:]), on_cell=on_cell,
-                     on_phase=lambda m: progress.update(task, description=m))
+        # The command that runs the whole grid (what a report cut short asks for).
+        command = "fedsieve " + " ".join(a for a in sys.argv[1:] if a != "--report-only")
+        result = run(grid, out, command=command, on_cell=on_cell,
+                     on_phase=lambda m: progress.update(task, description=m),
+                     report_only=report_only)
     meta = result["meta"]
+    if meta.get("missing_cells"):
+        console.print(f"{len(meta['missing_cells'])} of {len(cells)} cells not run yet (run "
+                      "the same command without --report-only)")
     console.print(f"{len(cells)} cells, {len(meta['failed_cells'])} failed; compute time "
                   f"{meta['wall_seconds'] / 60:.1f} min; report: {out / 'report.md'}")
     if meta["failed_cells"]:

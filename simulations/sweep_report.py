@@ -307,6 +307,9 @@ def write_sweep_report(rows: Sequence[dict], out: Path, meta: dict) -> Path:
              f"{meta['this_invocation_seconds'] / 60:.1f} min for this invocation (less when "
              f"it resumed finished cells), on {meta['machine']['cpu']} "
              f"({meta['machine']['cores']} cores).", "",
+             *([f"**Cut short: {meta['cells'] - len(meta['missing_cells'])} of "
+                f"{meta['cells']} cells finished**; the same command without --report-only "
+                "runs the rest.", ""] if meta.get("missing_cells") else []),
              "## Verdict per family and rate", "", *verdicts(rows), ""]
     hurt = harm(rows)
     about = {f["name"]: f.get("about", "") for f in meta["grid"].get("families", [])}

@@ -449,6 +449,24 @@ def test_a_shared_oracle_counts_once_in_the_compute_time(tmp_path):
 
 
 # -- the report -----------------------------------------------------------------------------
+def test_report_only_shows_the_finished_cells_and_says_what_is_missing(tmp_path):
+    part = replace(SMALL, seeds=1)  # the first seed of every cell, as a sweep cut short
+    run_sweep(part, tmp_path, runner=screen_by_truth)
+    ran = Recorder()
+    result = sweep(SMALL, tmp_path, runner=ran, report_only=True)
+    assert ran.ran == []  # nothing runs
+    assert [r["key"] for r in result["rows"]] == [c.key for c in part.cells()]
+    missing = [c.key for c in SMALL.cells() if c.seed == 1]
+    total = len(SMALL.cells())
+    assert result["meta"]["missing_cells"] == missing and result["meta"]["cells"] == total
+    report = (tmp_path / "report.md").read_text()
+    assert f"Cut short: {total - len(missing)} of {total} cells finished" in report
+    # The full run afterwards runs exactly the missing cells and the report no longer says so.
+    result = sweep(SMALL, tmp_path, runner=ran)
+    assert ran.ran == missing and not result["meta"]["missing_cells"]
+    assert "Cut short" not in (tmp_path / "report.md").read_text()
+
+
 def test_report_of_a_sweep_with_a_failed_cell(tmp_path):
     grid = replace(SMALL, contamination=(0.0, 0.3, 0.99),
                    base=RunSettings().replace(num_clients=2, num_server_rounds=2))
@@ -864,6 +882,8 @@ def test_quick_sweep_writes_rows_plots_and_report(quick_sweep):
         assert 0.1 < row["final_accuracy"] <= 1.0
         # A backdoor family: every run measures how often the trigger flips a digit to 0.
         assert 0.0 <= row["final_attack_success"] <= 1.0
+    # Every defense starts from the same initial model (a detector does not shift the seed).
+    assert len({r["accuracy"]["0"] for r in rows}) == 1
     by_defense = {r["defense"]: r for r in rows}
     polluted_filter = by_defense["rtbigan"]
     assert polluted_filter["upload_auc"] > 0.8 and polluted_filter["pollution_dropped"] > 0.5
