@@ -208,7 +208,7 @@ def parse_profile(profile: str) -> tuple[str, int]:
     ValueError
         Unknown profile, or a bad attacker count; the message lists the profiles.
     """
-    return _name_and_digit(profile, PROFILES, "profile", {"attackers": DEFAULT_ATTACKERS},
+    return _name_and_number(profile, PROFILES, "profile", {"attackers": DEFAULT_ATTACKERS},
                            "attackers:3 (three attacker clients)", low=1, high=None)
 
 
@@ -221,11 +221,11 @@ def parse_label_policy(policy: str) -> tuple[str, int]:
     ValueError
         Unknown policy, or a target that is no digit; the message lists the policies.
     """
-    return _name_and_digit(policy, LABEL_POLICIES, "label policy", {"target": DEFAULT_TARGET},
+    return _name_and_number(policy, LABEL_POLICIES, "label policy", {"target": DEFAULT_TARGET},
                            "target:7 (every injected sample labelled 7)", low=0, high=9)
 
 
-def _name_and_digit(spec: str, names: tuple[str, ...], what: str, defaults: dict[str, int],
+def _name_and_number(spec: str, names: tuple[str, ...], what: str, defaults: dict[str, int],
                     example: str, *, low: int, high: int | None) -> tuple[str, int]:
     name, sep, arg = str(spec).partition(":")
     if name not in names or (sep and name not in defaults):
