@@ -65,6 +65,9 @@ class Family:
     defenses : tuple of str, optional
         Of the grid's defenses, those this family runs (a short control needs few); None:
         all of them.
+    rounds : int, optional
+        Federated rounds of this family's runs (very non-IID clients need more); None: the
+        grid's.
     about : str
         One line for the report: the threat the family stands for.
     """
@@ -77,6 +80,7 @@ class Family:
     dirichlet_alpha: float = 0.5
     contamination: tuple[float, ...] | None = None
     defenses: tuple[str, ...] | None = None
+    rounds: int | None = None
     about: str = ""
 
     def __post_init__(self) -> None:
@@ -91,6 +95,9 @@ class Family:
                              f"choose from {', '.join(PARTITIONS)}")
         if bad := [c for c in self.contamination or () if not 0.0 <= c < 1.0]:
             raise ValueError(f"family {self.name}: rates must be in [0, 1), got {bad}")
+        if self.rounds is not None and self.rounds < 1:
+            raise ValueError(f"family {self.name}: rounds must be at least 1, got "
+                             f"{self.rounds}")
 
     @classmethod
     def crossed(cls, partitions: Sequence[str], profiles: Sequence[str],
@@ -100,10 +107,12 @@ class Family:
                 for p, pr, lp in itertools.product(partitions, profiles, label_policies)]
 
     def settings(self, base: RunSettings) -> RunSettings:
-        """``base`` with this family's harness."""
-        return base.replace(pollution=self.pollution, label_policy=self.label_policy,
-                            profile=self.profile, partition=self.partition,
-                            dirichlet_alpha=self.dirichlet_alpha)
+        """``base`` with this family's harness (and rounds, when it sets them)."""
+        settings = base.replace(pollution=self.pollution, label_policy=self.label_policy,
+                                profile=self.profile, partition=self.partition,
+                                dirichlet_alpha=self.dirichlet_alpha)
+        return settings if self.rounds is None else settings.replace(
+            num_server_rounds=self.rounds)
 
 
 @dataclass(frozen=True)
@@ -129,7 +138,7 @@ class Cell:
         """The cell as flat row fields (family, its harness, contamination, defense, seed)."""
         family = asdict(self.family)
         name = family.pop("name")
-        del family["contamination"], family["defenses"], family["about"]
+        del family["contamination"], family["defenses"], family["rounds"], family["about"]
         return {"family": name, **family, "contamination": self.contamination,
                 "defense": self.defense, "seed": self.seed}
 

@@ -202,6 +202,16 @@ def test_cell_fields_name_the_family_once():
         "contamination", "defense", "seed"}
 
 
+def test_a_family_can_set_its_own_rounds():
+    grid = replace(SMALL, families=(Family("slow", partition="dirichlet", rounds=7),
+                                    Family("fast")))
+    rounds = {c.family.name: c.settings(grid.base).task.num_server_rounds for c in grid.cells()}
+    assert rounds == {"slow": 7, "fast": grid.base.task.num_server_rounds}
+    assert "rounds" not in grid.cells()[0].fields()
+    with pytest.raises(ValueError, match="rounds must be at least 1"):
+        Family("none-at-all", rounds=0)
+
+
 def test_per_family_rates_and_defenses_select_their_cells():
     grid = SweepGrid(
         families=(
