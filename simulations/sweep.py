@@ -258,7 +258,8 @@ def detector_only(settings: RunSettings, out: Path) -> dict:
     federation = federation_for(settings)
     pool, polluted = federation.pooled()
     root = settings.task.data_root or None
-    test = detection_test_set(root, root, pollution=settings.harness.pollution)
+    # Only MNIST comes from the data root: a folder of IDX files reads as either dataset.
+    test = detection_test_set(root, None, pollution=settings.harness.pollution)
     x_test, y_test = test.x, test.y
     detector = build_detector(settings.filter)
     started = time.perf_counter()
