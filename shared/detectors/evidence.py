@@ -52,6 +52,11 @@ MIN_SCALE = 0.02
 #: Images farther than this many robust deviations on any statistic are left out when the
 #: normal statistics are re-estimated from the pool (trimmed, so pollution cannot move them).
 TRIM_Z = 3.5
+#: Passes in which each piece of evidence is cut again on the images no other piece flags.
+LEAVE_ONE_OUT_PASSES = 2
+#: Half-width, in robust deviations, of the window whose median moves the normal statistics'
+#: centre to their mode.
+CORE_Z = 1.5
 
 
 def image_statistics(X: np.ndarray) -> np.ndarray:
@@ -98,12 +103,18 @@ def detached_ink(X: np.ndarray) -> np.ndarray:
 
 
 def robust_center_scale(pool_stats: np.ndarray, trusted_stats: np.ndarray,
-                        iterations: int = 4) -> tuple[np.ndarray, np.ndarray]:
+                        iterations: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """Median and robust scale of each statistic over normal images.
 
-    Starts from the trusted images alone, then re-estimates from the pool images within
-    :data:`TRIM_Z` robust deviations of them on every statistic (plus the trusted images),
-    so that a majority of degenerate images cannot drag the estimate towards themselves.
+    Starts from the trusted images alone; the scale is re-estimated once from the pool images
+    within :data:`TRIM_Z` robust deviations of them on every statistic (plus the trusted
+    images). The centre then climbs from the trusted images' median to the normal images'
+    mode: the median of the pool images within :data:`CORE_Z` deviations of it on every
+    statistic (plus the trusted images), repeated ``iterations`` times.
+    A majority of pollution whose statistics overlap normal ones (87 % Fashion-MNIST) drags a
+    wide trimmed re-estimate along, about 0.6 SD a statistic; the narrow window stays on
+    the normal images' own peak, as the score's climb in
+    :func:`~fedsieve.shared.detectors.threshold.normal_mode_cut` does.
     """
 
     def fit(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -112,9 +123,11 @@ def robust_center_scale(pool_stats: np.ndarray, trusted_stats: np.ndarray,
         return center, np.maximum(scale, MIN_RELATIVE_SCALE * np.abs(center) + MIN_SCALE)
 
     center, scale = fit(trusted_stats)
+    close = (np.abs((pool_stats - center) / scale) <= TRIM_Z).all(axis=1)
+    scale = fit(np.concatenate([pool_stats[close], trusted_stats]))[1]
     for _ in range(iterations):
-        close = (np.abs((pool_stats - center) / scale) <= TRIM_Z).all(axis=1)
-        center, scale = fit(np.concatenate([pool_stats[close], trusted_stats]))
+        core = (np.abs((pool_stats - center) / scale) <= CORE_Z).all(axis=1)
+        center = np.median(np.concatenate([pool_stats[core], trusted_stats]), axis=0)
     return center, scale
 
 
@@ -141,9 +154,10 @@ class EvidenceCalibration:
     Fitted on the pool every self-training round. Piece ``k`` with (log) value ``v`` becomes
     ``(v - cut_k) / (cut_k - mode_k)``; the detector's score is the largest of them, so an
     image is flagged when any piece passes its cut, and each cut spends ``budget / K`` of
-    the false-drop budget (a union bound over the ``K`` pieces). The cuts are fitted twice:
-    each piece on the whole pool, then again piece by piece from the deepest valley on, each
-    on the images the pieces before it leave unflagged.
+    the false-drop budget (a union bound over the ``K`` pieces). The cuts are fitted
+    several times: each piece on the whole pool, then again piece by piece from the deepest
+    valley on, each on the images the pieces before it leave unflagged, then
+    :data:`LEAVE_ONE_OUT_PASSES` times each on the images every other piece leaves unflagged.
 
     Attributes
     ----------
@@ -178,6 +192,14 @@ class EvidenceCalibration:
             if explained.any():  # the first piece's rows are the whole pool: already cut
                 found[j] = cut(j, ~explained)
             explained |= pool[:, j] > found[j].cut
+        # Then each piece once more on the images no other piece flags: a piece cut before the
+        # others saw the whole pollution, and with pollution the majority the valley it found
+        # lies inside the normal tail (80 % Fashion-MNIST: 7 % of the normal data beyond it).
+        flags = pool > np.array([f.cut for f in found])
+        for _ in range(LEAVE_ONE_OUT_PASSES):
+            for j in range(k):
+                found[j] = cut(j, ~np.delete(flags, j, axis=1).any(axis=1))
+                flags[:, j] = pool[:, j] > found[j].cut
         return cls(*(np.array([getattr(f, name) for f in found], dtype=np.float64)
                      for name in ("cut", "mode", "spread")))
 

@@ -12,7 +12,12 @@ Five policies, chosen with ``threshold_policy`` and parameterised by ``threshold
     doubles again (a second population: the pollution). The cut is that valley; without one
     (a clean pool, or pollution the score cannot separate) it is the ``1 - budget`` quantile
     of the pool, so a clean pool loses ``budget`` of its data. A majority of pollution does
-    not move the normal mode, because the climb starts at the trusted images. Detectors
+    not move the normal mode, because the climb starts at the trusted images. When the
+    pollution is so much the majority that the normal data is only a shoulder of its peak (no
+    valley, and more than half the pool above every trusted value, which a clean pool shows
+    with probability 2^-m for m trusted images), the normal data is instead read off a
+    Gaussian mixture (components chosen by BIC): the component holding most trusted values
+    and those below it; the cut is their ``1 - budget`` quantile. Detectors
     that calibrate their own scores (Rt-BiGAN: each piece of evidence is cut this way and
     rescaled so that its cut is 0) keep 0 as the threshold.
 ``"gmm"`` (unsupervised, the 0.1 default)
@@ -57,6 +62,14 @@ VALLEY_RATIO = 2.0
 VALLEY_MIN_SD = 2.0
 #: Posterior of the anomalous mixture component at which ``"gmm"`` cuts.
 GMM_POSTERIOR = 0.5
+#: Without a valley, the pool counts as mostly pollution when more than this share of it lies
+#: above every trusted value: for a pool of normal data exchangeable with ``m`` trusted images
+#: that share is Beta(1, m)-distributed (mean 1 / (m + 1); above 0.5 with probability 2^-m).
+MAJORITY_BEYOND_TRUSTED = 0.5
+#: Most components of the ``"budget"`` cut's mixture when pollution is the majority, fitted
+#: on at most this many values (a seeded subsample).
+MAJORITY_COMPONENTS = 4
+MAJORITY_MAX_VALUES = 5000
 
 
 def check_policy_value(policy: str, value: float | None) -> None:
@@ -142,6 +155,9 @@ def normal_mode_cut(
     start = (np.median(trusted_values) if trusted_values is not None and len(trusted_values)
              else None)
     found = _mode_and_cut(v, start, rate)
+    if (found.depth >= 1.0 and trusted_values is not None and len(trusted_values)
+            and np.mean(v > np.max(trusted_values)) > MAJORITY_BEYOND_TRUSTED):
+        return _majority_cut(v, trusted_values, rate)
     atom = float(np.median(v)) if len(v) else 0.0
     if (len(v) >= 4 and np.mean(v == atom) >= 0.5
             and abs(found.mode - atom) <= np.ptp(v) / 256):  # the climb ended on the atom
@@ -208,6 +224,31 @@ def _mode_and_cut(v: np.ndarray, start: float | None, rate: float) -> NormalMode
         return NormalMode(float(centers[end]), mode, sd_left, float(dens[end] / peak))
     # "higher": at most rate * n values lie above the cut, whatever the ties.
     return NormalMode(float(np.quantile(v, 1.0 - rate, method="higher")), mode, sd_left)
+
+
+def _majority_cut(v: np.ndarray, trusted_values: np.ndarray, rate: float) -> NormalMode:
+    """The ``1 - rate`` quantile of the normal part of sorted values ``v`` that are mostly
+    pollution. A Gaussian mixture (components chosen by BIC, up to
+    :data:`MAJORITY_COMPONENTS`) is fitted to ``v``; the normal part is the component that
+    holds most of the trusted values and every component below it (pollution scores higher)."""
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(0)
+    sub = (v if len(v) <= MAJORITY_MAX_VALUES else rng.choice(v, MAJORITY_MAX_VALUES, False)
+           )[:, None]
+    fits = [GaussianMixture(k, random_state=0).fit(sub) for k in range(1, MAJORITY_COMPONENTS + 1)]
+    gm = min(fits, key=lambda g: g.bic(sub))
+    means = gm.means_.ravel()
+    held = gm.predict_proba(np.asarray(trusted_values, np.float64)[:, None]).mean(axis=0)
+    main = int(np.argmax(held))
+    normal = means <= means[main]
+    sds = np.sqrt(gm.covariances_.ravel())
+    weights = gm.weights_[normal] / gm.weights_[normal].sum()
+    grid = np.linspace(v[0], v[-1], 4096)
+    cdf = (weights * norm.cdf((grid[:, None] - means[normal]) / sds[normal])).sum(axis=1)
+    cut = float(grid[min(int(np.searchsorted(cdf, 1.0 - rate)), len(grid) - 1)])
+    # The normal mode and spread are the main normal component's.
+    return NormalMode(max(cut, float(means[main])), float(means[main]), float(sds[main]))
 
 
 def budget_threshold(scores: np.ndarray, trusted_scores: np.ndarray | None = None,
