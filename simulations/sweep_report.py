@@ -299,10 +299,13 @@ def write_sweep_report(rows: Sequence[dict], out: Path, meta: dict) -> Path:
             "adapted in 20 steps on 10 shots; samples G(z) of the adapted model")
 
     grid = meta["grid"]
+    own_rounds = ", ".join(f"{f['name']} {f['rounds']}" for f in grid.get("families", [])
+                           if f.get("rounds"))
     lines = ["# fedsieve sweep", "",
              f"Command: `{meta['command']}`  ",
              f"{grid['base']['num-clients']} clients, {grid['base']['num-server-rounds']} rounds "
-             f"x {grid['base']['local-epochs']} local epochs, {grid['seeds']} seed(s); "
+             + (f"({own_rounds} where a family sets its own) " if own_rounds else "")
+             + f"x {grid['base']['local-epochs']} local epochs, {grid['seeds']} seed(s); "
              f"{meta['wall_seconds'] / 60:.1f} min of cells and paper figures, "
              f"{meta['this_invocation_seconds'] / 60:.1f} min for this invocation (less when "
              f"it resumed finished cells), on {meta['machine']['cpu']} "

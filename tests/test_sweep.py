@@ -569,8 +569,9 @@ def section(lines: list[str], title: str) -> list[str]:
 
 
 def backdoor_sweep(out: Path) -> dict:
-    """A backdoor family and a control (too little pollution to hurt), each at its own rate."""
-    grid = SweepGrid(families=(BACKDOOR, Family("control", contamination=(0.02,))),
+    """A backdoor family and a control (too little pollution to hurt), each at its own rate;
+    the control runs its own number of rounds."""
+    grid = SweepGrid(families=(BACKDOOR, Family("control", contamination=(0.02,), rounds=3)),
                      contamination=(0.3,), defenses=("none", "iforest"), seeds=1,
                      base=RunSettings().replace(num_clients=3, num_server_rounds=2),
                      paper_figures=False)
@@ -621,6 +622,7 @@ def test_report_shows_only_the_rates_a_family_ran(tmp_path):
     # The oracle is also "none" at 0 %; that is no rate of a family that runs only at 0.3.
     backdoor_sweep(tmp_path)
     lines = (tmp_path / "report.md").read_text().splitlines()
+    assert "3 clients, 2 rounds (control 3 where a family sets its own) x" in lines[3]
     verdicts = [line for line in section(lines, "## Verdict per family and rate")
                 if line.startswith("- ")]
     assert [v.split(": best")[0].split(", ")[-1] for v in verdicts] == ["c=0.3", "c=0.02"]
