@@ -210,7 +210,8 @@ def test_black_frames_and_triggers_score_above_every_trusted_image(mnist_train, 
 def test_default_verdicts_hold_under_an_80_percent_majority(mnist_train, fashion_train):
     """1,000 digits among 4,000 Fashion-MNIST images, 10 trusted digits, the default fit:
     the normal statistics stay on the digits, and each piece of evidence, cut again on what
-    the others leave, keeps the false-drop budget (before: 7 % of the digits dropped)."""
+    the others leave, keeps the false-drop budget (a single pass of the statistics' scale
+    dropped 53 % of the digits here)."""
     digits = mnist_train.images[:1000]
     fashion = fashion_train.images[:4000]
     pool = np.concatenate([digits, fashion])

@@ -112,12 +112,12 @@ def robust_center_scale(pool_stats: np.ndarray, trusted_stats: np.ndarray,
     from the pool images within :data:`TRIM_Z` robust deviations of the trusted images' median
     on every statistic (plus the trusted images): 10 images underestimate it, and one pass
     inside their narrow window keeps it too small (a 1,000-digit pool then lay 0.4 log-units
-    beyond its own trusted digits). The centre then climbs from the trusted images' median to the normal images'
-    mode: the median of the pool images within :data:`CORE_Z` deviations of it on every
-    statistic (plus the trusted images), repeated ``iterations`` times.
-    A majority of pollution whose statistics overlap normal ones (87 % Fashion-MNIST) drags a
-    wide trimmed re-estimate along, about 0.6 SD a statistic; the narrow window stays on
-    the normal images' own peak, as the score's climb in
+    beyond its own trusted digits). The centre then climbs from the trusted images' median to
+    the normal images' mode: the median of the pool images within :data:`CORE_Z` deviations
+    of it on every statistic (plus the trusted images), repeated ``iterations`` times. A
+    majority of pollution whose statistics overlap normal ones (87 % Fashion-MNIST) drags a
+    wide trimmed re-estimate of the centre along, about 0.6 SD a statistic; the narrow window
+    stays on the normal images' own peak, as the score's climb in
     :func:`~fedsieve.shared.detectors.threshold.normal_mode_cut` does.
     """
 

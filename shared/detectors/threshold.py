@@ -66,9 +66,9 @@ GMM_POSTERIOR = 0.5
 #: above every trusted value: for a pool of normal data exchangeable with ``m`` trusted images
 #: that share is Beta(1, m)-distributed (mean 1 / (m + 1); above 0.5 with probability 2^-m).
 MAJORITY_BEYOND_TRUSTED = 0.5
-#: Most components of the ``"budget"`` cut's mixture when pollution is the majority, fitted
-#: on at most this many values (a seeded subsample).
+#: Most components of the ``"budget"`` cut's mixture when pollution is the majority...
 MAJORITY_COMPONENTS = 4
+#: ...fitted on at most this many values (a seeded subsample).
 MAJORITY_MAX_VALUES = 5000
 
 
@@ -236,8 +236,8 @@ def _majority_cut(v: np.ndarray, trusted_values: np.ndarray, rate: float) -> Nor
     rng = np.random.default_rng(0)
     sub = (v if len(v) <= MAJORITY_MAX_VALUES else rng.choice(v, MAJORITY_MAX_VALUES, False)
            )[:, None]
-    fits = [GaussianMixture(k, random_state=0).fit(sub) for k in range(1, MAJORITY_COMPONENTS + 1)]
-    gm = min(fits, key=lambda g: g.bic(sub))
+    gm = min((GaussianMixture(k, random_state=0).fit(sub)
+              for k in range(1, MAJORITY_COMPONENTS + 1)), key=lambda g: g.bic(sub))
     means = gm.means_.ravel()
     held = gm.predict_proba(np.asarray(trusted_values, np.float64)[:, None]).mean(axis=0)
     main = int(np.argmax(held))
