@@ -344,10 +344,7 @@ def run_sweep(grid: SweepGrid, out: Path, *,
         done = cell_dir / "row.json"
         settings = cell.settings(grid.base).to_run_config()
         clean = _clean_key(cell, grid.base)
-        row = _finished_row(done)
-        # Reuse a finished cell only if it ran with the same settings (not a stale grid).
-        if row is not None and row.get("settings") != settings:
-            row = None
+        row = _current_row(cell, grid, out)
         if row is None and clean in oracles:
             source = oracles[clean]
             row = {**source, **cell.fields(), "key": cell.key, "settings": settings,
@@ -486,15 +483,19 @@ def paper_phase(grid: SweepGrid, out: Path) -> dict:
     return paper
 
 
+def _current_row(cell: Cell, grid: SweepGrid, out: Path) -> dict | None:
+    """The row ``cell`` saved in ``out``, if it ran with the grid's settings (a cell of a
+    stale grid runs again); None otherwise."""
+    row = _finished_row(out / "cells" / cell.key / "row.json")
+    if row is None or row.get("settings") != cell.settings(grid.base).to_run_config():
+        return None
+    return row
+
+
 def finished_rows(grid: SweepGrid, out: Path) -> list[dict]:
     """The rows of the cells already finished in ``out`` with the grid's settings, in grid
     order (what a sweep cut short has to show)."""
-    rows = []
-    for cell in grid.cells():
-        row = _finished_row(out / "cells" / cell.key / "row.json")
-        if row is not None and row.get("settings") == cell.settings(grid.base).to_run_config():
-            rows.append(row)
-    return rows
+    return [row for cell in grid.cells() if (row := _current_row(cell, grid, out)) is not None]
 
 
 def sweep(grid: SweepGrid, out: Path, *, command: str = "",
@@ -512,7 +513,7 @@ def sweep(grid: SweepGrid, out: Path, *, command: str = "",
     started = time.perf_counter()
     rows = (finished_rows(grid, out) if report_only
             else run_sweep(grid, out, on_cell=on_cell, runner=runner))
-    done = {r["key"] for r in rows}
+    cells, done = grid.cells(), {r["key"] for r in rows}
     paper: dict = {}
     if report_only:
         cached = out / "paper.json"
@@ -539,8 +540,8 @@ def sweep(grid: SweepGrid, out: Path, *, command: str = "",
             "this_invocation_seconds": time.perf_counter() - started,
             "data_sources": sources, "paper": paper,
             "failed_cells": [r["key"] for r in rows if r.get("status") != "ok"],
-            "cells": len(grid.cells()),
-            "missing_cells": [c.key for c in grid.cells() if c.key not in done]}
+            "cells": len(cells),
+            "missing_cells": [c.key for c in cells if c.key not in done]}
     phase("writing results.csv, results.json, plots and report.md")
     write_results(rows, out, meta)
     write_sweep_report(rows, out, meta)
