@@ -2,6 +2,7 @@
 an operator's ServerApp (:mod:`fedsieve.server.factory`) and the example ServerApp
 (:mod:`fedsieve.server.app`)."""
 
+from fedsieve.server.ordering import ContentOrderedGrid
 from fedsieve.server.strategy import REASON_CODES, AnomalyFilter, Exclusion
 
-__all__ = ["AnomalyFilter", "Exclusion", "REASON_CODES"]
+__all__ = ["AnomalyFilter", "ContentOrderedGrid", "Exclusion", "REASON_CODES"]

@@ -33,7 +33,8 @@ from fedsieve.server.factory import (
     load_trusted_images,
     wait_for_nodes,
 )
-from fedsieve.shared.classifier import DigitNet, class_accuracy, evaluate, predict
+from fedsieve.server.ordering import ContentOrderedGrid
+from fedsieve.shared.classifier import DigitNet, evaluate_classes
 from fedsieve.shared.config import RunSettings
 from fedsieve.shared.data import load_mnist
 from fedsieve.shared.trusted import draw_trusted_indices
@@ -102,15 +103,16 @@ def run_server(grid: Grid, settings: RunSettings, run_dir: Path, *,
         round_times[server_round] = now - clock[0]
         clock[0] = now
         model.load_state_dict(arrays.to_torch_state_dict())
-        loss, accuracy = evaluate(model, test.images, test.labels)
-        per_class = class_accuracy(predict(model, test.images), test.labels)
+        loss, accuracy, per_class = evaluate_classes(model, test.images, test.labels)
         metrics = {"loss": loss, "accuracy": accuracy,
                    **{f"accuracy-class-{k}": float(a) for k, a in enumerate(per_class)}}
         return MetricRecord({**metrics, **(probe(model) if probe else {})})
 
     started = time.perf_counter()
     result = strategy.start(
-        grid=grid, initial_arrays=ArrayRecord(model.state_dict()),
+        # Replies aggregated in content order, not arrival order: identical runs give
+        # identical models.
+        grid=ContentOrderedGrid(grid), initial_arrays=ArrayRecord(model.state_dict()),
         num_rounds=settings.task.num_server_rounds,
         train_config=ConfigRecord({"lr": settings.task.learning_rate}),
         evaluate_fn=central_evaluate,

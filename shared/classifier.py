@@ -83,6 +83,26 @@ def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray,
 
 
 @torch.no_grad()
+def evaluate_classes(model: nn.Module, images: np.ndarray, labels: np.ndarray,
+                     batch_size: int = 1000, num_classes: int = 10,
+                     ) -> tuple[float, float, np.ndarray]:
+    """(mean cross-entropy loss, accuracy, accuracy per class) of ``model`` from one forward
+    pass over the images (the server evaluates every round: one pass, not two)."""
+    model.eval()
+    y = torch.tensor(np.asarray(labels), dtype=torch.long)
+    loss, predicted = 0.0, []
+    for start in range(0, len(images), batch_size):
+        logits = model(classifier_batch(images[start:start + batch_size]))
+        loss += F.cross_entropy(logits, y[start:start + batch_size], reduction="sum").item()
+        predicted.append(logits.argmax(1))
+    if not predicted:
+        return float("nan"), float("nan"), np.full(num_classes, np.nan)
+    predicted = torch.cat(predicted).numpy().astype(np.int64)
+    return (loss / len(images), float(np.mean(predicted == y.numpy())),
+            class_accuracy(predicted, labels, num_classes))
+
+
+@torch.no_grad()
 def predict(model: nn.Module, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """The class ``model`` predicts for each image, int64 (N,)."""
     model.eval()

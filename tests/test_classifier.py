@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from fedsieve.shared.classifier import DigitNet, classifier_batch, evaluate, train_local
+from fedsieve.shared.classifier import (
+    DigitNet,
+    class_accuracy,
+    classifier_batch,
+    evaluate,
+    evaluate_classes,
+    predict,
+    train_local,
+)
 
 
 def test_uint8_and_float_images_train_and_evaluate_the_same(mnist_train):
@@ -33,3 +41,16 @@ def test_batch_is_in_unit_range_and_rejects_unscaled_floats(mnist_train):
     torch.testing.assert_close(batch, classifier_batch(x8), rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
         classifier_batch(x8.astype(np.float32))
+
+
+def test_one_pass_evaluation_matches_loss_accuracy_and_classes(mnist_train):
+    torch.manual_seed(0)
+    model = DigitNet()
+    train_local(model, mnist_train.images[:100], mnist_train.labels[:100], epochs=1, seed=1)
+    x, y = mnist_train.images[300:700], mnist_train.labels[300:700]  # unseen digits
+    loss, accuracy, per_class = evaluate_classes(model, x, y, batch_size=128)
+    expected_loss, expected_accuracy = evaluate(model, x, y)
+    assert loss == pytest.approx(expected_loss) and accuracy == expected_accuracy
+    np.testing.assert_allclose(per_class, class_accuracy(predict(model, x), y))
+    assert 0.0 < accuracy < 1.0  # a partly trained model: the per-class figures differ
+    assert np.isnan(evaluate_classes(model, x[:0], y[:0])[2]).all()
