@@ -6,6 +6,8 @@ the clean test split. Both sides need it, so it lives here.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch import nn
@@ -71,11 +73,11 @@ def train_local(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epo
 def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray,
              batch_size: int = 1000) -> tuple[float, float]:
     """(mean cross-entropy loss, accuracy) of ``model`` on the given images."""
-    model.eval()
+    model = _for_inference(model)
     y = torch.tensor(np.asarray(labels), dtype=torch.long)
     loss, correct = 0.0, 0
     for start in range(0, len(images), batch_size):
-        logits = model(classifier_batch(images[start:start + batch_size]))
+        logits = model(_channels_last(classifier_batch(images[start:start + batch_size])))
         target = y[start:start + batch_size]
         loss += F.cross_entropy(logits, target, reduction="sum").item()
         correct += (logits.argmax(1) == target).sum().item()
@@ -88,11 +90,11 @@ def evaluate_classes(model: nn.Module, images: np.ndarray, labels: np.ndarray,
                      ) -> tuple[float, float, np.ndarray]:
     """(mean cross-entropy loss, accuracy, accuracy per class) of ``model`` from one forward
     pass over the images (the server evaluates every round: one pass, not two)."""
-    model.eval()
+    model = _for_inference(model)
     y = torch.tensor(np.asarray(labels), dtype=torch.long)
     loss, predicted = 0.0, []
     for start in range(0, len(images), batch_size):
-        logits = model(classifier_batch(images[start:start + batch_size]))
+        logits = model(_channels_last(classifier_batch(images[start:start + batch_size])))
         loss += F.cross_entropy(logits, y[start:start + batch_size], reduction="sum").item()
         predicted.append(logits.argmax(1))
     if not predicted:
@@ -105,8 +107,8 @@ def evaluate_classes(model: nn.Module, images: np.ndarray, labels: np.ndarray,
 @torch.no_grad()
 def predict(model: nn.Module, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """The class ``model`` predicts for each image, int64 (N,)."""
-    model.eval()
-    out = [model(classifier_batch(images[start:start + batch_size])).argmax(1)
+    model = _for_inference(model)
+    out = [model(_channels_last(classifier_batch(images[start:start + batch_size]))).argmax(1)
            for start in range(0, len(images), batch_size)]
     return torch.cat(out).numpy().astype(np.int64) if out else np.empty(0, np.int64)
 
@@ -119,3 +121,14 @@ def class_accuracy(predicted: np.ndarray, labels: np.ndarray,
     counts = np.bincount(labels, minlength=num_classes)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(counts > 0, hits / np.maximum(counts, 1), np.nan)
+
+
+def _for_inference(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``model`` in channels-last layout: the server's per-round test
+    passes run twice as fast on CPU, and the caller's model (whose state dict is sent to the
+    clients) keeps its layout."""
+    return copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
+
+
+def _channels_last(batch: torch.Tensor) -> torch.Tensor:
+    return batch.contiguous(memory_format=torch.channels_last)

@@ -159,9 +159,12 @@ PAPER_PROTOCOL = Family("fashion-random", contamination=(0.4,), defenses=("none"
                         about="the paper's protocol: Fashion-MNIST with random labels")
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     BACKDOOR,
+    # Dirichlet 0.1 clients pull the model apart: after 5 rounds the clean oracle's accuracy
+    # was still climbing (0.86-0.90) and one run to the next differed by up to 25 pp.
     dataclasses.replace(BACKDOOR, name="backdoor-dirichlet", partition="dirichlet",
-                        dirichlet_alpha=0.1,
-                        about="the same backdoor on non-IID clients (Dirichlet alpha 0.1)"),
+                        dirichlet_alpha=0.1, rounds=10,
+                        about="the same backdoor on non-IID clients (Dirichlet alpha 0.1), "
+                              "10 rounds"),
     Family("fashion-mapped-skewed", label_policy="mapped", profile="skewed",
            contamination=(0.6,),
            about="Fashion-MNIST, classes mapped to digits, skewed rates (60 % mean)"),
