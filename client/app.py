@@ -23,8 +23,9 @@ def make_client_app(settings: RunSettings | None = None) -> ClientApp:
         return settings or RunSettings.from_run_config(context.run_config)
 
     def samples(context: Context):
+        # Labels go up too: a server with a label check drops contradicted ones.
         data = load_local_data(context, settings_of(context))
-        return data.x, data.ids
+        return data.x, data.ids, data.y
 
     sieve = FedSieve(app, samples)
 

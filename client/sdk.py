@@ -16,7 +16,9 @@ A Flower user adds it to an existing ClientApp in a few lines::
         return sieve.reply(msg, model_record, num_examples=len(x), metrics={...})
 
 ``samples(context)`` returns the client's local images (uint8 (N, 28, 28) or float32 in
-[0, 1]) and their ids (int64, unique). The ids are how the server names what to drop. When the
+[0, 1]) and their ids (int64, unique), and optionally their labels as a third item: a server
+that runs a label check (``AnomalyFilter(label_check=...)``) then also drops samples whose
+label contradicts their image. The ids are how the server names what to drop. When the
 server's inner strategy weights by another key than ``"num-examples"`` (Flower's
 ``FedAvg(weighted_by_key="n")``), pass the same key: ``FedSieve(app, samples,
 weighted_by_key="n")``.
@@ -38,7 +40,8 @@ from fedsieve.shared.protocol import (
     encode_upload,
 )
 
-SampleFn = Callable[[Context], tuple[np.ndarray, np.ndarray]]
+#: ``samples(context) -> (x, ids)`` or ``(x, ids, y)``.
+SampleFn = Callable[[Context], tuple[np.ndarray, ...]]
 
 
 class FedSieve:
@@ -49,7 +52,8 @@ class FedSieve:
     app : flwr.clientapp.ClientApp
         The user's ClientApp; a ``query`` handler named :data:`UPLOAD_ACTION` is added.
     samples : callable
-        ``samples(context) -> (x, ids)``: the local samples and their ids.
+        ``samples(context) -> (x, ids)`` or ``(x, ids, y)``: the local samples, their ids
+        and, when the server should check labels too, their labels (integers).
     weighted_by_key : str, default "num-examples"
         The metric key :meth:`reply` writes the number of trained samples under: the key the
         server's inner strategy weights by (its ``weighted_by_key``; Flower's strategies use
@@ -65,8 +69,13 @@ class FedSieve:
 
     def _upload(self, msg: Message, context: Context) -> Message:
         request = UploadRequest.from_content(msg.content)
-        x, ids = self.samples(context)
-        return Message(encode_upload(x, ids, request), reply_to=msg)
+        samples = self.samples(context)
+        if not isinstance(samples, tuple | list) or len(samples) not in (2, 3):
+            raise TypeError("samples(context) must return (x, ids) or (x, ids, y), got "
+                            f"{type(samples).__name__}")
+        return Message(encode_upload(*samples[:2], request,
+                                     y=samples[2] if len(samples) == 3 else None),
+                       reply_to=msg)
 
     @staticmethod
     def drop_ids(msg: Message) -> np.ndarray:

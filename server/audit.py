@@ -5,11 +5,13 @@ One JSON object per line in ``<run dir>/audit.jsonl``; ``kind`` says which:
 - ``{"kind": "start", "round", "time", "pid", "fedsieve", ...}`` when a server (re)starts
   deciding (the details name the detector and the number of trusted images);
 - ``{"kind": "sample", "round", "node", "id", "score", "verdict", "threshold"}`` for each
-  uploaded sample (verdict 1 = dropped as an anomaly, 0 = kept);
-- ``{"kind": "pool", "round", "uploaded", "flagged", "threshold", "contamination",
-  "contamination_low", "contamination_high", "confidence"}`` once per screening, after its
-  sample entries: how many samples were scored and flagged, and the estimated pollution share
-  of the pooled uploads with its ``confidence`` (0.95) Clopper-Pearson interval
+  uploaded sample (verdict 1 = dropped as an anomaly, 0 = kept), with ``label_flag`` (1 when
+  the label check alone dropped it) where a label check ran on the node's labels;
+- ``{"kind": "pool", "round", "uploaded", "flagged", "label_flagged", "threshold",
+  "contamination", "contamination_low", "contamination_high", "confidence"}`` once per
+  screening, after its sample entries: how many samples were scored and flagged (by the
+  label check alone: ``label_flagged``), and the estimated pollution share of the pooled
+  uploads with its ``confidence`` (0.95) Clopper-Pearson interval
   (:func:`fedsieve.shared.detectors.threshold.estimate_contamination`); ``threshold`` is null
   when nothing was scored;
 - ``{"kind": "client", "round", "node", "decision": "excluded", "code", "reason"}`` for each
@@ -98,14 +100,21 @@ class AuditLog:
                        "fedsieve": fedsieve, **details}])
 
     def write_samples(self, server_round: int, node_id: int, ids: np.ndarray,
-                      scores: np.ndarray, verdicts: np.ndarray, threshold: float) -> None:
-        """Record one node's sample verdicts (1 = dropped) of a screening."""
-        self._append({"kind": "sample", "round": server_round, "node": node_id, "id": int(i),
-                      "score": float(s), "verdict": int(v), "threshold": float(threshold)}
-                     for i, s, v in zip(ids, scores, verdicts))
+                      scores: np.ndarray, verdicts: np.ndarray, threshold: float,
+                      label_flags: np.ndarray | None = None) -> None:
+        """Record one node's sample verdicts (1 = dropped) of a screening; with
+        ``label_flags`` (the label check ran on this node's labels) each entry also says
+        whether its label was what dropped it (``label_flag``)."""
+        entries = ({"kind": "sample", "round": server_round, "node": node_id, "id": int(i),
+                    "score": float(s), "verdict": int(v), "threshold": float(threshold)}
+                   for i, s, v in zip(ids, scores, verdicts))
+        if label_flags is not None:
+            entries = ({**entry, "label_flag": int(flag)}
+                       for entry, flag in zip(entries, label_flags))
+        self._append(entries)
 
     def write_pool(self, server_round: int, uploaded: int, flagged: int, threshold: float,
-                   contamination: Mapping[str, float]) -> None:
+                   contamination: Mapping[str, float], *, label_flagged: int = 0) -> None:
         """Record a screening's pool: its size, what was flagged and the estimated pollution.
 
         Parameters
@@ -121,10 +130,12 @@ class AuditLog:
         contamination : mapping
             ``estimate``, ``low``, ``high`` and ``confidence``, as the detector's
             ``contamination_``.
+        label_flagged : int
+            Of ``flagged``, the samples only the label check dropped.
         """
         threshold = float(threshold)
         self._append([{"kind": "pool", "round": server_round, "uploaded": int(uploaded),
-                       "flagged": int(flagged),
+                       "flagged": int(flagged), "label_flagged": int(label_flagged),
                        "threshold": threshold if math.isfinite(threshold) else None,
                        "contamination": float(contamination["estimate"]),
                        "contamination_low": float(contamination["low"]),

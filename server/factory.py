@@ -37,6 +37,7 @@ from fedsieve.server.strategy import AnomalyFilter
 from fedsieve.shared.checkpoint import default_meta_checkpoint, load_meta
 from fedsieve.shared.config import AGGREGATORS, FilterSettings
 from fedsieve.shared.detectors import BaseDetector, make_detector
+from fedsieve.shared.detectors.labels import LabelCheck
 from fedsieve.shared.trusted import TrustedFileError, load_trusted_file
 
 
@@ -166,7 +167,9 @@ def build_strategy(settings: FilterSettings, num_nodes: int, run_dir: str | Path
                          screen_every=settings.screen_every,
                          upload_fraction=settings.upload_fraction,
                          max_client_contamination=settings.max_client_contamination,
-                         run_dir=run_dir, random_state=settings.seed)
+                         run_dir=run_dir, random_state=settings.seed,
+                         label_check=(LabelCheck(random_state=settings.seed)
+                                      if settings.label_check else None))
 
 
 def wait_for_nodes(grid: Grid, minimum: int, timeout: float = 600.0) -> int:

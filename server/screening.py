@@ -37,6 +37,7 @@ class ClientUpload:
     x: np.ndarray
     ids: np.ndarray
     num_samples: int
+    y: np.ndarray | None = None  # claimed labels, when the client sent them
 
 
 @dataclass
@@ -48,6 +49,8 @@ class ClientVerdict:
     scores: np.ndarray
     verdicts: np.ndarray  # 1 = anomaly, dropped
     num_samples: int
+    #: 1 where the label check dropped a sample whose image passed (None: not checked).
+    label_flags: np.ndarray | None = None
 
     @property
     def drop_ids(self) -> np.ndarray:
@@ -81,6 +84,8 @@ class Screening:
     contamination : dict
         The estimated pollution share of the pooled uploads with its interval: ``estimate``,
         ``low``, ``high`` (fractions) and ``confidence``; empty until the uploads are scored.
+    label_flagged : int
+        Samples dropped by the label check alone (their images passed the detector).
     upload_seconds, detector_seconds : float
         Time spent collecting the uploads and fitting the detector.
     """
@@ -90,6 +95,7 @@ class Screening:
     failures: dict[int, str] = field(default_factory=dict)
     threshold: float = float("nan")
     contamination: dict[str, float] = field(default_factory=dict)
+    label_flagged: int = 0
     upload_seconds: float = 0.0
     detector_seconds: float = 0.0
 
@@ -117,6 +123,8 @@ class PoolScoring(NamedTuple):
     threshold: float
     #: Estimated pollution share of the pool: ``estimate``, ``low``, ``high``, ``confidence``.
     contamination: dict[str, float]
+    #: Samples the label check dropped (their images passed); 0 without a label check.
+    label_flagged: int = 0
 
 
 def collect_uploads(grid: Grid, node_ids: Iterable[int], *, chunk_size: int, fraction: float,
@@ -164,9 +172,11 @@ def collect_uploads(grid: Grid, node_ids: Iterable[int], *, chunk_size: int, fra
     for node, chunks in parts.items():
         if node in failures or not chunks:
             continue
+        labelled = chunks[0].y is not None
         uploads[node] = ClientUpload(node, np.concatenate([c.x for c in chunks]),
                                      np.concatenate([c.ids for c in chunks]),
-                                     chunks[0].num_samples)
+                                     chunks[0].num_samples,
+                                     np.concatenate([c.y for c in chunks]) if labelled else None)
     for node, reason in failures.items():
         log(WARNING, "fedsieve: node %s failed screening: %s", node, reason)
     return uploads, failures
@@ -188,12 +198,15 @@ def _check_reply(reply: Message, request: UploadRequest, previous: list[Upload],
         seen = np.concatenate([p.ids for p in previous])
         if np.isin(upload.ids, seen).any():
             return "invalid upload: duplicate ids across chunks"
+        if (upload.y is None) != (first.y is None):
+            return "invalid upload: labels sent with some chunks but not others"
     previous.append(upload)
     return None
 
 
 def score_pool(uploads: dict[int, ClientUpload], trusted_images: np.ndarray,
-               make_detector: Callable[[], object]) -> PoolScoring:
+               make_detector: Callable[[], object],
+               make_label_check: Callable[[], object] | None = None) -> PoolScoring:
     """Fit a fresh detector on the pooled uploads and split its verdicts by node.
 
     The detector is anchored by ``trusted_images``. The pool is ordered by sample id (then
@@ -209,6 +222,10 @@ def score_pool(uploads: dict[int, ClientUpload], trusted_images: np.ndarray,
     make_detector : callable
         Returns an unfitted detector offering ``fit(X, trusted=...)`` and the fitted
         ``decision_scores_``, ``labels_``, ``threshold_`` and, usually, ``contamination_``.
+    make_label_check : callable, optional
+        Returns an unfitted label check offering ``fit(X, y)`` and ``labels_``
+        (:class:`~fedsieve.shared.detectors.labels.LabelCheck`). It is fitted on the labelled
+        uploads whose images the detector kept, and its flags are dropped too.
 
     Returns
     -------
@@ -236,19 +253,44 @@ def score_pool(uploads: dict[int, ClientUpload], trusted_images: np.ndarray,
     labels = np.empty(len(order), np.int64)
     scores[order] = np.asarray(detector.decision_scores_, dtype=np.float64)
     labels[order] = np.asarray(detector.labels_, dtype=np.int64)
-    bounds = np.cumsum([0] + [len(uploads[n].ids) for n in nodes])
-    verdicts = {
-        n: ClientVerdict(n, uploads[n].ids, scores[a:b], labels[a:b], uploads[n].num_samples)
-        for n, a, b in zip(nodes, bounds[:-1], bounds[1:])
-    }
     contamination = getattr(detector, "contamination_", None)
     if not contamination:
         contamination = estimate_contamination(int(labels.sum()), len(labels), DEFAULT_BUDGET)
+    label_flags = None
+    if make_label_check is not None:
+        label_flags = _label_flags(uploads, nodes, order, labels, make_label_check)
+        labels = labels | label_flags
+    bounds = np.cumsum([0] + [len(uploads[n].ids) for n in nodes])
+    verdicts = {
+        n: ClientVerdict(n, uploads[n].ids, scores[a:b], labels[a:b], uploads[n].num_samples,
+                         None if label_flags is None or uploads[n].y is None
+                         else label_flags[a:b])
+        for n, a, b in zip(nodes, bounds[:-1], bounds[1:])
+    }
     contamination = _plain(contamination)
     log(INFO, "fedsieve: estimated pollution of the pool %.1f %% [%.1f %%, %.1f %%]",
         100 * contamination["estimate"], 100 * contamination["low"],
         100 * contamination["high"])
-    return PoolScoring(verdicts, float(detector.threshold_), contamination)
+    flagged_by_labels = 0 if label_flags is None else int(label_flags.sum())
+    return PoolScoring(verdicts, float(detector.threshold_), contamination, flagged_by_labels)
+
+
+def _label_flags(uploads: dict[int, ClientUpload], nodes: list[int], order: np.ndarray,
+                 image_labels: np.ndarray, make_label_check: Callable[[], object]) -> np.ndarray:
+    """1 for the labelled samples whose image passed but whose label the check contradicts
+    (node order, like ``image_labels``); the check sees them in the pool's sample-id order."""
+    claimed = np.concatenate([uploads[n].y if uploads[n].y is not None
+                              else np.full(len(uploads[n].ids), -1) for n in nodes])
+    pool = np.concatenate([uploads[n].x for n in nodes])
+    checked = order[(claimed[order] >= 0) & (image_labels[order] == 0)]
+    flags = np.zeros(len(claimed), np.int64)
+    if len(checked):
+        started = time.perf_counter()
+        check = make_label_check().fit(pool[checked], claimed[checked])
+        flags[checked] = np.asarray(check.labels_, dtype=np.int64)
+        log(INFO, "fedsieve: label check on %d labelled uploads flagged %d in %.1f s",
+            len(checked), int(flags.sum()), time.perf_counter() - started)
+    return flags
 
 
 def _plain(contamination: Mapping[str, object]) -> dict[str, float]:

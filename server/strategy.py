@@ -115,6 +115,12 @@ class AnomalyFilter(Strategy):
         Where ``audit.jsonl`` goes; no audit file without it.
     random_state : int, default 0
         Seed of the upload sampling.
+    label_check : estimator or callable, optional
+        Checks the labels clients upload beside their images (the SDK sends them when its
+        ``samples`` callback returns them): an unfitted
+        :class:`~fedsieve.shared.detectors.labels.LabelCheck` (copied fresh for every
+        screening) or a zero-argument factory. Samples whose image passed but whose label the
+        check contradicts are dropped too. None (the default): labels are not checked.
 
     Attributes
     ----------
@@ -133,7 +139,8 @@ class AnomalyFilter(Strategy):
                  trusted_images: np.ndarray, screen_every: int = 0, upload_fraction: float = 1.0,
                  max_client_contamination: float = 0.5, chunk_size: int = 10_000,
                  max_upload: int = 1_000_000, screening_timeout: float = 600.0,
-                 run_dir: str | Path | None = None, random_state: int = 0) -> None:
+                 run_dir: str | Path | None = None, random_state: int = 0,
+                 label_check=None) -> None:
         if detector is None:
             raise ValueError("AnomalyFilter needs a detector, e.g. "
                              "fedsieve.shared.detectors.make_detector('rtbigan')")
@@ -153,6 +160,7 @@ class AnomalyFilter(Strategy):
         self.screening_timeout = screening_timeout
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.random_state = random_state
+        self.label_check = label_check
         self.audit = AuditLog(self.run_dir / "audit.jsonl") if self.run_dir else None
         self.history: list[dict] = []
         self._screening: Screening | None = None
@@ -264,10 +272,10 @@ class AnomalyFilter(Strategy):
         return self.screen_every > 0 and (server_round - 1) % self.screen_every == 0
 
     def _make_detector(self):
-        if callable(self.detector) and not hasattr(self.detector, "fit"):
-            return self.detector()
-        # An unfitted copy with the same hyper-parameters (a deep copy for non-sklearn ones).
-        return clone(self.detector, safe=False)
+        return _fresh(self.detector)
+
+    def _make_label_check(self):
+        return _fresh(self.label_check)
 
     def _screen(self, server_round: int, grid: Grid) -> Screening:
         nodes = sorted(int(n) for n in grid.get_node_ids())
@@ -281,9 +289,11 @@ class AnomalyFilter(Strategy):
             timeout=self.screening_timeout)
         screening.upload_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        scoring = score_pool(uploads, self.trusted_images, self._make_detector)
+        scoring = score_pool(uploads, self.trusted_images, self._make_detector,
+                             None if self.label_check is None else self._make_label_check)
         screening.verdicts, screening.threshold = scoring.verdicts, scoring.threshold
         screening.contamination = scoring.contamination
+        screening.label_flagged = scoring.label_flagged
         screening.detector_seconds = time.perf_counter() - started
         self._audit_screening(screening)
         return screening
@@ -328,9 +338,10 @@ class AnomalyFilter(Strategy):
             return
         for node, verdict in sorted(screening.verdicts.items()):
             self.audit.write_samples(screening.server_round, node, verdict.ids, verdict.scores,
-                                     verdict.verdicts, screening.threshold)
+                                     verdict.verdicts, screening.threshold, verdict.label_flags)
         self.audit.write_pool(screening.server_round, screening.uploaded, screening.flagged,
-                              screening.threshold, screening.contamination)
+                              screening.threshold, screening.contamination,
+                              label_flagged=screening.label_flagged)
         # Every node that failed is recorded at once, sampled for training this round or not.
         for node, reason in sorted(screening.failures.items()):
             exclusion = Exclusion("failed-screening", reason)
@@ -348,6 +359,7 @@ class AnomalyFilter(Strategy):
             "screened": fresh,
             "uploaded": screening.uploaded,
             "dropped": screening.flagged,
+            "label_flagged": screening.label_flagged,
             "threshold": screening.threshold,
             "estimated_contamination": {n: verdicts[n].estimated_contamination for n in nodes},
             "contamination": dict(screening.contamination),
@@ -361,6 +373,7 @@ class AnomalyFilter(Strategy):
         record["metrics"] = {
             "fedsieve-uploaded": record["uploaded"],
             "fedsieve-dropped": record["dropped"],
+            "fedsieve-label-flagged": record["label_flagged"],
             "fedsieve-excluded": len(excluded),
             "fedsieve-excluded-nodes": [int(n) for n in excluded],
             "fedsieve-excluded-reasons": [e.number for e in excluded.values()],
@@ -372,6 +385,14 @@ class AnomalyFilter(Strategy):
         }
         self.history.append(record)
         return record
+
+
+def _fresh(estimator):
+    """An unfitted copy of ``estimator`` with the same hyper-parameters (a deep copy for
+    non-sklearn ones), or what a zero-argument factory returns."""
+    if callable(estimator) and not hasattr(estimator, "fit"):
+        return estimator()
+    return clone(estimator, safe=False)
 
 
 def _pool_metrics(contamination: dict[str, float]) -> dict[str, float]:

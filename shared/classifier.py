@@ -19,12 +19,12 @@ from fedsieve.shared.images import check_images
 class DigitNet(nn.Module):
     """Two conv blocks and a small head: ~30k parameters, fast on two CPU cores."""
 
-    def __init__(self) -> None:
+    def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(1, 16, 5, padding=2)
         self.conv2 = nn.Conv2d(16, 32, 5, padding=2)
         self.fc1 = nn.Linear(32 * 7 * 7, 64)
-        self.fc2 = nn.Linear(64, 10)
+        self.fc2 = nn.Linear(64, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.max_pool2d(F.relu(self.conv1(x)), 2)
@@ -47,8 +47,12 @@ def classifier_batch(images: np.ndarray, name: str = "images") -> torch.Tensor:
 
 
 def train_local(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: int = 1,
-                batch_size: int = 32, lr: float = 0.05, seed: int = 0) -> float:
-    """Train ``model`` in place with SGD (momentum 0.9); returns the mean training loss."""
+                batch_size: int = 32, lr: float = 0.05, seed: int = 0,
+                label_smoothing: float = 0.0) -> float:
+    """Train ``model`` in place with SGD (momentum 0.9); returns the mean training loss.
+
+    ``label_smoothing`` (cross-entropy's) keeps a model trained on noisy labels from betting
+    everything on them."""
     if len(images) == 0:
         return float("nan")
     generator = torch.Generator().manual_seed(seed)
@@ -61,7 +65,7 @@ def train_local(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epo
         for start in range(0, len(x), batch_size):
             idx = order[start:start + batch_size]
             optimizer.zero_grad()
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            loss = F.cross_entropy(model(x[idx]), y[idx], label_smoothing=label_smoothing)
             loss.backward()
             optimizer.step()
             total += loss.item() * len(idx)
@@ -111,6 +115,15 @@ def predict(model: nn.Module, images: np.ndarray, batch_size: int = 1000) -> np.
     out = [model(_channels_last(classifier_batch(images[start:start + batch_size]))).argmax(1)
            for start in range(0, len(images), batch_size)]
     return torch.cat(out).numpy().astype(np.int64) if out else np.empty(0, np.int64)
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """Class probabilities (softmax) ``model`` gives each image, float64 (N, classes)."""
+    model = _for_inference(model)
+    out = [F.softmax(model(_channels_last(classifier_batch(images[start:start + batch_size]))),
+                     dim=1).double() for start in range(0, len(images), batch_size)]
+    return torch.cat(out).numpy() if out else np.empty((0, model.fc2.out_features))
 
 
 def class_accuracy(predicted: np.ndarray, labels: np.ndarray,

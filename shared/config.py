@@ -88,6 +88,10 @@ class FilterSettings(_RunConfigPart):
         or one of ``budget``, ``gmm``, ``trusted-quantile``, ``contamination``, ``fixed``.
     upload_fraction, max_client_contamination, screen_every
         :class:`fedsieve.server.AnomalyFilter` options.
+    label_check : bool
+        Whether the data filter also checks the labels clients upload
+        (:class:`fedsieve.shared.detectors.labels.LabelCheck`): a genuine image with a label
+        its class contradicts is dropped too.
     min_nodes : int
         Nodes the ServerApp waits for before screening and training.
     seed : int
@@ -106,6 +110,7 @@ class FilterSettings(_RunConfigPart):
     upload_fraction: float = 1.0
     max_client_contamination: float = 0.5
     screen_every: int = 0
+    label_check: bool = False
     min_nodes: int = 2
     seed: int = 0
     run_dir: str = ""

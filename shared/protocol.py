@@ -3,7 +3,8 @@
 Screening is a Flower ``query`` message with action :data:`UPLOAD_ACTION`. The server's
 request carries a ``ConfigRecord`` named :data:`REQUEST_RECORD`; the client's reply carries
 the samples in an ``ArrayRecord`` named :data:`UPLOAD_RECORD` (``x``: uint8 (N, 28, 28) or
-float32 in [0, 1]; ``ids``: int64 (N,)) and a ``ConfigRecord`` named :data:`UPLOAD_META`
+float32 in [0, 1]; ``ids``: int64 (N,); optionally ``y``: the claimed labels, int64 (N,),
+which a server with a label check reads) and a ``ConfigRecord`` named :data:`UPLOAD_META`
 (protocol version, local sample count, chunk position). Verdicts travel back inside each
 client's own ``train`` message as an ``ArrayRecord`` named :data:`VERDICT_RECORD` holding the
 ids to drop.
@@ -32,6 +33,8 @@ UPLOAD_META = "fedsieve.upload_meta"
 VERDICT_RECORD = "fedsieve.verdicts"
 #: Local datasets larger than this are refused as absurd.
 MAX_LOCAL_SAMPLES = 10_000_000
+#: Largest class label an upload may claim (labels are class indices).
+MAX_LABEL = 1_000_000
 
 
 class ProtocolError(ValueError):
@@ -81,6 +84,8 @@ class Upload:
         How many samples the client selected for upload in total (all chunks).
     chunk_index, num_chunks : int
         Where this chunk sits.
+    y : numpy.ndarray or None
+        int64 claimed labels, one per sample, when the client sent them.
     """
 
     x: np.ndarray
@@ -89,6 +94,7 @@ class Upload:
     num_selected: int
     chunk_index: int
     num_chunks: int
+    y: np.ndarray | None = None
 
 
 def select_for_upload(ids: np.ndarray, request: UploadRequest) -> np.ndarray:
@@ -101,18 +107,27 @@ def select_for_upload(ids: np.ndarray, request: UploadRequest) -> np.ndarray:
     return np.sort(rng.choice(n, size=k, replace=False))
 
 
-def encode_upload(x: np.ndarray, ids: np.ndarray, request: UploadRequest) -> RecordDict:
-    """Build a client's reply content for ``request`` from its local samples and ids."""
+def encode_upload(x: np.ndarray, ids: np.ndarray, request: UploadRequest,
+                  y: np.ndarray | None = None) -> RecordDict:
+    """Build a client's reply content for ``request`` from its local samples and ids, and
+    their claimed labels ``y`` when given (a server with a label check uses them)."""
     x = np.asarray(x)
     ids = np.asarray(ids)
     if len(x) != len(ids):
         raise ValueError(f"{len(x)} samples but {len(ids)} ids; give one id per sample")
+    if y is not None:
+        y = np.asarray(y)
+        if y.shape != ids.shape or not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"labels must be one integer per sample: shape {ids.shape}, got "
+                             f"{y.dtype} {y.shape}")
     selected = select_for_upload(ids, request)
     num_chunks = max(1, math.ceil(len(selected) / request.chunk_size))
     part = selected[request.chunk_index * request.chunk_size:
                     (request.chunk_index + 1) * request.chunk_size]
     arrays = ArrayRecord({"x": Array(np.ascontiguousarray(x[part])),
                           "ids": Array(np.ascontiguousarray(ids[part], dtype=np.int64))})
+    if y is not None:
+        arrays["y"] = Array(np.ascontiguousarray(y[part], dtype=np.int64))
     meta = ConfigRecord({"protocol": PROTOCOL_VERSION, "num-samples": len(ids),
                          "num-selected": len(selected), "chunk-index": request.chunk_index,
                          "num-chunks": num_chunks})
@@ -191,7 +206,15 @@ def _decode_upload(content: RecordDict, request: UploadRequest, max_upload: int)
         raise ProtocolError(f"chunk {chunk_index} holds {len(ids)} samples, expected {expected}")
     if len(np.unique(ids)) != len(ids):
         raise ProtocolError("upload holds duplicate ids; every sample needs its own id")
-    return Upload(x, ids, num_samples, num_selected, chunk_index, num_chunks)
+    y = None
+    if "y" in arrays:
+        y = arrays["y"].numpy()
+        if y.dtype != np.int64 or y.shape != ids.shape:
+            raise ProtocolError(f"labels y must be a 1-D int64 array with one label per id, "
+                                f"got {y.dtype} {y.shape}")
+        if len(y) and not 0 <= y.min() <= y.max() <= MAX_LABEL:
+            raise ProtocolError(f"labels y must lie in 0..{MAX_LABEL}, got {y.min()}..{y.max()}")
+    return Upload(x, ids, num_samples, num_selected, chunk_index, num_chunks, y)
 
 
 def encode_verdicts(drop_ids: np.ndarray) -> ArrayRecord:

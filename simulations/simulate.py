@@ -35,32 +35,52 @@ DEFENSES = {
 #: Label of the clean oracle in sweeps and benchmarks: the same clients without pollution,
 #: plain FedAvg (the "none" defense at contamination 0).
 ORACLE = "oracle"
+#: The part of a defense name that adds the label check to its data filter
+#: (``rtbigan+labels``, ``rtbigan+labels+fedmedian``).
+LABELS = "labels"
 
 
 def parse_defense(defense: str) -> tuple[str, str]:
     """(inner aggregator, detector) of a defense name: one of :data:`DEFENSES` or
-    ``<detector>+<aggregator>``.
+    ``<detector>+<aggregator>``, either with ``+labels`` after the detector
+    (:func:`checks_labels`).
 
     Raises
     ------
     ValueError
         An unknown name; the message lists the named defenses and the composed form.
     """
-    if defense in DEFENSES:
-        return DEFENSES[defense]
-    detector, plus, aggregator = defense.partition("+")
+    name = _without_labels(defense)
+    if name in DEFENSES and (name == defense or DEFENSES[name][1] != "none"):
+        return DEFENSES[name]
+    detector, plus, aggregator = name.partition("+")
     if plus and DEFENSES.get(detector, ("", "none"))[1] != "none" and aggregator in AGGREGATORS:
         return aggregator, detector
     raise ValueError(f"unknown defense {defense!r}; choose one of {', '.join(DEFENSES)}, or "
                      f"compose a detector with an aggregator ({', '.join(AGGREGATORS)}) as "
-                     "e.g. rtbigan+fedmedian")
+                     "e.g. rtbigan+fedmedian, and add the label check to a detector as "
+                     "rtbigan+labels or rtbigan+labels+fedmedian")
+
+
+def checks_labels(defense: str) -> bool:
+    """Whether ``defense`` adds the label check to its data filter (``<detector>+labels``)."""
+    return _without_labels(defense) != defense
+
+
+def _without_labels(defense: str) -> str:
+    first, plus, rest = defense.partition("+")
+    if not plus:
+        return defense
+    second, plus, aggregator = rest.partition("+")
+    return first + plus + aggregator if second == LABELS else defense
 
 
 def settings_for_defense(settings: RunSettings, defense: str) -> RunSettings:
-    """``settings`` with the aggregator and detector that ``defense`` names
-    (:func:`parse_defense`)."""
+    """``settings`` with the aggregator, detector and label check that ``defense`` names
+    (:func:`parse_defense`, :func:`checks_labels`)."""
     aggregator, detector = parse_defense(defense)
-    return settings.replace(aggregator=aggregator, detector=detector)
+    return settings.replace(aggregator=aggregator, detector=detector,
+                            label_check=checks_labels(defense))
 
 
 def run_federation(settings: RunSettings, run_dir: Path, *, federation: Federation | None = None,

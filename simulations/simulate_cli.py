@@ -32,7 +32,8 @@ def simulate(
     defense: Annotated[str, typer.Option(
         help="none, rtbigan, egbad, anogan, iforest, deepsvdd, fedmedian, krum, multikrum, "
              "trimmedavg, bulyan, or a detector composed with an aggregator "
-             "(rtbigan+fedmedian).")] = "rtbigan",
+             "(rtbigan+fedmedian); +labels after the detector also checks the clients' "
+             "labels (rtbigan+labels, rtbigan+labels+fedmedian).")] = "rtbigan",
     local_epochs: Annotated[int, typer.Option(min=1)] = 3,
     upload_fraction: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
     max_client_contamination: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.5,

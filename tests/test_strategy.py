@@ -25,7 +25,14 @@ from fedsieve.server.audit import read_audit
 from fedsieve.server.strategy import REASON_CODES, AnomalyFilter, Exclusion
 from fedsieve.shared.classifier import DigitNet, train_local
 from fedsieve.shared.detectors import make_detector
-from fedsieve.shared.protocol import UPLOAD_ACTION, VERDICT_RECORD, UploadRequest, encode_upload
+from fedsieve.shared.detectors.labels import LabelCheck
+from fedsieve.shared.protocol import (
+    UPLOAD_ACTION,
+    VERDICT_RECORD,
+    UploadRequest,
+    decode_verdicts,
+    encode_upload,
+)
 from fedsieve.simulations.faults import BAD_UPLOADS, faulty_client_app
 from fedsieve.simulations.loopback import LoopbackGrid
 from fedsieve.simulations.pollution import ID_STRIDE
@@ -394,3 +401,23 @@ def test_upload_fraction_and_rescreening(small_settings, compact_federation,
         assert pool["flagged"] == sum(e["verdict"] == 1 for e in mine) == record["dropped"]
         assert pool["contamination_low"] <= pool["contamination"] <= pool["contamination_high"]
         assert pool["contamination"] == record["contamination"]["estimate"]
+
+
+def test_label_check_drops_are_routed_audited_and_counted(small_settings, compact_federation,
+                                                          compact_federation_files, tmp_path):
+    # The example ClientApp uploads its labels; the label check reads them.
+    grid = make_grid(small_settings, compact_federation_files)
+    strategy = make_filter(compact_federation, tmp_path,
+                           label_check=LabelCheck(epochs=1, random_state=0))
+    messages, _, (_, metrics) = run_round(strategy, grid)
+    flagged = strategy.history[0]["label_flagged"]
+    assert metrics["fedsieve-label-flagged"] == flagged > 0
+    [pool] = audit(tmp_path, "pool")
+    assert pool["label_flagged"] == flagged
+    samples = audit(tmp_path, "sample")
+    assert all("label_flag" in s for s in samples)
+    assert sum(s["label_flag"] for s in samples) == flagged
+    assert all(s["verdict"] == 1 for s in samples if s["label_flag"])
+    # Every label drop reaches its own node's train message.
+    dropped = {m.metadata.dst_node_id: set(decode_verdicts(m.content)) for m in messages}
+    assert all(s["id"] in dropped[s["node"]] for s in samples if s["label_flag"])

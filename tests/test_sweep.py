@@ -35,6 +35,7 @@ from fedsieve.simulations.sweep import (
     Family,
     SweepGrid,
     run_sweep,
+    same_settings,
     sweep,
 )
 from fedsieve.simulations.sweep_report import (
@@ -923,3 +924,16 @@ def test_quick_sweep_rerun_reuses_every_real_cell(quick_sweep):
     events = []
     run_sweep(QUICK, quick_sweep, on_cell=lambda cell, status: events.append(status))
     assert events == ["skipped"] * len(QUICK.cells())
+
+
+def test_rows_saved_before_a_new_setting_stay_current():
+    settings = RunSettings().replace(seed=3, detector="iforest")
+    saved = settings.to_run_config()
+    assert same_settings(saved, settings)
+    # An option added later, at its default, keeps the finished cells ...
+    older = {k: v for k, v in saved.items() if k != "label-check"}
+    assert same_settings(older, settings)
+    # ... but not where the run now sets it, nor where a saved value differs.
+    assert not same_settings(older, settings.replace(label_check=True))
+    assert not same_settings({**saved, "seed": 4}, settings)
+    assert not same_settings(None, settings)
