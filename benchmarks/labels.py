@@ -1,16 +1,16 @@
-"""The label check beside cleanlab and a nearest-neighbour filter, on the same noisy pools.
+"""The label check beside cleanlab's other rule and a nearest-neighbour filter.
 
 Pools of MNIST digits (the packaged 5,000, a seeded subset of every class) with wrong labels:
 consistent flips (every flipped digit of class k claims ``(k + 3) mod 10``), random flips,
 duplicates of genuine digits carrying a consistently flipped label (the sweep's
 ``label-flip`` recipe) and a clean pool. Per pool and method: the share of wrong labels
-dropped and of genuine ones dropped. fedsieve's :class:`LabelCheck` is fitted once per pool;
-cleanlab's rules read the same out-of-fold probabilities (so they compare rules, not
-classifiers); the nearest-neighbour filter (sklearn, 25 neighbours in a 50-component PCA of
-the pixels, copies of an image excluded) drops a sample whose neighbours mostly claim
-another label. Writes ``labels.json`` and ``labels.md``.
+dropped and of genuine ones dropped. fedsieve's :class:`LabelCheck` (cleanlab's
+``confident_learning`` rule on its cross-fitted probabilities) is fitted once per pool;
+cleanlab's ``prune_by_noise_rate`` and the plain argmax disagreement read the same
+probabilities (they compare rules, not classifiers); the nearest-neighbour filter (sklearn,
+25 neighbours in a 50-component PCA of the pixels, copies of an image excluded) drops a
+sample whose neighbours mostly claim another label. Writes ``labels.json`` and ``labels.md``.
 
-    pip install -e '.[bench]'           # cleanlab
     python benchmarks/labels.py [--size 4000] [--seeds 2]
 """
 
@@ -84,10 +84,9 @@ def run(size: int, seeds: int) -> dict:
             encoded = np.searchsorted(check.classes_, claimed)
             probabilities = check.probabilities_
             methods = {
-                "fedsieve LabelCheck": check.labels_,
-                "cleanlab confident_learning": find_label_issues(
-                    encoded, probabilities, filter_by="confident_learning"),
-                "cleanlab prune_by_noise_rate": find_label_issues(encoded, probabilities),
+                "fedsieve LabelCheck (confident_learning)": check.labels_,
+                "cleanlab prune_by_noise_rate": find_label_issues(encoded, probabilities,
+                                                                  n_jobs=1),
                 "argmax differs (predicted_neq_given)": probabilities.argmax(1) != encoded,
                 "nearest neighbours (k=25)": neighbour_filter(x, claimed),
             }
