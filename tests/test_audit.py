@@ -22,7 +22,8 @@ def test_pool_entry_round_trips_and_filters_by_kind(tmp_path):
     log.write_exclusion(1, 8, "failed-screening", "failed-screening: no reply")
     assert "pool" in KINDS
     [pool] = read_audit(tmp_path / "audit.jsonl", "pool")
-    assert pool == {"kind": "pool", "round": 1, "uploaded": 3, "flagged": 1, "threshold": 0.5,
+    assert pool == {"kind": "pool", "round": 1, "uploaded": 3, "flagged": 1, "label_flagged": 0,
+                    "threshold": 0.5,
                     "contamination": 0.2, "contamination_low": 0.15,
                     "contamination_high": 0.26, "confidence": 0.95}
     # The other kinds read as before, and all entries in the order written.

@@ -142,7 +142,7 @@ def test_audit_log_matches_the_drops(clean_round, compact_federation):
     [pool] = audit(clean_round.run_dir, "pool")  # one per screening
     estimate = clean_round.strategy.history[-1]["contamination"]
     assert pool == {"kind": "pool", "round": 1, "uploaded": len(entries),
-                    "flagged": sum(e["verdict"] for e in entries),
+                    "flagged": sum(e["verdict"] for e in entries), "label_flagged": 0,
                     "threshold": entries[0]["threshold"],
                     "contamination": estimate["estimate"],
                     "contamination_low": estimate["low"],
