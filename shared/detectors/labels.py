@@ -45,8 +45,9 @@ class LabelCheck(BaseEstimator):
         SGD (momentum 0.9) step size.
     label_smoothing : float, default 0.3
         Cross-entropy label smoothing: the classifier learns from labels some of which are
-        wrong, and must not bet everything on them. On 4,000 MNIST digits with 25 %
-        consistently flipped labels it moved the genuine digits flagged from 10 % to 1 %.
+        wrong, and must not bet everything on them. In the probes behind the defaults (MNIST,
+        25 % consistently flipped labels) the genuine digits flagged fell from about 10 %
+        without it to 1-2 % with it.
     max_train : int, default 20000
         Largest training set of one fold (a seeded random subset beyond it): the check's cost
         stays bounded on large pools, scoring is what grows.
