@@ -7,7 +7,6 @@ marked as failed with the reason, and the others carry on.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from flwr.app import Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from fedsieve.shared.images import image_digests
 from fedsieve.shared.protocol import (
     REQUEST_RECORD,
     UPLOAD_MESSAGE_TYPE,
@@ -258,7 +258,7 @@ def score_pool(uploads: dict[int, ClientUpload], trusted_images: np.ndarray,
         contamination = estimate_contamination(int(labels.sum()), len(labels), DEFAULT_BUDGET)
     label_flags = None
     if make_label_check is not None:
-        label_flags = _label_flags(uploads, nodes, order, labels, make_label_check)
+        label_flags = _label_flags(uploads, nodes, pool, order, labels, make_label_check)
         labels = labels | label_flags
     bounds = np.cumsum([0] + [len(uploads[n].ids) for n in nodes])
     verdicts = {
@@ -275,21 +275,22 @@ def score_pool(uploads: dict[int, ClientUpload], trusted_images: np.ndarray,
     return PoolScoring(verdicts, float(detector.threshold_), contamination, flagged_by_labels)
 
 
-def _label_flags(uploads: dict[int, ClientUpload], nodes: list[int], order: np.ndarray,
-                 image_labels: np.ndarray, make_label_check: Callable[[], object]) -> np.ndarray:
+def _label_flags(uploads: dict[int, ClientUpload], nodes: list[int], pool: np.ndarray,
+                 order: np.ndarray, image_labels: np.ndarray,
+                 make_label_check: Callable[[], object]) -> np.ndarray:
     """1 for the labelled samples whose image passed but whose label the check contradicts
-    (node order, like ``image_labels``); the check sees them in the pool's sample-id order."""
+    (node order, like ``image_labels``); the check sees them in ``pool``'s sample-id order
+    (``pool`` is the node-order uploads taken in ``order``)."""
     claimed = np.concatenate([uploads[n].y if uploads[n].y is not None
                               else np.full(len(uploads[n].ids), -1) for n in nodes])
-    pool = np.concatenate([uploads[n].x for n in nodes])
-    checked = order[(claimed[order] >= 0) & (image_labels[order] == 0)]
+    checked = (claimed[order] >= 0) & (image_labels[order] == 0)  # in pool order
     flags = np.zeros(len(claimed), np.int64)
-    if len(checked):
+    if checked.any():
         started = time.perf_counter()
-        check = make_label_check().fit(pool[checked], claimed[checked])
-        flags[checked] = np.asarray(check.labels_, dtype=np.int64)
+        check = make_label_check().fit(pool[checked], claimed[order][checked])
+        flags[order[checked]] = np.asarray(check.labels_, dtype=np.int64)
         log(INFO, "fedsieve: label check on %d labelled uploads flagged %d in %.1f s",
-            len(checked), int(flags.sum()), time.perf_counter() - started)
+            int(checked.sum()), int(flags.sum()), time.perf_counter() - started)
     return flags
 
 
@@ -302,6 +303,4 @@ def _plain(contamination: Mapping[str, object]) -> dict[str, float]:
 def _content_keys(images: np.ndarray) -> np.ndarray:
     """A 64-bit digest of each image: orders uploads that share a sample id (clients number
     their samples independently) the same way whichever node sent them."""
-    flat = images.reshape(len(images), -1)
-    return np.fromiter((int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(),
-                                       "little") for row in flat), np.uint64, len(flat))
+    return image_digests(images).view("<u8")

@@ -73,19 +73,11 @@ def train_local(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epo
     return total / count
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray,
              batch_size: int = 1000) -> tuple[float, float]:
     """(mean cross-entropy loss, accuracy) of ``model`` on the given images."""
-    model = _for_inference(model)
-    y = torch.tensor(np.asarray(labels), dtype=torch.long)
-    loss, correct = 0.0, 0
-    for start in range(0, len(images), batch_size):
-        logits = model(_channels_last(classifier_batch(images[start:start + batch_size])))
-        target = y[start:start + batch_size]
-        loss += F.cross_entropy(logits, target, reduction="sum").item()
-        correct += (logits.argmax(1) == target).sum().item()
-    return loss / len(images), correct / len(images)
+    loss, accuracy, _ = evaluate_classes(model, images, labels, batch_size)
+    return loss, accuracy
 
 
 @torch.no_grad()
@@ -94,11 +86,9 @@ def evaluate_classes(model: nn.Module, images: np.ndarray, labels: np.ndarray,
                      ) -> tuple[float, float, np.ndarray]:
     """(mean cross-entropy loss, accuracy, accuracy per class) of ``model`` from one forward
     pass over the images (the server evaluates every round: one pass, not two)."""
-    model = _for_inference(model)
     y = torch.tensor(np.asarray(labels), dtype=torch.long)
     loss, predicted = 0.0, []
-    for start in range(0, len(images), batch_size):
-        logits = model(_channels_last(classifier_batch(images[start:start + batch_size])))
+    for start, logits in _batched_logits(model, images, batch_size):
         loss += F.cross_entropy(logits, y[start:start + batch_size], reduction="sum").item()
         predicted.append(logits.argmax(1))
     if not predicted:
@@ -111,18 +101,15 @@ def evaluate_classes(model: nn.Module, images: np.ndarray, labels: np.ndarray,
 @torch.no_grad()
 def predict(model: nn.Module, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """The class ``model`` predicts for each image, int64 (N,)."""
-    model = _for_inference(model)
-    out = [model(_channels_last(classifier_batch(images[start:start + batch_size]))).argmax(1)
-           for start in range(0, len(images), batch_size)]
+    out = [logits.argmax(1) for _, logits in _batched_logits(model, images, batch_size)]
     return torch.cat(out).numpy().astype(np.int64) if out else np.empty(0, np.int64)
 
 
 @torch.no_grad()
 def predict_proba(model: nn.Module, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """Class probabilities (softmax) ``model`` gives each image, float64 (N, classes)."""
-    model = _for_inference(model)
-    out = [F.softmax(model(_channels_last(classifier_batch(images[start:start + batch_size]))),
-                     dim=1).double() for start in range(0, len(images), batch_size)]
+    out = [F.softmax(logits, dim=1).double()
+           for _, logits in _batched_logits(model, images, batch_size)]
     return torch.cat(out).numpy() if out else np.empty((0, model.fc2.out_features))
 
 
@@ -136,12 +123,11 @@ def class_accuracy(predicted: np.ndarray, labels: np.ndarray,
         return np.where(counts > 0, hits / np.maximum(counts, 1), np.nan)
 
 
-def _for_inference(model: nn.Module) -> nn.Module:
-    """An eval-mode copy of ``model`` in channels-last layout: the server's per-round test
-    passes run twice as fast on CPU, and the caller's model (whose state dict is sent to the
-    clients) keeps its layout."""
-    return copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
-
-
-def _channels_last(batch: torch.Tensor) -> torch.Tensor:
-    return batch.contiguous(memory_format=torch.channels_last)
+def _batched_logits(model: nn.Module, images: np.ndarray, batch_size: int):
+    """(start, logits) of each batch of ``images``, from an eval-mode copy of ``model`` in
+    channels-last layout: the server's per-round test passes run twice as fast on CPU, and the
+    caller's model (whose state dict is sent to the clients) keeps its layout."""
+    model = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
+    for start in range(0, len(images), batch_size):
+        batch = classifier_batch(images[start:start + batch_size])
+        yield start, model(batch.contiguous(memory_format=torch.channels_last))

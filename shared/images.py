@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import DTypeLike
 
-__all__ = ["IMAGE_SHAPE", "check_images", "images_sha256"]
+__all__ = ["IMAGE_SHAPE", "check_images", "image_digests", "images_sha256"]
 
 IMAGE_SHAPE = (28, 28)
 _FIX = ("pass uint8 images of shape (N, 28, 28), or float32 in [0, 1] of shape (N, 28, 28) "
@@ -103,3 +103,11 @@ def images_sha256(X: np.ndarray, chunk: int = 4096) -> str:
         part = check_images(X[start:start + chunk], dtype=np.uint8)
         digest.update(part.tobytes())
     return digest.hexdigest()
+
+
+def image_digests(images: np.ndarray) -> np.ndarray:
+    """An 8-byte BLAKE2b digest of each image's bytes, as a (N,) ``S8`` array: byte-identical
+    images share a digest. ``.view("<u8")`` reads them as 64-bit integers."""
+    flat = np.ascontiguousarray(images).reshape(len(images), -1)
+    return np.array([hashlib.blake2b(row.tobytes(), digest_size=8).digest() for row in flat],
+                    dtype="S8")

@@ -17,7 +17,6 @@ with random labels) clears no threshold and is left to the image detector.
 
 from __future__ import annotations
 
-import hashlib
 from numbers import Integral, Real
 
 import numpy as np
@@ -28,7 +27,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from fedsieve.shared.classifier import DigitNet, predict_proba, train_local
-from fedsieve.shared.images import check_images
+from fedsieve.shared.images import check_images, image_digests
 
 
 class LabelCheck(BaseEstimator):
@@ -216,9 +215,7 @@ def _modeled_classes(claimed: np.ndarray, min_size: int, most: int) -> np.ndarra
 def _content_groups(images: np.ndarray) -> np.ndarray:
     """One group per distinct image content: byte-identical copies (a flipped duplicate of a
     genuine digit) must share a fold, or the copy's label would be learnt by heart."""
-    digests = [hashlib.blake2b(row.tobytes(), digest_size=8).digest()
-               for row in images.reshape(len(images), -1)]
-    return np.unique(digests, return_inverse=True)[1]
+    return np.unique(image_digests(images), return_inverse=True)[1]
 
 
 __all__ = ["LabelCheck"]
