@@ -129,8 +129,12 @@ class PoolScoring(NamedTuple):
 
 def collect_uploads(grid: Grid, node_ids: Iterable[int], *, chunk_size: int, fraction: float,
                     sample_seed: int, max_upload: int, timeout: float,
+                    image_shape: tuple[int, int, int] | None = None,
                     ) -> tuple[dict[int, ClientUpload], dict[int, str]]:
     """Ask every node for its samples, chunk by chunk.
+
+    ``image_shape`` (C, H, W), when given, travels in every request; a node whose images
+    have another shape fails screening with a reason naming both shapes.
 
     Returns
     -------
@@ -144,7 +148,8 @@ def collect_uploads(grid: Grid, node_ids: Iterable[int], *, chunk_size: int, fra
     failures: dict[int, str] = {}
     while next_chunk:
         requests = {n: UploadRequest(chunk_index=c, chunk_size=chunk_size, fraction=fraction,
-                                     sample_seed=sample_seed + n % 2**31)
+                                     sample_seed=sample_seed + n % 2**31,
+                                     image_shape=image_shape)
                     for n, c in next_chunk.items()}
         messages = [Message(RecordDict({REQUEST_RECORD: r.to_record()}),
                             dst_node_id=n, message_type=UPLOAD_MESSAGE_TYPE)

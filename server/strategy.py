@@ -46,6 +46,7 @@ from sklearn.base import clone
 
 from fedsieve.server.audit import AuditLog
 from fedsieve.server.screening import Screening, collect_uploads, score_pool
+from fedsieve.shared.images import check_images, format_shape
 from fedsieve.shared.protocol import VERDICT_RECORD, encode_verdicts
 
 #: Exclusion reasons, also reported as integer codes in MetricRecords (which hold numbers only).
@@ -98,7 +99,11 @@ class AnomalyFilter(Strategy):
         callable returning one. It must offer ``fit(X, trusted=...)`` and the fitted
         ``decision_scores_``, ``labels_`` and ``threshold_``.
     trusted_images : numpy.ndarray
-        The server's trusted normal images, uint8 (k, 28, 28).
+        The server's trusted normal images (5-10), in any form
+        :func:`~fedsieve.shared.images.check_images` reads. Their shape (C, H, W) is the
+        one the federation's uploads must have: it travels in every screening request, and a
+        client that uploads another shape is excluded for the round with a reason naming
+        both.
     screen_every : int, default 0
         Screen again every this many rounds (0: only before the first round).
     upload_fraction : float, default 1.0
@@ -151,7 +156,8 @@ class AnomalyFilter(Strategy):
                              f"{max_client_contamination}")
         self.strategy = strategy if strategy is not None else FedAvg()
         self.detector = detector
-        self.trusted_images = np.asarray(trusted_images)
+        # Canonical uint8 (k, C, H, W): their shape is the one every upload must have.
+        self.trusted_images = check_images(trusted_images, "trusted_images", dtype=np.uint8)
         self.screen_every = screen_every
         self.upload_fraction = upload_fraction
         self.max_client_contamination = max_client_contamination
@@ -168,6 +174,11 @@ class AnomalyFilter(Strategy):
         self._excluded: dict[int, Exclusion] = {}  # this round's
         self._round_seconds = 0.0
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the trusted images: the shape every upload must have."""
+        return tuple(int(s) for s in self.trusted_images.shape[1:])
+
     def __repr__(self) -> str:
         return f"AnomalyFilter(strategy={self.strategy!r}, detector={self.detector!r})"
 
@@ -180,7 +191,8 @@ class AnomalyFilter(Strategy):
     def summary(self) -> None:
         log(INFO, "\t├──> fedsieve AnomalyFilter:")
         log(INFO, "\t│\t├── detector: %r", self.detector)
-        log(INFO, "\t│\t├── trusted images: %d", len(self.trusted_images))
+        log(INFO, "\t│\t├── trusted images: %d of %s (C x H x W)", len(self.trusted_images),
+            format_shape(self.image_shape))
         log(INFO, "\t│\t├── training-sample count read under: %r", self.weighted_by_key)
         log(INFO, "\t│\t├── upload fraction: %.2f | screen every: %s", self.upload_fraction,
             self.screen_every or "first round only")
@@ -286,7 +298,7 @@ class AnomalyFilter(Strategy):
         uploads, screening.failures = collect_uploads(
             grid, nodes, chunk_size=self.chunk_size, fraction=self.upload_fraction,
             sample_seed=self.random_state + server_round, max_upload=self.max_upload,
-            timeout=self.screening_timeout)
+            timeout=self.screening_timeout, image_shape=self.image_shape)
         screening.upload_seconds = time.perf_counter() - started
         started = time.perf_counter()
         scoring = score_pool(uploads, self.trusted_images, self._make_detector,

@@ -13,37 +13,53 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedsieve.shared.images import check_images
+from fedsieve.shared.images import DEFAULT_IMAGE_SHAPE, check_images
 
 
 class DigitNet(nn.Module):
-    """Two conv blocks and a small head: ~30k parameters, fast on two CPU cores."""
+    """Two conv blocks and a small head, sized from the images' shape: ~30k parameters at
+    1x28x28 (64 hidden units; the pooled feature map is shrunk to at most 7x7 first, so
+    larger images cost more convolution but no larger head), fast on two CPU cores.
 
-    def __init__(self, num_classes: int = 10) -> None:
+    Parameters
+    ----------
+    num_classes : int, default 10
+        Output logits.
+    image_shape : tuple of int, default (1, 28, 28)
+        (C, H, W) of the images it classifies.
+    """
+
+    def __init__(self, num_classes: int = 10,
+                 image_shape: tuple[int, int, int] = DEFAULT_IMAGE_SHAPE) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 5, padding=2)
+        c, h, w = (int(s) for s in image_shape)
+        self.image_shape = (c, h, w)
+        self.conv1 = nn.Conv2d(c, 16, 5, padding=2)
         self.conv2 = nn.Conv2d(16, 32, 5, padding=2)
-        self.fc1 = nn.Linear(32 * 7 * 7, 64)
+        self.pooled = (min(h // 4, 7), min(w // 4, 7))
+        self.fc1 = nn.Linear(32 * self.pooled[0] * self.pooled[1], 64)
         self.fc2 = nn.Linear(64, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.max_pool2d(F.relu(self.conv1(x)), 2)
         x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        if x.shape[-2:] != self.pooled:
+            x = F.adaptive_avg_pool2d(x, self.pooled)
         return self.fc2(F.relu(self.fc1(x.flatten(1))))
 
 
 def classifier_batch(images: np.ndarray, name: str = "images") -> torch.Tensor:
-    """Images as the classifier's input: float32 (N, 1, 28, 28) in [0, 1].
+    """Images as the classifier's input: float32 (N, C, H, W) in [0, 1].
 
-    Accepts what the SDK accepts, through the one image validator: uint8 (N, 28, 28) is
-    scaled by 1/255, float32 already in [0, 1] is taken as it is (never scaled twice).
+    Accepts what the SDK accepts, through the one image validator: uint8 is scaled by 1/255,
+    float32 already in [0, 1] is taken as it is (never scaled twice); (N, H, W) is grey.
 
     Raises
     ------
     ValueError
-        Images of another shape or dtype, or float values outside [0, 1].
+        Images of an unreadable shape or dtype, or float values outside [0, 1].
     """
-    return torch.from_numpy(check_images(images, name, allow_empty=True)).unsqueeze(1)
+    return torch.from_numpy(check_images(images, name, allow_empty=True))
 
 
 def train_local(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: int = 1,

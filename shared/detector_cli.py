@@ -19,7 +19,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from fedsieve.shared.images import check_images, images_sha256
+from fedsieve.shared.images import check_images, display_rgb, images_sha256
 
 #: Pool images that stand in for trusted images when ``detect`` runs without ``--trusted``.
 AUTO_TRUSTED = 10
@@ -263,7 +263,7 @@ def _figures(out: Path, x: np.ndarray, scores: np.ndarray, y: np.ndarray | None,
     order = np.argsort(scores)
     k = min(32, len(x))
     shown = np.concatenate([order[::-1][:k], order[:k]])
-    tiles = torch.from_numpy(x[shown]).unsqueeze(1).repeat(1, 3, 1, 1)
+    tiles = torch.from_numpy(display_rgb(x[shown]))
     maps = None  # a detector without an anomaly map: the images alone
     if hasattr(detector, "anomaly_map"):
         try:

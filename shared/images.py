@@ -1,11 +1,23 @@
-"""The one image validator: what fedsieve accepts as a batch of 28x28 grey images.
+"""The one image validator: what fedsieve accepts as a batch of images, and in which layout.
 
-Accepted: uint8 of shape (N, 28, 28), or float32 in [0, 1] of shape (N, 28, 28) or
-(N, 1, 28, 28); a torch tensor is treated like its array. Anything else (wrong type, shape or
-dtype, NaN/inf, out-of-range values, an empty batch where one is not allowed) raises
-``ValueError`` saying what was wrong and how to fix it. :func:`check_images` returns the
-float form (what the detectors and the classifier compute on) or the uint8 form (what the wire
-protocol and trusted files carry), as asked.
+fedsieve takes images of any size and channel count. A batch may come as
+
+- ``(N, H, W)``: grey images (one channel);
+- ``(N, H, W, C)``: channels last (numpy, PIL, Hugging Face datasets);
+- ``(N, C, H, W)``: channels first (torch);
+
+of dtype uint8 (0-255) or float32 in [0, 1]; a torch tensor is treated like its array. The
+layout of a 4-D batch is read from its shape by one rule: the channel axis is the one of the
+two candidates (axis 1 or axis 3) that holds at most :data:`MAX_AUTO_CHANNELS` entries while
+the other holds more. When both or neither do (``(N, 3, 4, 4)``, or 13-band satellite tiles
+``(N, 64, 64, 13)``) the layout is ambiguous and must be named: ``layout="NHWC"`` or
+``"NCHW"``. Anything else (wrong type, shape or dtype, NaN/inf, out-of-range values, images
+smaller than :data:`MIN_SIDE` pixels, an empty batch where one is not allowed) raises
+``ValueError`` saying what was wrong and how to fix it.
+
+Whatever came in, :func:`check_images` returns the one canonical form every fedsieve
+component computes on: C-contiguous ``(N, C, H, W)``, float32 in [0, 1] (what the detectors
+and the classifier use) or uint8 (what the wire protocol and trusted files carry).
 """
 
 from __future__ import annotations
@@ -16,12 +28,55 @@ from typing import Any
 import numpy as np
 from numpy.typing import DTypeLike
 
-__all__ = ["IMAGE_SHAPE", "check_images", "image_digests", "images_sha256"]
+__all__ = [
+    "DEFAULT_IMAGE_SHAPE",
+    "LAYOUTS",
+    "MAX_AUTO_CHANNELS",
+    "MIN_SIDE",
+    "check_images",
+    "image_digests",
+    "image_shape",
+    "images_sha256",
+    "format_shape",
+    "display_rgb",
+]
 
-IMAGE_SHAPE = (28, 28)
-_FIX = ("pass uint8 images of shape (N, 28, 28), or float32 in [0, 1] of shape (N, 28, 28) "
-        "or (N, 1, 28, 28)")
+#: (C, H, W) of the images the shipped meta-model and the example task were made for.
+DEFAULT_IMAGE_SHAPE = (1, 28, 28)
+#: The layouts a 4-D batch may be declared in.
+LAYOUTS = ("NCHW", "NHWC")
+#: A 4-D axis of at most this many entries is taken for the channel axis (grey, grey+alpha,
+#: RGB, RGBA) when the other candidate axis is longer.
+MAX_AUTO_CHANNELS = 4
+#: Smallest height and width accepted: the detectors' networks halve the image twice.
+MIN_SIDE = 8
 _OUTPUT_DTYPES = (np.dtype(np.float32), np.dtype(np.uint8))
+_FORMS = ("pass uint8 images (0-255) or float32 images in [0, 1], shaped (N, H, W) for grey, "
+          "(N, H, W, C) for channels-last or (N, C, H, W) for channels-first")
+
+
+def format_shape(shape: tuple[int, ...]) -> str:
+    """``(3, 32, 32)`` -> ``"3x32x32"``: how messages name an image shape (C x H x W)."""
+    return "x".join(str(int(s)) for s in shape)
+
+
+def _channels_first(X: np.ndarray, name: str, layout: str | None) -> np.ndarray:
+    """``X`` as (N, C, H, W) (a view: no copy), by the layout rule of the module docstring."""
+    if layout is not None and layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)} or None (auto), "
+                         f"got {layout!r}")
+    if X.ndim == 3:
+        return X[:, None]
+    if X.ndim != 4:
+        raise ValueError(f"{name} has shape {X.shape} ({X.ndim} axes); {_FORMS}")
+    if layout is None:
+        first, last = X.shape[1] <= MAX_AUTO_CHANNELS, X.shape[3] <= MAX_AUTO_CHANNELS
+        if first == last:
+            raise ValueError(
+                f"{name} has shape {X.shape}: cannot tell whether the channels are axis 1 "
+                f"(N, C, H, W) or axis 3 (N, H, W, C); pass layout='NCHW' or layout='NHWC'")
+        layout = "NCHW" if first else "NHWC"
+    return X if layout == "NCHW" else X.transpose(0, 3, 1, 2)
 
 
 def check_images(
@@ -30,13 +85,14 @@ def check_images(
     *,
     dtype: DTypeLike = np.float32,
     allow_empty: bool = False,
+    layout: str | None = None,
 ) -> np.ndarray:
-    """Validate a batch of images and return it as (N, 28, 28) of ``dtype``.
+    """Validate a batch of images and return it as (N, C, H, W) of ``dtype``.
 
     Parameters
     ----------
     X : numpy.ndarray or torch.Tensor
-        uint8 (N, 28, 28), or float32 in [0, 1] of shape (N, 28, 28) or (N, 1, 28, 28).
+        uint8 or float32 in [0, 1], shaped (N, H, W), (N, H, W, C) or (N, C, H, W).
     name : str
         What ``X`` is, for the error messages (e.g. ``"uploaded x"``).
     dtype : {numpy.float32, numpy.uint8}
@@ -44,17 +100,21 @@ def check_images(
         is rounded to the nearest level).
     allow_empty : bool
         Whether a batch of 0 images is valid.
+    layout : {"NCHW", "NHWC"}, optional
+        The layout of a 4-D batch; None reads it from the shape (see the module docstring)
+        and refuses an ambiguous one.
 
     Returns
     -------
     numpy.ndarray
-        C-contiguous (N, 28, 28) array of ``dtype``; ``X`` itself when it already is one.
+        C-contiguous (N, C, H, W) array of ``dtype``; ``X`` itself when it already is one.
 
     Raises
     ------
     ValueError
-        Wrong type, shape or dtype, NaN/inf, values outside [0, 1], or no images where some
-        are needed; the message names ``name``, says what was wrong and how to fix it.
+        Wrong type, shape or dtype, an ambiguous layout, NaN/inf, values outside [0, 1],
+        images under :data:`MIN_SIDE` pixels a side, or no images where some are needed;
+        the message names ``name``, says what was wrong and how to fix it.
     """
     out_dtype = np.dtype(dtype)
     if out_dtype not in _OUTPUT_DTYPES:
@@ -62,21 +122,24 @@ def check_images(
     if hasattr(X, "detach") and hasattr(X, "numpy"):  # a torch tensor, without importing torch
         X = X.detach().cpu().numpy()
     if not isinstance(X, np.ndarray):
-        raise ValueError(f"{name} must be a numpy array, got {type(X).__name__}; {_FIX}")
-    if X.ndim == 4 and X.shape[1] == 1:
-        X = X[:, 0]
-    if X.ndim != 3 or X.shape[1:] != IMAGE_SHAPE:
-        raise ValueError(f"{name} has shape {X.shape}; {_FIX}")
+        raise ValueError(f"{name} must be a numpy array, got {type(X).__name__}; {_FORMS}")
+    X = _channels_first(X, name, layout)
+    if min(X.shape[2:]) < MIN_SIDE:
+        raise ValueError(f"{name} holds images of {X.shape[2]}x{X.shape[3]} pixels; images "
+                         f"must be at least {MIN_SIDE}x{MIN_SIDE} (pad or resize them), and a "
+                         "4-D batch needs its channel axis where the layout says")
+    if X.shape[1] == 0:
+        raise ValueError(f"{name} has 0 channels (shape {X.shape}); {_FORMS}")
     if X.shape[0] == 0 and not allow_empty:
         raise ValueError(f"{name} is empty (0 images); pass at least one image")
     if X.dtype == np.uint8:
         if out_dtype == np.uint8:
             return np.ascontiguousarray(X)
-        out = X.astype(np.float32)
+        out = np.ascontiguousarray(X, dtype=np.float32)
         out /= 255.0  # in place: one float copy of a large pool, not two
         return out
     if X.dtype != np.float32:
-        raise ValueError(f"{name} has dtype {X.dtype}; {_FIX} (convert with "
+        raise ValueError(f"{name} has dtype {X.dtype}; {_FORMS} (convert with "
                          "x.astype(np.float32) / 255 for 0-255 data)")
     if X.size and not np.isfinite(X).all():
         raise ValueError(f"{name} contains NaN or inf values; clean or drop those images")
@@ -88,8 +151,32 @@ def check_images(
     return np.ascontiguousarray(X)
 
 
+def image_shape(X: Any, name: str = "X", *, layout: str | None = None) -> tuple[int, int, int]:
+    """The (C, H, W) of one image of the batch ``X``, by the layout rule of
+    :func:`check_images` (which validates the batch's shape, not its values)."""
+    if hasattr(X, "detach") and hasattr(X, "numpy"):
+        X = X.detach().cpu().numpy()
+    if not isinstance(X, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array, got {type(X).__name__}; {_FORMS}")
+    c, h, w = _channels_first(X, name, layout).shape[1:]
+    return int(c), int(h), int(w)
+
+
+def display_rgb(images: np.ndarray) -> np.ndarray:
+    """Images to draw: float32 (N, 3, H, W) in [0, 1] from any batch :func:`check_images`
+    reads. Grey images are repeated into 3 channels, RGB(A) keeps its first three; other
+    channel counts show their brightness (mean over channels) in grey."""
+    x = check_images(images, "images", allow_empty=True)
+    c = x.shape[1]
+    if c in (3, 4):
+        return np.ascontiguousarray(x[:, :3])
+    grey = x[:, :1] if c == 1 else x.mean(axis=1, keepdims=True)
+    return np.ascontiguousarray(np.repeat(grey, 3, axis=1))
+
+
 def images_sha256(X: np.ndarray, chunk: int = 4096) -> str:
-    """SHA-256 of images quantised to uint8, so the same images hash the same in either dtype.
+    """SHA-256 of images quantised to uint8 (N, C, H, W), so the same images hash the same in
+    either dtype and layout.
 
     Hashed ``chunk`` images at a time, so that a large float pool is never quantised whole.
 

@@ -2,10 +2,14 @@
 
 Screening is a Flower ``query`` message with action :data:`UPLOAD_ACTION`. The server's
 request carries a ``ConfigRecord`` named :data:`REQUEST_RECORD`; the client's reply carries
-the samples in an ``ArrayRecord`` named :data:`UPLOAD_RECORD` (``x``: uint8 (N, 28, 28) or
-float32 in [0, 1]; ``ids``: int64 (N,); optionally ``y``: the claimed labels, int64 (N,),
-which a server with a label check reads) and a ``ConfigRecord`` named :data:`UPLOAD_META`
-(protocol version, local sample count, chunk position). Verdicts travel back inside each
+the samples in an ``ArrayRecord`` named :data:`UPLOAD_RECORD` (``x``: uint8 (N, C, H, W),
+the canonical form of :func:`~fedsieve.shared.images.check_images`; a grey (N, H, W) or a
+float32 upload in [0, 1] from an older client is read too; ``ids``: int64 (N,); optionally
+``y``: the claimed labels, int64 (N,), which a server with a label check reads) and a
+``ConfigRecord`` named :data:`UPLOAD_META` (protocol version, local sample count, chunk position). The request names the image shape
+(C, H, W) the server's detector takes (``image-shape``, that of its trusted images): a client
+whose images have another shape fails with a message saying so, and an upload of another
+shape is refused. Verdicts travel back inside each
 client's own ``train`` message as an ``ArrayRecord`` named :data:`VERDICT_RECORD` holding the
 ids to drop.
 
@@ -22,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from fedsieve.shared.images import check_images
+from fedsieve.shared.images import check_images, format_shape
 
 PROTOCOL_VERSION = 1
 UPLOAD_ACTION = "fedsieve_upload"
@@ -43,18 +47,23 @@ class ProtocolError(ValueError):
 
 @dataclass(frozen=True)
 class UploadRequest:
-    """What the server asks for: which chunk, how large, which fraction of the samples."""
+    """What the server asks for: which chunk, how large, which fraction of the samples, and
+    the image shape (C, H, W) it takes (None: any)."""
 
     chunk_index: int = 0
     chunk_size: int = 10_000
     fraction: float = 1.0
     sample_seed: int = 0
     protocol: int = PROTOCOL_VERSION
+    image_shape: tuple[int, int, int] | None = None
 
     def to_record(self) -> ConfigRecord:
-        return ConfigRecord({"protocol": self.protocol, "chunk-index": self.chunk_index,
-                             "chunk-size": self.chunk_size, "fraction": float(self.fraction),
-                             "sample-seed": self.sample_seed})
+        record = ConfigRecord({"protocol": self.protocol, "chunk-index": self.chunk_index,
+                               "chunk-size": self.chunk_size, "fraction": float(self.fraction),
+                               "sample-seed": self.sample_seed})
+        if self.image_shape is not None:
+            record["image-shape"] = [int(s) for s in self.image_shape]
+        return record
 
     @classmethod
     def from_content(cls, content: RecordDict) -> UploadRequest:
@@ -64,8 +73,14 @@ class UploadRequest:
         if version != PROTOCOL_VERSION:
             raise ProtocolError(f"server speaks fedsieve protocol {version}, this client "
                                 f"speaks {PROTOCOL_VERSION}; upgrade fedsieve on one side")
+        shape = record.get("image-shape")
+        if shape is not None:
+            shape = tuple(int(s) for s in shape)
+            if len(shape) != 3:
+                raise ProtocolError(f"image-shape must be (C, H, W), got {shape}")
         return cls(chunk_index=_int(record, "chunk-index"), chunk_size=_int(record, "chunk-size"),
-                   fraction=float(record["fraction"]), sample_seed=_int(record, "sample-seed"))
+                   fraction=float(record["fraction"]), sample_seed=_int(record, "sample-seed"),
+                   image_shape=shape)
 
 
 @dataclass(frozen=True)
@@ -75,7 +90,7 @@ class Upload:
     Attributes
     ----------
     x : numpy.ndarray
-        uint8 images (n, 28, 28); float uploads are converted.
+        uint8 images (n, C, H, W); float and grey (n, H, W) uploads are converted.
     ids : numpy.ndarray
         int64 local sample ids, unique.
     num_samples : int
@@ -108,9 +123,21 @@ def select_for_upload(ids: np.ndarray, request: UploadRequest) -> np.ndarray:
 
 
 def encode_upload(x: np.ndarray, ids: np.ndarray, request: UploadRequest,
-                  y: np.ndarray | None = None) -> RecordDict:
+                  y: np.ndarray | None = None, *, layout: str | None = None) -> RecordDict:
     """Build a client's reply content for ``request`` from its local samples and ids, and
-    their claimed labels ``y`` when given (a server with a label check uses them)."""
+    their claimed labels ``y`` when given (a server with a label check uses them).
+
+    ``x`` is any batch :func:`~fedsieve.shared.images.check_images` reads (``layout`` as
+    there); the chunk travels as uint8 (n, C, H, W).
+
+    Raises
+    ------
+    ValueError
+        Unreadable images, a count mismatch between images, ids and labels, or images of
+        another shape than the server's ``request.image_shape``.
+    """
+    if hasattr(x, "detach") and hasattr(x, "numpy"):  # a torch tensor
+        x = x.detach().cpu().numpy()
     x = np.asarray(x)
     ids = np.asarray(ids)
     if len(x) != len(ids):
@@ -124,7 +151,14 @@ def encode_upload(x: np.ndarray, ids: np.ndarray, request: UploadRequest,
     num_chunks = max(1, math.ceil(len(selected) / request.chunk_size))
     part = selected[request.chunk_index * request.chunk_size:
                     (request.chunk_index + 1) * request.chunk_size]
-    arrays = ArrayRecord({"x": Array(np.ascontiguousarray(x[part])),
+    images = check_images(x[part], "local samples", dtype=np.uint8, allow_empty=True,
+                          layout=layout)
+    if request.image_shape is not None and images.shape[1:] != tuple(request.image_shape):
+        raise ValueError(
+            f"the local samples are {format_shape(images.shape[1:])} images (C x H x W) but "
+            f"the server's detector takes {format_shape(request.image_shape)}; resize or "
+            "convert them before uploading (or pass layout= when the channels were misread)")
+    arrays = ArrayRecord({"x": Array(images),
                           "ids": Array(np.ascontiguousarray(ids[part], dtype=np.int64))})
     if y is not None:
         arrays["y"] = Array(np.ascontiguousarray(y[part], dtype=np.int64))
@@ -146,6 +180,11 @@ def decode_upload(content: RecordDict, request: UploadRequest, *,
         What the server asked; the reply must answer this chunk.
     max_upload : int
         Largest number of samples accepted from one client in total.
+
+    Returns
+    -------
+    Upload
+        With images of ``request.image_shape`` when the request names one.
 
     Raises
     ------
@@ -193,9 +232,14 @@ def _decode_upload(content: RecordDict, request: UploadRequest, max_upload: int)
     if missing:
         raise ProtocolError(f"upload lacks array(s) {sorted(missing)}")
     try:
-        x = check_images(arrays["x"].numpy(), "uploaded x", dtype=np.uint8, allow_empty=True)
+        x = check_images(arrays["x"].numpy(), "uploaded x", dtype=np.uint8, allow_empty=True,
+                         layout="NCHW")
     except ValueError as err:
         raise ProtocolError(str(err)) from err
+    if request.image_shape is not None and x.shape[1:] != tuple(request.image_shape):
+        raise ProtocolError(
+            f"uploaded images are {format_shape(x.shape[1:])} (C x H x W) but the server's "
+            f"detector takes {format_shape(request.image_shape)} (its trusted images' shape)")
     ids = arrays["ids"].numpy()
     if ids.dtype != np.int64 or ids.ndim != 1:
         raise ProtocolError(f"ids must be a 1-D int64 array, got {ids.dtype} {ids.shape}")

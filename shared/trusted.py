@@ -1,6 +1,7 @@
 """The server's trusted images: a handful of normal images the operator vouches for.
 
-The trusted file is an ``.npz`` with ``x`` (uint8 (k, 28, 28) or float in [0, 1]) and an
+The trusted file is an ``.npz`` with ``x`` (uint8 or float in [0, 1], in any layout
+:func:`~fedsieve.shared.images.check_images` reads; written as uint8 (k, C, H, W)) and an
 optional ``y``. :func:`draw_trusted_indices` is the one draw both the simulation harness and
 a ServerApp without a trusted file use, so that they are the same images the harness kept
 out of every client.
@@ -60,7 +61,7 @@ def save_trusted_file(path: str | Path, images: np.ndarray,
 
 
 def load_trusted_file(path: str | Path) -> np.ndarray:
-    """Read and validate a trusted file; returns uint8 images (k, 28, 28).
+    """Read and validate a trusted file; returns uint8 images (k, C, H, W).
 
     Raises
     ------

@@ -77,7 +77,8 @@ BAD_UPLOADS = [
                                   lambda c: Array(_x(c).astype(np.int16))), "has dtype int16"),
     BadUpload("wrong-shape", _set(p.UPLOAD_RECORD, "x",
                                   lambda c: Array(np.ascontiguousarray(_x(c)[:, :, :27]))),
-              r"has shape \(\d+, 28, 27\)"),
+              r"uploaded images are 1x27x28 \(C x H x W\) but the server's detector takes "
+              r"1x28x28"),
     BadUpload("out-of-range", _set(p.UPLOAD_RECORD, "x", lambda c: Array(
         np.full(_x(c).shape, 2.0, np.float32))), r"outside \[0, 1\]"),
     BadUpload("nan", _set(p.UPLOAD_RECORD, "x", lambda c: Array(

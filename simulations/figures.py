@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torchvision.utils import save_image
 
+from fedsieve.shared.images import display_rgb
+
 FRAME = 2
 FLAG_COLOUR = (0.9, 0.1, 0.1)
 PLAIN_COLOUR = (0.35, 0.35, 0.35)
@@ -20,7 +22,7 @@ def framed_grid(images: np.ndarray, flagged: np.ndarray, path: str | Path, *,
     Parameters
     ----------
     images : numpy.ndarray
-        uint8 (N, 28, 28) images.
+        Images in any form :func:`fedsieve.shared.images.check_images` reads.
     flagged : numpy.ndarray
         bool (N,), which images get the red frame.
     path : str or Path
@@ -28,14 +30,13 @@ def framed_grid(images: np.ndarray, flagged: np.ndarray, path: str | Path, *,
     nrow, max_images : int
         Images per row; at most this many of the first images are drawn.
     """
-    images = np.asarray(images)[:max_images]
+    images = display_rgb(np.asarray(images)[:max_images])
     flagged = np.asarray(flagged, dtype=bool)[:max_images]
-    n, h, w = images.shape
+    n, _, h, w = images.shape
     tiles = torch.empty((n, 3, h + 2 * FRAME, w + 2 * FRAME))
     colours = torch.tensor([FLAG_COLOUR if f else PLAIN_COLOUR for f in flagged]).view(n, 3, 1, 1)
     tiles[:] = colours
-    tiles[:, :, FRAME:-FRAME, FRAME:-FRAME] = torch.from_numpy(images.astype(np.float32) / 255.0
-                                                              ).unsqueeze(1)
+    tiles[:, :, FRAME:-FRAME, FRAME:-FRAME] = torch.from_numpy(images)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(tiles, path, nrow=nrow, padding=1, pad_value=1.0)

@@ -67,12 +67,12 @@ def test_detect_takes_its_detectors_from_the_registry(tmp_path):
 
 
 def test_detect_rejects_bad_input(tmp_path):
-    np.savez(tmp_path / "pool.npz", x=np.zeros((5, 10, 10), np.uint8))
+    np.savez(tmp_path / "pool.npz", x=np.zeros((5, 6, 6), np.uint8))
     res = CliRunner().invoke(
         _app(), ["detect", "--pool", str(tmp_path / "pool.npz"), "--out", str(tmp_path / "o")]
     )
     assert res.exit_code != 0
-    assert "shape" in res.output
+    assert "at least 8x8" in res.output
 
 
 def test_meta_train_writes_checkpoint(tmp_path):

@@ -67,7 +67,9 @@ def fitted(detector_data):
 @pytest.mark.parametrize(
     "bad, match",
     [
-        (np.zeros((3, 28, 27), np.uint8), "shape"),
+        (np.zeros((3, 28), np.uint8), "shape"),
+        (np.zeros((3, 5, 5), np.uint8), "at least 8x8"),
+        (np.zeros((3, 3, 4, 4), np.uint8), "cannot tell whether the channels"),
         (np.zeros((0, 28, 28), np.uint8), "empty"),
         (np.zeros((3, 28, 28), np.float64), "dtype"),
         (np.full((3, 28, 28), np.nan, np.float32), "NaN"),
@@ -84,9 +86,9 @@ def test_accepted_layouts_agree(mnist_train):
     u8 = mnist_train.images[:4]
     f = u8.astype(np.float32) / 255
     assert np.array_equal(check_images(u8), check_images(f[:, None]))
-    assert check_images(u8).dtype == np.float32
-    np.testing.assert_array_equal(check_images(f, dtype=np.uint8), u8)
-    assert check_images(np.zeros((0, 28, 28), np.uint8), allow_empty=True).shape == (0, 28, 28)
+    assert check_images(u8).dtype == np.float32 and check_images(u8).shape == (4, 1, 28, 28)
+    np.testing.assert_array_equal(check_images(f, dtype=np.uint8), u8[:, None])
+    assert check_images(np.zeros((0, 28, 28), np.uint8), allow_empty=True).shape == (0, 1, 28, 28)
 
 
 def test_unfitted_detectors_raise_not_fitted_error(detector_data):

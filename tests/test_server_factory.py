@@ -41,8 +41,8 @@ def test_operator_build_reads_the_trusted_file(tmp_path, trusted_file, mnist_tra
     settings = FilterSettings(detector="iforest", trusted_file=str(trusted_file))
     strategy = build_strategy(settings, 3, tmp_path)
     assert isinstance(strategy, AnomalyFilter) and isinstance(strategy.strategy, FedAvg)
-    np.testing.assert_array_equal(strategy.trusted_images, mnist_train.images[:8])
-    np.testing.assert_array_equal(load_trusted_images(settings), mnist_train.images[:8])
+    np.testing.assert_array_equal(strategy.trusted_images, mnist_train.images[:8, None])
+    np.testing.assert_array_equal(load_trusted_images(settings), mnist_train.images[:8, None])
 
 
 def test_no_filter_needs_no_trusted_images(tmp_path):
@@ -109,6 +109,6 @@ def test_example_app_uses_the_trusted_file_when_set(caplog, trusted_file, mnist_
     settings = RunSettings().replace(trusted_file=str(trusted_file))
     with caplog.at_level(logging.WARNING, logger="flwr"):
         images = example_trusted_images(settings)
-    np.testing.assert_array_equal(images, mnist_train.images[:8])
+    np.testing.assert_array_equal(images, mnist_train.images[:8, None])
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert example_trusted_images(RunSettings().replace(detector="none")) is None

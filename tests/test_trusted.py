@@ -24,19 +24,25 @@ def test_draw_cycles_classes_and_is_seeded():
 
 
 def test_round_trip_and_float_input(tmp_path):
-    images = np.random.default_rng(0).integers(0, 256, (6, 28, 28), dtype=np.uint8)
-    np.testing.assert_array_equal(load_trusted_file(save_trusted_file(tmp_path / "s.npz", images)),
+    grey = np.random.default_rng(0).integers(0, 256, (6, 28, 28), dtype=np.uint8)
+    images = grey[:, None]  # what loading returns: canonical (k, C, H, W)
+    np.testing.assert_array_equal(load_trusted_file(save_trusted_file(tmp_path / "s.npz", grey)),
                                   images)
-    np.savez(tmp_path / "f.npz", x=images[:, None].astype(np.float32) / 255)
+    np.savez(tmp_path / "f.npz", x=images.astype(np.float32) / 255)
     np.testing.assert_array_equal(load_trusted_file(tmp_path / "f.npz"), images)
     # Float images in [0, 1] are stored as their uint8 levels, not truncated to 0.
-    as_float = images.astype(np.float32) / 255
+    as_float = grey.astype(np.float32) / 255
     np.testing.assert_array_equal(
         load_trusted_file(save_trusted_file(tmp_path / "g.npz", as_float)), images)
+    # Colour images, channels last as numpy holds them, come back channels first.
+    rgb = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(load_trusted_file(save_trusted_file(tmp_path / "c.npz", rgb)),
+                                  rgb.transpose(0, 3, 1, 2))
 
 
 @pytest.mark.parametrize("arrays, message", [
-    ({"x": np.zeros((5, 32, 32), np.uint8)}, "has shape"),
+    ({"x": np.zeros((5, 32), np.uint8)}, "has shape"),
+    ({"x": np.zeros((5, 3, 4, 4), np.uint8)}, "cannot tell whether the channels"),
     ({"images": np.zeros((5, 28, 28), np.uint8)}, "under 'x'"),
     ({"x": np.zeros((0, 28, 28), np.uint8)}, "no images"),
     ({"x": np.full((2, 28, 28), 3.0, np.float32)}, r"\[0, 1\]"),

@@ -16,7 +16,7 @@ from fedsieve.shared.detectors.gan import GANDetector
 from fedsieve.shared.detectors.peers import PeerAdapter
 from fedsieve.shared.detectors.persist import load_detector, save_detector
 from fedsieve.shared.detectors.registry import DETECTORS, make_detector
-from fedsieve.shared.detectors.rtbigan import RtBiGAN
+from fedsieve.shared.detectors.rtbigan import MetaModelWarning, RtBiGAN
 from fedsieve.shared.detectors.threshold import POLICIES, compute_threshold, gmm_threshold
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "GANDetector",
     "PoolGAN",
     "RtBiGAN",
+    "MetaModelWarning",
     "EGBAD",
     "AnoGAN",
     "PeerAdapter",

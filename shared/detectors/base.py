@@ -32,7 +32,7 @@ from fedsieve.shared.detectors.threshold import (
     compute_threshold,
     estimate_contamination,
 )
-from fedsieve.shared.images import check_images, images_sha256
+from fedsieve.shared.images import check_images, format_shape, images_sha256
 
 #: ``callback(detector, round)``, called at the end of every round of a fit.
 FitCallback = Callable[["BaseDetector", int], None]
@@ -43,7 +43,7 @@ class BaseDetector(BaseEstimator):
 
     Not used directly. A subclass declares its hyper-parameters as keyword-only arguments of
     ``__init__`` (stored under the same names) and in ``_parameter_constraints``, implements
-    ``_score(X)`` (float32 (N, 28, 28) -> float64 (N,), higher = more anomalous) and either
+    ``_score(X)`` (float32 (N, C, H, W) -> float64 (N,), higher = more anomalous) and either
     ``_train(X, trusted)`` (one round: train, then the pool is scored once) or, for a detector
     that trains in several rounds, ``_fit(X, trusted, rounds)``.
 
@@ -79,7 +79,9 @@ class BaseDetector(BaseEstimator):
     fit_time_ : float
         Seconds ``fit`` took.
     n_features_in_ : int
-        Pixels per image (784).
+        Values per image (C * H * W).
+    image_shape_ : tuple of int
+        (C, H, W) of the fitted images; ``decision_function`` scores only that shape.
     """
 
     #: Whether ``fit`` needs trusted images (a class-level part of each detector's design).
@@ -109,7 +111,8 @@ class BaseDetector(BaseEstimator):
         Parameters
         ----------
         X : array-like
-            Pool images, uint8 (N, 28, 28) or float32 in [0, 1] ((N, 28, 28) or (N, 1, 28, 28)).
+            Pool images of any one shape: uint8 or float32 in [0, 1], (N, H, W), (N, H, W, C)
+            or (N, C, H, W) (see :func:`fedsieve.shared.images.check_images`).
         trusted : array-like, optional
             The 5-10 trusted normal images. Required by detectors with ``requires_trusted``;
             the others use them only for the threshold.
@@ -143,8 +146,14 @@ class BaseDetector(BaseEstimator):
         if self.threshold_policy == "trusted-quantile" and trusted_x is None:
             raise ValueError("threshold_policy='trusted-quantile' needs trusted images: pass "
                              "trusted= to fit()")
+        if trusted_x is not None and trusted_x.shape[1:] != pool.shape[1:]:
+            raise ValueError(
+                f"the trusted images are {format_shape(trusted_x.shape[1:])} (C x H x W) but "
+                f"the pool's are {format_shape(pool.shape[1:])}; give trusted images of the "
+                "pool's shape")
         truth = _check_y_true(y_true, len(pool))
         rounds = RoundRecorder(self, trusted_x, truth, callback)
+        self.image_shape_ = tuple(int(s) for s in pool.shape[1:])
         self.n_features_in_ = int(np.prod(pool.shape[1:]))
         self.data_hashes_ = {"pool_sha256": images_sha256(pool)}
         if trusted_x is not None:
@@ -165,7 +174,7 @@ class BaseDetector(BaseEstimator):
             The detector is not fitted.
         """
         check_is_fitted(self, "threshold_")
-        return self._score(check_images(X, "X"))
+        return self._score(self._check_shape(check_images(X, "X")))
 
     def predict(self, X: Any) -> np.ndarray:
         """Verdicts, int64 of shape (N,): 1 = anomaly, 0 = normal."""
@@ -191,6 +200,17 @@ class BaseDetector(BaseEstimator):
         raise NotImplementedError
 
     # -- helpers -----------------------------------------------------------------------------
+    def _check_shape(self, X: np.ndarray) -> np.ndarray:
+        """``X`` (validated, (N, C, H, W)) when its images have the fitted shape; else a
+        ``ValueError`` naming both shapes."""
+        fitted = tuple(self.image_shape_)
+        if tuple(X.shape[1:]) != fitted:
+            raise ValueError(
+                f"X holds {format_shape(X.shape[1:])} images (C x H x W) but this "
+                f"{type(self).__name__} was fitted on {format_shape(fitted)} images; resize "
+                "them, or fit a detector on images of this shape")
+        return X
+
     def _scores_calibrated(self) -> bool:
         """True when the scores are already cut by the false-drop budget at 0 (the
         ``"budget"`` policy then keeps 0 as the threshold)."""

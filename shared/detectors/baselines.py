@@ -43,7 +43,7 @@ class PoolGAN(GANDetector):
         See GANDetector.
         The trained networks; scores, threshold and verdicts of the pool; one history entry.
     data_hashes_, fit_time_, n_features_in_ : see GANDetector
-        Data hashes, fit seconds, pixels per image.
+        Data hashes, fit seconds, values per image.
     """
 
     _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
@@ -54,8 +54,8 @@ class PoolGAN(GANDetector):
     steps: int
 
     def _train(self, X: np.ndarray, trusted: np.ndarray | None) -> None:
-        self.model_ = init_model(NetConfig(self.z_dim, self.width, self.d_hidden),
-                                 self.random_state)
+        self.model_ = init_model(NetConfig(self.z_dim, self.width, self.d_hidden,
+                                           image_shape=X.shape[1:]), self.random_state)
         cfg = self._loop_config()
         train_loop(self.model_, batch_sampler(as_batch(X), cfg.batch_size), int(self.steps),
                    cfg, self._generator())
@@ -111,7 +111,9 @@ class EGBAD(PoolGAN):
     fit_time_ : float
         Seconds ``fit`` took.
     n_features_in_ : int
-        Pixels per image (784).
+        Values per image (C * H * W).
+    image_shape_ : tuple of int
+        (C, H, W) of the fitted images; ``decision_function`` scores only that shape.
     """
 
     _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
@@ -205,7 +207,9 @@ class AnoGAN(PoolGAN):
     fit_time_ : float
         Seconds ``fit`` took.
     n_features_in_ : int
-        Pixels per image (784).
+        Values per image (C * H * W).
+    image_shape_ : tuple of int
+        (C, H, W) of the fitted images; ``decision_function`` scores only that shape.
     """
 
     _joint = False

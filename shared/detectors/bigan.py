@@ -72,12 +72,14 @@ class LoopConfig:
 
 
 def as_batch(X: np.ndarray) -> torch.Tensor:
-    """float32 (N, 28, 28) images -> an (N, 1, 28, 28) tensor of the same values (no scaling).
+    """float32 (N, C, H, W) images -> an (N, C, H, W) tensor of the same values (no scaling);
+    (N, H, W) is taken as grey (C = 1).
 
     A copy, so the array may be read-only; the images must already be validated floats in
     [0, 1] (:func:`fedsieve.shared.images.check_images`).
     """
-    return torch.from_numpy(np.array(X, dtype=np.float32, copy=True)).unsqueeze(1)
+    out = torch.from_numpy(np.array(X, dtype=np.float32, copy=True))
+    return out.unsqueeze(1) if out.ndim == 3 else out
 
 
 def init_model(net: NetConfig, seed: int | None) -> BiGAN:
@@ -109,32 +111,32 @@ class RowSet:
     Parameters
     ----------
     pool : numpy.ndarray
-        float32 (N, 28, 28).
+        float32 (N, C, H, W).
     rows : numpy.ndarray
         Indices into ``pool`` of the rows that belong to the set, in order.
     extra : numpy.ndarray, optional
-        float32 (M, 28, 28) images appended after the pool rows (the trusted images).
+        float32 (M, C, H, W) images appended after the pool rows (the trusted images).
     """
 
     def __init__(self, pool: np.ndarray, rows: np.ndarray, extra: np.ndarray | None = None):
         self.pool = pool
         self.rows = np.asarray(rows, dtype=np.int64)
-        self.extra = np.empty((0, 28, 28), np.float32) if extra is None else extra
+        self.extra = np.empty((0, *pool.shape[1:]), np.float32) if extra is None else extra
 
     def __len__(self) -> int:
         return len(self.rows) + len(self.extra)
 
     def __getitem__(self, index: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """The images at positions ``index`` as a (B, 1, 28, 28) tensor."""
+        """The images at positions ``index`` as a (B, C, H, W) tensor."""
         k = np.asarray(index, dtype=np.int64)
         in_pool = k < len(self.rows)
-        out = np.empty((len(k), 28, 28), np.float32)
+        out = np.empty((len(k), *self.pool.shape[1:]), np.float32)
         out[in_pool] = self.pool[self.rows[k[in_pool]]]
         out[~in_pool] = self.extra[k[~in_pool] - len(self.rows)]
-        return torch.from_numpy(out).unsqueeze(1)
+        return torch.from_numpy(out)
 
     def chunks(self, size: int):
-        """Consecutive (B, 1, 28, 28) tensors of at most ``size`` images, in order."""
+        """Consecutive (B, C, H, W) tensors of at most ``size`` images, in order."""
         for start in range(0, len(self), size):
             yield self[np.arange(start, min(start + size, len(self)))]
 
@@ -181,7 +183,7 @@ def train_loop(
     model : BiGAN
         Trained in place.
     sample : callable
-        ``sample(gen) -> (B, 1, 28, 28)`` tensor of real images.
+        ``sample(gen) -> (B, C, H, W)`` tensor of real images.
     steps : int
         Number of batches.
     cfg : LoopConfig
@@ -248,7 +250,7 @@ def bigan_losses(
 ) -> tuple[np.ndarray, ...]:
     """Per-image ``L_G`` and ``L_D`` of a BiGAN (float64 arrays of shape (N,)).
 
-    ``pixel_weight`` (28, 28), when given, weights the L1 reconstruction residual per pixel.
+    ``pixel_weight`` (C, H, W), when given, weights the L1 reconstruction residual per pixel.
     With ``local_window`` > 0 a third array follows: the largest mean unweighted residual over
     any ``local_window`` x ``local_window`` patch (the weights adapt to the pseudo-normal set,
     so a patch the pollution carries everywhere would be weighted away).
@@ -280,7 +282,8 @@ def residual_maps(
     batch_size: int = SCORE_BATCH,
 ) -> np.ndarray:
     """Per-pixel ``|x - G(E(x))|`` (times ``pixel_weight`` when given): the ``L_G`` part of
-    the score before it is summed, float32 of shape (N, H, W)."""
+    the score before it is summed over pixels, summed over channels: float32 of shape
+    (N, H, W)."""
     model.eval()
     maps = []
     for i in range(0, len(X), batch_size):
@@ -288,8 +291,8 @@ def residual_maps(
         res = (x - model.G(model.E(x))).abs()
         if pixel_weight is not None:
             res = res * pixel_weight
-        maps.append(res[:, 0])
-    return torch.cat(maps).numpy() if maps else np.empty((0, *X.shape[1:]), np.float32)
+        maps.append(res.sum(1))
+    return torch.cat(maps).numpy() if maps else np.empty((0, *X.shape[-2:]), np.float32)
 
 
 def latent_search_losses(

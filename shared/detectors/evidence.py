@@ -64,13 +64,15 @@ CORE_Z = 1.5
 def image_statistics(X: np.ndarray) -> np.ndarray:
     """Plain statistics of each image, float64 of shape (N, 9) (columns: :data:`STATISTICS`).
 
-    ``X`` is float32 in [0, 1] of shape (N, H, W). The statistics are the total ink (log),
+    ``X`` is float32 in [0, 1] of shape (N, C, H, W) (or (N, H, W)); colour images are read
+    through their mean over channels (their brightness), so the statistics mean the same for
+    any channel count. The statistics are the total ink (log),
     the pixel standard deviation, the share of inked pixels, the mean grey level of inked
     pixels, the brightest pixel, the share of inked pixels that are mid-tones (blur), the
     edge energy per unit of ink (log; sharpness), the mean level of the 2-pixel border and
     the share of ink outside the largest blob (:func:`detached_ink`).
     """
-    x = np.asarray(X, dtype=np.float64)
+    x = np.asarray(brightness(X), dtype=np.float64)
     n = len(x)
     flat = x.reshape(n, -1)
     inked = flat > INK_LEVEL
@@ -92,9 +94,18 @@ def image_statistics(X: np.ndarray) -> np.ndarray:
     ], axis=1)
 
 
+def brightness(X: np.ndarray) -> np.ndarray:
+    """(N, H, W): an (N, C, H, W) batch's mean over channels; an (N, H, W) batch as it is."""
+    X = np.asarray(X)
+    if X.ndim == 3:
+        return X
+    return X[:, 0] if X.shape[1] == 1 else X.mean(axis=1, dtype=np.float32)
+
+
 def detached_ink(X: np.ndarray) -> np.ndarray:
-    """Share of each image's ink (grey level summed) outside its largest blob of inked
+    """Share of each image's ink (brightness summed) outside its largest blob of inked
     pixels (8-connected, above :data:`INK_LEVEL`), float64 of shape (N,); 0 for one blob."""
+    X = brightness(X)
     out = np.zeros(len(X))
     for i, image in enumerate(X):
         blobs, n = ndimage.label(image > INK_LEVEL, structure=_BLOB_STRUCTURE)
@@ -148,8 +159,9 @@ def detachment(stats: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.n
 
 
 def local_residual(residual: torch.Tensor, window: int) -> torch.Tensor:
-    """Largest mean of ``residual`` (B, 1, H, W) over any ``window`` x ``window`` patch."""
-    return F.avg_pool2d(residual, window, stride=1).flatten(1).max(1).values
+    """Largest mean of ``residual`` (B, C, H, W), summed over channels, over any ``window`` x
+    ``window`` patch."""
+    return F.avg_pool2d(residual.sum(1, keepdim=True), window, stride=1).flatten(1).max(1).values
 
 
 @dataclass

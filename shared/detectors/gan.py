@@ -13,7 +13,7 @@ from sklearn.utils.validation import check_is_fitted
 from fedsieve.shared.checkpoint import model_tensors
 from fedsieve.shared.detectors.base import BaseDetector
 from fedsieve.shared.detectors.bigan import LoopConfig, bigan_losses, residual_maps
-from fedsieve.shared.images import IMAGE_SHAPE, check_images
+from fedsieve.shared.images import check_images
 from fedsieve.shared.networks import BiGAN
 
 
@@ -43,7 +43,9 @@ class GANDetector(BaseDetector):
         See BaseDetector.
         Scores, threshold and verdicts of the fitted pool; one history entry per round.
     data_hashes_, fit_time_, n_features_in_ : see BaseDetector
-        Data hashes, fit seconds, pixels per image.
+        Data hashes, fit seconds, values per image (C * H * W).
+    image_shape_ : tuple of int
+        (C, H, W) of the images the detector was fitted on; it scores only that shape.
     """
 
     #: True: a BiGAN (E, G and D(x, z) trained jointly, scored through E). False: a plain GAN
@@ -96,9 +98,11 @@ class GANDetector(BaseDetector):
     def _score(self, X: np.ndarray) -> np.ndarray:
         return self._combine(*self._losses(X))
 
+
     def anomaly_map(self, X: Any) -> np.ndarray:
         """Where each image is anomalous: its per-pixel reconstruction residual
-        ``|x - G(E(x))|`` as the score weighs it, float32 of shape (N, 28, 28).
+        ``|x - G(E(x))|`` as the score weighs it, summed over channels: float32 of shape
+        (N, H, W).
 
         Raises
         ------
@@ -111,7 +115,8 @@ class GANDetector(BaseDetector):
         if not self._joint:
             raise NotImplementedError(f"{type(self).__name__} has no encoder to reconstruct "
                                       "with; anomaly maps need a BiGAN detector")
-        return residual_maps(self.model_, check_images(X, "X"), self._pixel_weight())
+        images = self._check_shape(check_images(X, "X"))
+        return residual_maps(self.model_, images, self._pixel_weight())
 
     def _pixel_weight(self) -> torch.Tensor | None:
         """Per-pixel weight of ``L_G`` (None: unweighted)."""
@@ -135,4 +140,5 @@ class GANDetector(BaseDetector):
         self.threshold_ = float(header["threshold"])
         self.data_hashes_ = header.get("data", {})
         self.history_ = header.get("history", [])
-        self.n_features_in_ = int(np.prod(IMAGE_SHAPE))
+        self.image_shape_ = tuple(model.cfg.image_shape)
+        self.n_features_in_ = int(np.prod(self.image_shape_))

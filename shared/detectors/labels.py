@@ -180,7 +180,7 @@ class LabelCheck(BaseEstimator):
             if len(train) > self.max_train:
                 train = np.sort(rng.choice(train, self.max_train, replace=False))
             torch.manual_seed(seed * 1_009 + fold)
-            model = DigitNet(num_classes=k)
+            model = DigitNet(num_classes=k, image_shape=images.shape[1:])
             train_local(model, images[train], encoded[train], epochs=self.epochs,
                         batch_size=self.batch_size, lr=self.learning_rate,
                         seed=seed * 1_013 + fold, label_smoothing=self.label_smoothing)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from sklearn.covariance import LedoitWolf
 from torch import nn
 
-from fedsieve.shared.detectors.bigan import SCORE_BATCH, RowSet
+from fedsieve.shared.detectors.bigan import SCORE_BATCH, RowSet, as_batch
 from fedsieve.shared.networks import Encoder
 
 __all__ = ["LatentPush", "latent_discriminator"]
@@ -103,12 +103,10 @@ class LatentPush:
         return self
 
     def codes(self, X: np.ndarray | RowSet) -> np.ndarray:
-        """Encoder codes, float64 (N, z_dim), of float32 (N, 28, 28) images or a RowSet."""
+        """Encoder codes, float64 (N, z_dim), of float32 (N, C, H, W) images or a RowSet."""
         if isinstance(X, RowSet):
             return self._encode(X.chunks(SCORE_BATCH))
-        return self._encode(torch.from_numpy(np.ascontiguousarray(X[i:i + SCORE_BATCH],
-                                                                  np.float32)).unsqueeze(1)
-                            for i in range(0, len(X), SCORE_BATCH))
+        return self._encode(as_batch(X[i:i + SCORE_BATCH]) for i in range(0, len(X), SCORE_BATCH))
 
     def distance(self, X: np.ndarray | RowSet) -> np.ndarray:
         """Mahalanobis distance of each image's code to the normal codes (paper Eq. 3)."""

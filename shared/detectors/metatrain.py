@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -80,7 +80,9 @@ def meta_train(
     Parameters
     ----------
     images : array-like
-        Meta-training images (uint8 (N, 28, 28) or float32 in [0, 1]).
+        Meta-training images of one shape, uint8 or float32 in [0, 1] (any form
+        :func:`fedsieve.shared.images.check_images` accepts); the networks are built for
+        their (C, H, W), whatever ``cfg.net.image_shape`` says.
     labels : ndarray of shape (N,)
         Class of each image; defines the tasks.
     cfg : MetaConfig, optional
@@ -96,7 +98,7 @@ def meta_train(
     tasks = class_tasks(labels, cfg.holdout_classes)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    phi = init_model(cfg.net, cfg.seed)
+    phi = init_model(replace(cfg.net, image_shape=tuple(X.shape[1:])), cfg.seed)
     outer = torch.optim.Adam(phi.parameters(), lr=cfg.meta_lr, betas=(0.5, 0.999))
     t0 = time.perf_counter()
     for it in range(cfg.iterations):

@@ -18,7 +18,7 @@ class PeerAdapter(BaseDetector):
     A meta-estimator: the wrapped ``estimator`` is a parameter (``get_params(deep=True)``
     shows its own as ``estimator__<name>``) and is never fitted itself; ``fit`` fits a fresh
     copy, ``estimator_``, built with this adapter's ``random_state`` when the estimator has
-    one. The estimator sees float32 images in [0, 1] flattened to (N, 784). Its scores are
+    one. The estimator sees float32 images in [0, 1] flattened to (N, C * H * W). Its scores are
     oriented so that higher = more anomalous: PyOD's ``decision_function`` as is,
     scikit-learn's ``score_samples`` negated. Verdicts come from the fedsieve threshold
     policies, not from the estimator's own ``contamination``. One round, trusted images only
@@ -61,7 +61,9 @@ class PeerAdapter(BaseDetector):
     fit_time_ : float
         Seconds ``fit`` took.
     n_features_in_ : int
-        Pixels per image (784).
+        Values per image (C * H * W).
+    image_shape_ : tuple of int
+        (C, H, W) of the fitted images; ``decision_function`` scores only that shape.
 
     Examples
     --------
@@ -94,7 +96,7 @@ class PeerAdapter(BaseDetector):
 
     def _train(self, X: np.ndarray, trusted: np.ndarray | None) -> None:
         template = self.estimator if self.estimator is not None else isolation_forest()
-        self.estimator_ = _seeded_copy(template, self.random_state)
+        self.estimator_ = _seeded_copy(template, self.random_state, int(X[0].size))
         self.estimator_.fit(X.reshape(len(X), -1))
 
     def _score(self, X: np.ndarray) -> np.ndarray:
@@ -110,8 +112,11 @@ def isolation_forest() -> IsolationForest:
     return IsolationForest(n_estimators=200, n_jobs=1)
 
 
-def _seeded_copy(estimator: BaseEstimator, random_state: int | None) -> BaseEstimator:
-    """An unfitted copy of ``estimator`` constructed with ``random_state`` (when it has one).
+def _seeded_copy(estimator: BaseEstimator, random_state: int | None,
+                 n_features: int | None = None) -> BaseEstimator:
+    """An unfitted copy of ``estimator`` constructed with ``random_state`` and, for an
+    estimator sized by an ``n_features`` parameter (PyOD's DeepSVDD), ``n_features`` (when
+    it has them).
 
     Through the constructor rather than ``set_params``: PyOD's DeepSVDD seeds torch in its
     ``__init__``, so a seed set afterwards would not reach its weight initialisation.
@@ -119,4 +124,6 @@ def _seeded_copy(estimator: BaseEstimator, random_state: int | None) -> BaseEsti
     params = clone(estimator).get_params(deep=False)
     if "random_state" in params:
         params["random_state"] = random_state
+    if n_features is not None and "n_features" in params:  # PyOD's deep models size by it
+        params["n_features"] = n_features
     return type(estimator)(**params)

@@ -21,6 +21,7 @@ def _iforest(**params: Any) -> PeerAdapter:
 
 def _deepsvdd(**params: Any) -> PeerAdapter:
     """PyOD DeepSVDD (one-class hypersphere on an MLP) on raw pixels."""
+    # n_features is set to the images' size when the adapter fits a copy.
     estimator = DeepSVDD(n_features=784, epochs=10, batch_size=128, preprocessing=False,
                          verbose=0)
     return PeerAdapter(estimator=estimator, name="deepsvdd").set_params(**params)

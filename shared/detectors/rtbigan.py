@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import replace
 from numbers import Integral, Real
 from pathlib import Path
@@ -35,6 +36,7 @@ from fedsieve.shared.detectors.evidence import (
 from fedsieve.shared.detectors.gan import GANDetector
 from fedsieve.shared.detectors.latent_push import LatentPush
 from fedsieve.shared.detectors.threshold import log_scores, normal_mode_cut
+from fedsieve.shared.images import DEFAULT_IMAGE_SHAPE, format_shape
 from fedsieve.shared.networks import BiGAN, Encoder, NetConfig
 
 #: Added to the per-pixel normal residual before inverting it, so that pixels that are
@@ -44,6 +46,10 @@ PIXEL_EPS = 0.01
 #: needs before the push learns from them.
 PUSH_STEPS = 300
 PUSH_MIN_FLAGGED = 10
+
+
+class MetaModelWarning(UserWarning):
+    """No meta-model fits the images: Rt-BiGAN starts from random weights."""
 
 
 class RtBiGAN(GANDetector):
@@ -76,6 +82,9 @@ class RtBiGAN(GANDetector):
         ``"default"``: the meta-model shipped in ``fedsieve/shared/assets``; a path to a
         meta checkpoint from ``fedsieve meta-train``; None: random initialisation (the
         "no meta-learning" ablation, networks sized by ``z_dim``/``width``/``d_hidden``).
+        The shipped meta-model takes 1x28x28 images; for another shape "default" starts
+        from random weights with a :class:`MetaModelWarning`, and a named meta-model must
+        have been made for the images' shape (``fedsieve meta-train --data``).
     adapt_steps : int, default=20
         K of Algorithm 2 (paper: 20).
     self_training_rounds : int, default=3
@@ -139,7 +148,7 @@ class RtBiGAN(GANDetector):
     lr_d, lr_eg : float, default=2e-4, 1e-3
         Adam learning rates of D and of E+G (beta1 = 0.5).
     z_dim, width, d_hidden : int, default=32, 16, 128
-        Network sizes, used only when ``meta_checkpoint`` is None.
+        Network sizes, used only when the networks start from random weights.
     threshold_policy : {"budget", "gmm", "trusted-quantile", "contamination", "fixed"}
         Default "budget".
         See :mod:`fedsieve.shared.detectors.threshold`. The evidence is always calibrated
@@ -159,7 +168,7 @@ class RtBiGAN(GANDetector):
         detector keeps only its ``weights_sha256``.
     adapt_time_ : float
         Seconds spent loading the meta-model and adapting on the trusted images.
-    pixel_weight_ : torch.Tensor of shape (28, 28) or None
+    pixel_weight_ : torch.Tensor of shape (C, H, W) or None
         Per-pixel weight of ``L_G`` (None without ``pixel_weighting`` or self-training).
     score_norm_ : ndarray of shape (2,) or None
         Means of ``L_G`` and ``L_D`` on the trusted images that divide them before mixing
@@ -191,7 +200,9 @@ class RtBiGAN(GANDetector):
     fit_time_ : float
         Seconds ``fit`` took.
     n_features_in_ : int
-        Pixels per image (784).
+        Values per image (C * H * W).
+    image_shape_ : tuple of int
+        (C, H, W) of the fitted images; ``decision_function`` scores only that shape.
     """
 
     requires_trusted = True
@@ -208,7 +219,7 @@ class RtBiGAN(GANDetector):
         "anchor_fraction": [Interval(Real, 0, 1, closed="both")],
         "recon_weight": [Interval(Real, 0, None, closed="left")],
         "pixel_weighting": ["boolean"],
-        "local_window": [Interval(Integral, 0, 28, closed="both")],
+        "local_window": [Interval(Integral, 0, None, closed="left")],
         "typicality": ["boolean"],
         "detached_ink": ["boolean"],
         "trim_fraction": [Interval(Real, 0, 1, closed="left")],
@@ -277,8 +288,11 @@ class RtBiGAN(GANDetector):
     def _fit(self, X: np.ndarray, trusted: np.ndarray | None, rounds: RoundRecorder) -> None:
         if trusted is None:  # BaseDetector.fit enforces requires_trusted
             raise ValueError("RtBiGAN needs trusted images")
+        if int(self.local_window) > min(X.shape[2:]):
+            raise ValueError(f"local_window={self.local_window} is larger than the "
+                             f"{X.shape[2]}x{X.shape[3]} images; use at most {min(X.shape[2:])}")
         t0 = time.perf_counter()
-        self._init_weights()
+        self._init_weights(tuple(X.shape[1:]))
         gen = self._generator()
         cfg = self._loop_config()
         trusted_t = as_batch(trusted)
@@ -327,15 +341,36 @@ class RtBiGAN(GANDetector):
         self.latent_push_.train(normal, RowSet(X, flagged),
                                 min(PUSH_STEPS, int(self.steps_per_round)), gen)
 
-    def _init_weights(self) -> None:
-        if self.meta_checkpoint is None:
-            self.model_ = init_model(NetConfig(self.z_dim, self.width, self.d_hidden),
-                                     self.random_state)
-            self.meta_info_: dict[str, Any] = {}
+    def _init_weights(self, shape: tuple[int, int, int]) -> None:
+        """Start from the meta-model made for ``shape`` (C, H, W).
+
+        The shipped meta-model was trained on 1x28x28 digits. For images of another shape
+        (and no meta-model of the user's own) the networks start from a seeded random
+        initialisation, sized by ``z_dim``/``width``/``d_hidden``, with a warning: a
+        meta-model made for the data (``fedsieve meta-train --data``) adapts from 5-10
+        images far better. A meta-model the user named explicitly must fit the images.
+        """
+        self.meta_info_: dict[str, Any] = {}
+        default = self.meta_checkpoint is not None and str(self.meta_checkpoint) == "default"
+        if default and shape != DEFAULT_IMAGE_SHAPE:
+            warnings.warn(
+                f"the shipped meta-model was made for {format_shape(DEFAULT_IMAGE_SHAPE)} "
+                f"images, these are {format_shape(shape)} (C x H x W): starting from random "
+                "weights. Meta-train one for your data (fedsieve meta-train --data ...) and "
+                "pass meta_checkpoint=<path> for a better start", MetaModelWarning,
+                stacklevel=4)
+        if self.meta_checkpoint is None or (default and shape != DEFAULT_IMAGE_SHAPE):
+            self.model_ = init_model(NetConfig(self.z_dim, self.width, self.d_hidden,
+                                               image_shape=shape), self.random_state)
             return
-        path = (default_meta_checkpoint() if str(self.meta_checkpoint) == "default"
-                else Path(self.meta_checkpoint))
+        path = default_meta_checkpoint() if default else Path(self.meta_checkpoint)
         self.model_, self.meta_info_ = load_meta(path)
+        made_for = tuple(self.model_.cfg.image_shape)
+        if made_for != shape:
+            raise ValueError(
+                f"the meta-model {path} was made for {format_shape(made_for)} images "
+                f"(C x H x W), but these are {format_shape(shape)}; meta-train one for them "
+                "(fedsieve meta-train --data ...) or resize the images")
 
     def _loop_config(self) -> LoopConfig:
         return replace(super()._loop_config(), recon_weight=float(self.recon_weight))
@@ -441,7 +476,7 @@ class RtBiGAN(GANDetector):
         self.pixel_weight_ = None
         if not self.pixel_weighting:
             return
-        total = torch.zeros(1, 28, 28)
+        total = torch.zeros(self.model_.cfg.image_shape)
         for x in reference.chunks(SCORE_BATCH):
             total += (x - self.model_.G(self.model_.E(x))).abs().sum(0)
         w = 1.0 / (total / len(reference) + PIXEL_EPS)
