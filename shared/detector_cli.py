@@ -19,7 +19,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from fedsieve.shared.images import check_images, display_rgb, images_sha256
+from fedsieve.shared.images import check_images, display_rgb, format_shape, images_sha256
 
 #: Pool images that stand in for trusted images when ``detect`` runs without ``--trusted``.
 AUTO_TRUSTED = 10
@@ -51,11 +51,35 @@ def _load_npz(path: Path, what: str) -> tuple[np.ndarray, np.ndarray | None]:
     return x, y
 
 
+#: What ``meta-train --tasks`` takes: classes when the data has labels, else clusters (auto).
+TASK_KINDS = ("auto", "classes", "clusters")
+
+
 def meta_train_cmd(
     out: Annotated[
         Path, typer.Option("--out", help="Checkpoint path (writes .safetensors + .json).")
     ],
-    source: Annotated[str, typer.Option(help="Meta-training source: mnist.")] = "mnist",
+    source: Annotated[str | None, typer.Option(
+        help="Built-in meta-training data when --data is not given: mnist (the default).")
+    ] = None,
+    data: Annotated[Path | None, typer.Option(
+        "--data", help="Your own images: an .npz (x, optional y), an ImageFolder directory or "
+                       "a Hugging Face save_to_disk directory.")] = None,
+    split: Annotated[str | None, typer.Option(
+        help="Split of a saved Hugging Face DatasetDict (default: train).")] = None,
+    image_key: Annotated[str | None, typer.Option(
+        help="Image column of a Hugging Face dataset (default: auto-detected).")] = None,
+    label_key: Annotated[str | None, typer.Option(
+        help="Label column of a Hugging Face dataset (default: auto-detected).")] = None,
+    layout: Annotated[str | None, typer.Option(
+        help="NCHW or NHWC, for arrays whose channel axis the shape does not tell.")] = None,
+    resize: Annotated[str | None, typer.Option(
+        help="Resize every image to HxW, e.g. 32x32 (needed when sizes differ).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Read only the first N images.")] = None,
+    tasks: Annotated[str, typer.Option(
+        help="Task distribution: classes (one class per task; needs labels), clusters "
+             "(k-means clusters of the images) or auto (classes when labelled).")] = "auto",
+    clusters: Annotated[int, typer.Option(help="Number of clusters for --tasks clusters.")] = 10,
     holdout_classes: Annotated[
         str, typer.Option(help="Comma-separated classes kept out, e.g. 8,9.")
     ] = "",
@@ -71,7 +95,12 @@ def meta_train_cmd(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 1,
 ) -> None:
-    """Reptile meta-training of the Rt-BiGAN networks (paper Algorithm 1)."""
+    """Reptile meta-training of the Rt-BiGAN networks (paper Algorithm 1).
+
+    Trains on MNIST by default, or on your own images with --data (the networks are built for
+    their shape). Each task is one class, or, for unlabelled data (or with --tasks clusters),
+    one k-means cluster of the images. The checkpoint records what was read and the tasks.
+    """
     import torch
     from rich.progress import (
         BarColumn,
@@ -82,22 +111,48 @@ def meta_train_cmd(
     )
 
     from fedsieve.shared.checkpoint import save_meta
-    from fedsieve.shared.data import load_mnist
+    from fedsieve.shared.cli_common import console
     from fedsieve.shared.detectors.bigan import LoopConfig
-    from fedsieve.shared.detectors.metatrain import MetaConfig, meta_train
+    from fedsieve.shared.detectors.metatrain import (
+        MetaConfig,
+        class_tasks,
+        cluster_tasks,
+        meta_train,
+    )
 
     _threads(threads)
-    if source != "mnist":
-        raise typer.BadParameter(
-            "only 'mnist' is available as a meta-training source", param_hint="--source"
-        )
+    if tasks not in TASK_KINDS:
+        raise typer.BadParameter(f"choose one of {', '.join(TASK_KINDS)}", param_hint="--tasks")
     try:
         holdout = tuple(int(c) for c in holdout_classes.split(",") if c.strip())
     except ValueError as exc:
         raise typer.BadParameter(
             "use comma-separated digits, e.g. 8,9", param_hint="--holdout-classes"
         ) from exc
-    data = load_mnist("train")
+    with console.status("reading the meta-training images"):
+        images, labels, description = _meta_train_data(
+            source, data, split=split, image_key=image_key, label_key=label_key, layout=layout,
+            resize=resize, limit=limit)
+    kind = tasks if tasks != "auto" else ("classes" if labels is not None else "clusters")
+    if kind == "classes" and labels is None:
+        raise typer.BadParameter(f"{data} has no labels; use --tasks clusters (or auto)",
+                                 param_hint="--tasks")
+    if kind == "clusters":
+        if holdout:
+            raise typer.BadParameter("held-out classes need class tasks (--tasks classes)",
+                                     param_hint="--holdout-classes")
+        with console.status(f"clustering {len(images)} images into {clusters} tasks"):
+            try:
+                labels = cluster_tasks(images, clusters, seed, layout="NCHW")
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc), param_hint="--clusters") from exc
+    try:
+        n_tasks = len(class_tasks(labels, holdout))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--holdout-classes") from exc
+    console.print(f"meta-training on {len(images)} images of shape "
+                  f"{format_shape(images.shape[1:])} (C x H x W), {n_tasks} {kind} as tasks",
+                  highlight=False)
     cfg = MetaConfig(
         iterations=iterations,
         inner_steps=inner_steps,
@@ -114,18 +169,22 @@ def meta_train_cmd(
         TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
+        console=console,
     ) as bar:
         task = bar.add_task("meta", total=iterations)
         model = meta_train(
-            data.images,
-            data.labels,
+            images,
+            labels,
             cfg,
             on_iteration=lambda i, s: bar.update(task, completed=i + 1),
+            layout="NCHW",
         )
     info = {
         "command": "fedsieve meta-train " + shlex.join(_args_after("meta-train")),
         "config": cfg.to_dict(),
-        "data": data.source.to_dict(),
+        "data": description,
+        "tasks": {"kind": kind, "count": n_tasks,
+                  "clusters": clusters if kind == "clusters" else None},
         "train_seconds": round(time.perf_counter() - t0, 1),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -133,6 +192,37 @@ def meta_train_cmd(
     }
     path = save_meta(model, out, info)
     typer.echo(f"wrote {path} and {path.with_suffix('.safetensors')}")
+
+
+def _meta_train_data(source: str | None, data: Path | None, *, resize: str | None,
+                     **options: object) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Images, labels (or None) and the description of what ``meta-train`` reads."""
+    if data is None:
+        if source not in (None, "mnist"):
+            raise typer.BadParameter("only 'mnist' is built in; pass your own images with "
+                                     "--data", param_hint="--source")
+        if any(v is not None for v in (resize, *options.values())):
+            raise typer.BadParameter("--split, --image-key, --label-key, --layout, --resize "
+                                     "and --limit apply to --data", param_hint="--data")
+        from fedsieve.shared.data import load_mnist
+
+        mnist = load_mnist("train")
+        return mnist.images, mnist.labels, mnist.source.to_dict()
+    if source is not None:
+        raise typer.BadParameter("give --source or --data, not both", param_hint="--source")
+    from fedsieve.shared.sources import load_images
+
+    size = None
+    if resize is not None:
+        parts = resize.lower().split("x")
+        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+            raise typer.BadParameter(f"use HxW, e.g. 32x32, not {resize!r}", param_hint="--resize")
+        size = (int(parts[0]), int(parts[1]))
+    try:
+        loaded = load_images(data, resize=size, **options)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--data") from exc
+    return loaded.images, loaded.labels, loaded.description
 
 
 def detect_cmd(

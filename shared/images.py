@@ -147,7 +147,7 @@ def check_images(
         raise ValueError(f"{name} has values in [{X.min():.3g}, {X.max():.3g}], outside [0, 1]; "
                          "float images must be scaled to [0, 1] (divide 0-255 data by 255)")
     if out_dtype == np.uint8:
-        return np.rint(X * 255.0).astype(np.uint8)
+        return np.ascontiguousarray(np.rint(X * 255.0).astype(np.uint8))
     return np.ascontiguousarray(X)
 
 
@@ -174,7 +174,7 @@ def display_rgb(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.repeat(grey, 3, axis=1))
 
 
-def images_sha256(X: np.ndarray, chunk: int = 4096) -> str:
+def images_sha256(X: np.ndarray, chunk: int = 4096, *, layout: str | None = None) -> str:
     """SHA-256 of images quantised to uint8 (N, C, H, W), so the same images hash the same in
     either dtype and layout.
 
@@ -187,7 +187,7 @@ def images_sha256(X: np.ndarray, chunk: int = 4096) -> str:
     """
     digest = hashlib.sha256()
     for start in range(0, len(X), chunk):
-        part = check_images(X[start:start + chunk], dtype=np.uint8)
+        part = check_images(X[start:start + chunk], dtype=np.uint8, layout=layout)
         digest.update(part.tobytes())
     return digest.hexdigest()
 
@@ -195,6 +195,8 @@ def images_sha256(X: np.ndarray, chunk: int = 4096) -> str:
 def image_digests(images: np.ndarray) -> np.ndarray:
     """An 8-byte BLAKE2b digest of each image's bytes, as a (N,) ``S8`` array: byte-identical
     images share a digest. ``.view("<u8")`` reads them as 64-bit integers."""
+    if len(images) == 0:
+        return np.empty(0, dtype="S8")
     flat = np.ascontiguousarray(images).reshape(len(images), -1)
     return np.array([hashlib.blake2b(row.tobytes(), digest_size=8).digest() for row in flat],
                     dtype="S8")

@@ -1,12 +1,30 @@
-"""The client SDK's train reply names its sample count the way the server's strategy weights."""
+"""The client SDK: its train reply names its sample count the way the server's strategy
+weights; a dataset returned by ``samples`` uploads under ids derived from its images."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
+import pytest
+import torch
+from datasets import ClassLabel, Dataset, Features, Image
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
+from PIL import Image as PILImage
+from torch.utils.data import Subset, TensorDataset
 
 from fedsieve.client import FedSieve
+from fedsieve.shared.protocol import (
+    REQUEST_RECORD,
+    UPLOAD_MESSAGE_TYPE,
+    VERDICT_RECORD,
+    Upload,
+    UploadRequest,
+    decode_upload,
+    encode_verdicts,
+)
+from fedsieve.shared.sources import load_images
 from fedsieve.simulations.loopback import LoopbackGrid
 
 
@@ -34,3 +52,94 @@ def test_reply_uses_num_examples_by_default():
 
 def test_reply_uses_the_strategys_weighted_by_key():
     assert train_reply_metrics(weighted_by_key="n") == {"loss": 0.5, "n": 3}
+
+
+# -- datasets as samples: ids from the images ---------------------------------------------------
+def _torch_dataset(n: int = 10) -> TensorDataset:
+    images = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    return TensorDataset(images, torch.arange(n) % 3)
+
+
+def _hf_dataset(n: int = 10) -> Dataset:
+    rng = np.random.default_rng(0)
+    images = [PILImage.fromarray(a) for a in rng.integers(0, 256, (n, 32, 32, 3), np.uint8)]
+    features = Features({"image": Image(), "label": ClassLabel(names=["a", "b", "c"])})
+    return Dataset.from_dict({"image": images, "label": [i % 3 for i in range(n)]},
+                             features=features)
+
+
+def upload_chunks(grid: LoopbackGrid, request: UploadRequest, num_chunks: int) -> list[Upload]:
+    """Ask node 7 for each chunk of its upload, as the server does; the decoded chunks."""
+    chunks = []
+    for index in range(num_chunks):
+        asked = replace(request, chunk_index=index)
+        content = RecordDict({REQUEST_RECORD: asked.to_record()})
+        (reply,) = grid.send_and_receive(
+            [grid.create_message(content, UPLOAD_MESSAGE_TYPE, 7, "1")])
+        assert not reply.has_error(), reply.error
+        chunks.append(decode_upload(reply.content, asked))
+    return chunks
+
+
+def train_with_drops(grid: LoopbackGrid, drops: np.ndarray) -> None:
+    content = RecordDict({"arrays": ArrayRecord([np.zeros(2, np.float32)]),
+                          "config": ConfigRecord({"server-round": 1}),
+                          VERDICT_RECORD: encode_verdicts(drops)})
+    (reply,) = grid.send_and_receive([grid.create_message(content, "train", 7, "1")])
+    assert not reply.has_error(), reply.error
+
+
+@pytest.mark.parametrize("make", [_torch_dataset, _hf_dataset], ids=["torch", "hf"])
+def test_a_dataset_uploads_under_ids_from_its_images(make):
+    dataset = make()
+    app = ClientApp()
+    sieve = FedSieve(app, samples=lambda context: dataset)
+    seen = {}
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        kept = sieve.kept_dataset(msg, dataset)  # ids derived again, from the same data
+        seen["kept"] = kept
+        return sieve.reply(msg, msg.content["arrays"], num_examples=len(kept))
+
+    grid = LoopbackGrid({7: app})
+    request = UploadRequest(chunk_size=4, image_shape=(3, 32, 32))
+    chunks = upload_chunks(grid, request, num_chunks=3)
+    again = upload_chunks(grid, request, num_chunks=3)
+    ids = np.concatenate([c.ids for c in chunks])
+    loaded = load_images(dataset)
+    np.testing.assert_array_equal(ids, sieve.ids_for(dataset))
+    np.testing.assert_array_equal(ids, np.concatenate([c.ids for c in again]))  # stable
+    np.testing.assert_array_equal(np.concatenate([c.x for c in chunks]), loaded.images)
+    np.testing.assert_array_equal(np.concatenate([c.y for c in chunks]), np.arange(10) % 3)
+
+    drops = ids[[1, 4, 8]]
+    train_with_drops(grid, drops)
+    kept = seen["kept"]
+    assert len(kept) == 7
+    if isinstance(kept, Subset):
+        assert kept.indices == [0, 2, 3, 5, 6, 7, 9]
+    else:  # a Hugging Face dataset stays one
+        assert isinstance(kept, Dataset)
+    np.testing.assert_array_equal(sieve.ids_for(kept), np.delete(ids, [1, 4, 8]))
+
+
+def test_kept_dataset_with_given_ids_and_mismatched_lengths():
+    app = ClientApp()
+    sieve = FedSieve(app, samples=lambda context: _torch_dataset())
+    content = RecordDict({VERDICT_RECORD: encode_verdicts(np.array([11, 13]))})
+    msg = Message(content, dst_node_id=7, message_type="train")
+    kept = sieve.kept_dataset(msg, np.arange(10, 15), list("abcde"))
+    assert [kept[i] for i in range(len(kept))] == ["a", "c", "e"]
+    with pytest.raises(ValueError, match="4 ids for a dataset of 5 samples"):
+        sieve.kept_dataset(msg, np.arange(4), list("abcde"))
+
+
+def test_samples_of_another_kind_say_what_is_accepted():
+    app = ClientApp()
+    FedSieve(app, samples=lambda context: {"x": 1})
+    grid = LoopbackGrid({7: app})
+    content = RecordDict({REQUEST_RECORD: UploadRequest().to_record()})
+    (reply,) = grid.send_and_receive([grid.create_message(content, UPLOAD_MESSAGE_TYPE, 7, "1")])
+    assert reply.has_error()
+    assert "must return (x, ids), (x, ids, y) or a dataset" in reply.error.reason

@@ -105,6 +105,7 @@ class BaseDetector(BaseEstimator):
         *,
         y_true: Any = None,
         callback: FitCallback | None = None,
+        layout: str | None = None,
     ) -> BaseDetector:
         """Fit on the (possibly polluted) pool ``X``.
 
@@ -121,6 +122,9 @@ class BaseDetector(BaseEstimator):
         callback : callable, optional
             ``callback(detector, round)`` at the end of each round, with the detector scoring
             as it does at that round (one call for single-round detectors).
+        layout : {"NCHW", "NHWC"}, optional
+            Layout of 4-D ``X`` and ``trusted`` when their shape leaves it ambiguous (e.g.
+            13-band tiles); read from the shape when None.
 
         Returns
         -------
@@ -136,8 +140,8 @@ class BaseDetector(BaseEstimator):
         """
         self._validate_params()
         check_policy_value(self.threshold_policy, self.threshold_value)
-        pool = check_images(X, "X")
-        trusted_x = None if trusted is None else check_images(trusted, "trusted")
+        pool = check_images(X, "X", layout=layout)
+        trusted_x = None if trusted is None else check_images(trusted, "trusted", layout=layout)
         if self.requires_trusted and trusted_x is None:
             raise ValueError(
                 f"{type(self).__name__} needs trusted normal images: pass trusted= "
@@ -155,9 +159,9 @@ class BaseDetector(BaseEstimator):
         rounds = RoundRecorder(self, trusted_x, truth, callback)
         self.image_shape_ = tuple(int(s) for s in pool.shape[1:])
         self.n_features_in_ = int(np.prod(pool.shape[1:]))
-        self.data_hashes_ = {"pool_sha256": images_sha256(pool)}
+        self.data_hashes_ = {"pool_sha256": images_sha256(pool, layout="NCHW")}
         if trusted_x is not None:
-            self.data_hashes_["trusted_sha256"] = images_sha256(trusted_x)
+            self.data_hashes_["trusted_sha256"] = images_sha256(trusted_x, layout="NCHW")
         self.history_: list[dict[str, Any]] = []
         self._fit(pool, trusted_x, rounds)
         if not self.history_:
@@ -165,8 +169,11 @@ class BaseDetector(BaseEstimator):
         self.fit_time_ = rounds.elapsed()
         return self
 
-    def decision_function(self, X: Any) -> np.ndarray:
+    def decision_function(self, X: Any, *, layout: str | None = None) -> np.ndarray:
         """Anomaly scores, higher = more anomalous, float64 of shape (N,).
+
+        ``X`` must hold images of the fitted shape (:attr:`image_shape_`), in any form
+        :func:`~fedsieve.shared.images.check_images` reads (``layout`` as there).
 
         Raises
         ------
@@ -174,11 +181,11 @@ class BaseDetector(BaseEstimator):
             The detector is not fitted.
         """
         check_is_fitted(self, "threshold_")
-        return self._score(self._check_shape(check_images(X, "X")))
+        return self._score(self._check_shape(check_images(X, "X", layout=layout)))
 
-    def predict(self, X: Any) -> np.ndarray:
+    def predict(self, X: Any, *, layout: str | None = None) -> np.ndarray:
         """Verdicts, int64 of shape (N,): 1 = anomaly, 0 = normal."""
-        return (self.decision_function(X) > self.threshold_).astype(np.int64)
+        return (self.decision_function(X, layout=layout) > self.threshold_).astype(np.int64)
 
     def fit_predict(self, X: Any, trusted: Any = None, **fit_params: Any) -> np.ndarray:
         """``fit`` then return ``labels_``."""

@@ -5,6 +5,10 @@ Each iteration copies the meta-parameters Phi into a base learner W, samples a t
 steps of the shared loop (D step, then E+G step) on it, sets Phi's gradient to ``Phi - W`` and
 takes one Adam step on Phi for E, G and D. As in the reference Reptile code, the outer step
 size is annealed linearly to 0.
+
+Tasks are groups of images: "one class per task" (:func:`class_tasks`) when the images are
+labelled; for unlabelled images, :func:`cluster_tasks` groups them by appearance, and its
+cluster ids stand in for the labels :func:`meta_train` takes.
 """
 
 from __future__ import annotations
@@ -69,11 +73,62 @@ def class_tasks(labels: np.ndarray, holdout: Sequence[int] = ()) -> list[np.ndar
     return [np.flatnonzero(labels == c) for c in classes]
 
 
+#: Side of the downsampled images :func:`cluster_tasks` clusters (per channel).
+CLUSTER_SIDE = 8
+
+
+def cluster_tasks(images: np.ndarray, k: int = 10, seed: int = 0, *,
+                  layout: str | None = None) -> np.ndarray:
+    """Task ids for unlabelled images: k-means clusters of their downsampled pixels.
+
+    Each image is area-averaged to :data:`CLUSTER_SIDE` x :data:`CLUSTER_SIDE` per channel
+    (so that clusters follow shape and colour, not pixel noise) and scikit-learn's ``KMeans``
+    (``n_init=4``, seeded) groups the results. Pass the ids as ``labels`` to
+    :func:`meta_train`: :func:`class_tasks` then makes one task per cluster.
+
+    Parameters
+    ----------
+    images : array-like
+        Any batch :func:`~fedsieve.shared.images.check_images` reads.
+    k : int
+        Number of clusters (tasks), from 1 to the number of images.
+    seed : int
+        Seeds k-means.
+    layout : {"NCHW", "NHWC"}, optional
+        As in :func:`~fedsieve.shared.images.check_images`.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 (N,) cluster ids in 0..k-1.
+
+    Raises
+    ------
+    ValueError
+        Invalid images, or ``k`` outside 1..N.
+    """
+    from sklearn.cluster import KMeans
+
+    x = check_images(images, "images", dtype=np.uint8, layout=layout)
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= len(x):
+        raise ValueError(f"k must be an integer from 1 to the number of images ({len(x)}), "
+                         f"got {k!r}; ask for fewer clusters")
+    pool = torch.nn.AdaptiveAvgPool2d(CLUSTER_SIDE)
+    with torch.no_grad():  # in chunks: a float copy of the whole set would be large
+        features = np.concatenate([
+            pool(torch.from_numpy(x[i:i + 4096]).float() / 255).flatten(1).numpy()
+            for i in range(0, len(x), 4096)])
+    km = KMeans(n_clusters=int(k), n_init=4, random_state=seed).fit(features)
+    return km.labels_.astype(np.int64)
+
+
 def meta_train(
     images: np.ndarray,
     labels: np.ndarray,
     cfg: MetaConfig | None = None,
     on_iteration: Callable[[int, float], None] | None = None,
+    *,
+    layout: str | None = None,
 ) -> BiGAN:
     """Reptile meta-training (Algorithm 1); returns the meta-model Phi.
 
@@ -84,14 +139,17 @@ def meta_train(
         :func:`fedsieve.shared.images.check_images` accepts); the networks are built for
         their (C, H, W), whatever ``cfg.net.image_shape`` says.
     labels : ndarray of shape (N,)
-        Class of each image; defines the tasks.
+        Class of each image; defines the tasks (one per class not held out). For unlabelled
+        images pass cluster ids from :func:`cluster_tasks`.
     cfg : MetaConfig, optional
         Settings; defaults as in :class:`MetaConfig`.
     on_iteration : callable, optional
         ``on_iteration(i, seconds)`` after each outer iteration (progress bars).
+    layout : {"NCHW", "NHWC"}, optional
+        Layout of 4-D ``images`` when their shape leaves it ambiguous.
     """
     cfg = cfg or MetaConfig()
-    X = as_batch(check_images(images, "images"))
+    X = as_batch(check_images(images, "images", layout=layout))
     labels = np.asarray(labels)
     if len(labels) != len(X):
         raise ValueError("labels must have one entry per image")
