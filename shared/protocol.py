@@ -7,10 +7,10 @@ the canonical form of :func:`~fedsieve.shared.images.check_images`; a grey (N, H
 float32 upload in [0, 1] from an older client is read too; ``ids``: int64 (N,); optionally
 ``y``: the claimed labels, int64 (N,), which a server with a label check reads) and a
 ``ConfigRecord`` named :data:`UPLOAD_META` (protocol version, local sample count, chunk
-position). The request names the image shape (C, H, W) the server's detector takes (``image-shape``, that of its trusted images): a client
-whose images have another shape fails with a message saying so, and an upload of another
-shape is refused. Verdicts travel back inside each
-client's own ``train`` message as an ``ArrayRecord`` named :data:`VERDICT_RECORD` holding the
+position). The request names the image shape (C, H, W) the server's detector takes
+(``image-shape``, that of its trusted images): a client whose images have another shape fails
+with a message saying so, and an upload of another shape is refused. Verdicts travel back inside
+each client's own ``train`` message as an ``ArrayRecord`` named :data:`VERDICT_RECORD` holding the
 ids to drop.
 
 Everything a client sends is untrusted: :func:`decode_upload` either returns a valid

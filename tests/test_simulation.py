@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from fedsieve.shared.config import RunSettings
+from fedsieve.shared.images import check_images
 from fedsieve.simulations.pollution import federation_for
 from fedsieve.simulations.simulate import settings_for_defense, simulate
 
@@ -34,7 +35,9 @@ def test_simulate_filters_and_reports(tmp_path):
     ran = json.loads((tmp_path / "result.json").read_text())["settings"]
     assert ran["trusted-file"] == str(tmp_path / "trusted.npz")
     with np.load(tmp_path / "trusted.npz") as trusted:
-        np.testing.assert_array_equal(trusted["x"], federation_for(settings).trusted_set.images)
+        # Saved in the canonical (N, C, H, W) layout the server reads back.
+        expected = check_images(federation_for(settings).trusted_set.images, dtype=np.uint8)
+        np.testing.assert_array_equal(trusted["x"], expected)
 
 
 def test_defense_names_pick_the_strategy():
