@@ -32,12 +32,14 @@ DETECTORS = {
     "rtbigan/default": ("rtbigan", {}),
     "rtbigan/scratch": ("rtbigan", {"meta_checkpoint": None}),
     "rtbigan/own-meta": ("rtbigan", {"meta_checkpoint": "OWN"}),
+    "rtbigan/own-meta+two-sided": ("rtbigan", {"meta_checkpoint": "OWN", "two_sided": True}),
     "egbad": ("egbad", {"steps": 1000}),
     "anogan": ("anogan", {"steps": 1000, "latent_steps": 20}),
     "iforest": ("iforest", {}),
     "deepsvdd": ("deepsvdd", {"estimator__epochs": 5}),
 }
 PIECES = ("global", "typicality", "detached-ink")
+TWO_SIDED_PIECES = ("global", "global-from-below", "typicality", "detached-ink")
 
 
 def run_task(task_name: str, seed: int, threads: int, out: Path, say) -> list[dict]:
@@ -80,8 +82,9 @@ def run_task(task_name: str, seed: int, threads: int, out: Path, say) -> list[di
             row["meta_seconds"] = round(meta_seconds, 1)
         if isinstance(det, RtBiGAN) and det.calibration_ is not None:
             evidence = det._evidence(det._check_shape(task.test / np.float32(255)))
+            names = TWO_SIDED_PIECES if det.two_sided else PIECES
             row["piece_auc"] = {p: float(roc_auc_score(task.test_y, evidence[:, i]))
-                                for i, p in enumerate(PIECES[:evidence.shape[1]])}
+                                for i, p in enumerate(names[:evidence.shape[1]])}
         rows.append(row)
         say(row)
     return rows
@@ -136,10 +139,11 @@ def main() -> None:
     pieces = [r for r in rows if "piece_auc" in r]
     if pieces:
         md += ["## Rt-BiGAN: test AUC of each piece of evidence", "",
-               "| task | detector | " + " | ".join(PIECES) + " |",
-               "|---|---|" + "---|" * len(PIECES)]
+               "| task | detector | " + " | ".join(TWO_SIDED_PIECES) + " |",
+               "|---|---|" + "---|" * len(TWO_SIDED_PIECES)]
         md += [f"| {r['task']} | {r['detector']} | " + " | ".join(
-            f"{r['piece_auc'].get(p, float('nan')):.3f}" for p in PIECES) + " |" for r in pieces]
+            f"{r['piece_auc'][p]:.3f}" if p in r["piece_auc"] else "—"
+            for p in TWO_SIDED_PIECES) + " |" for r in pieces]
         md.append("")
     md += ["Scoring throughput (images/s, test set): " + ", ".join(
         f"{r['task']} {r['detector']} {r['images_per_s']}" for r in rows

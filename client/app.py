@@ -11,8 +11,9 @@ from flwr.clientapp import ClientApp
 
 from fedsieve.client.sdk import FedSieve
 from fedsieve.client.task import load_local_data
-from fedsieve.shared.classifier import DigitNet, train_local
+from fedsieve.shared.classifier import train_local
 from fedsieve.shared.config import RunSettings
+from fedsieve.shared.example_data import example_classifier
 
 
 def make_client_app(settings: RunSettings | None = None) -> ClientApp:
@@ -34,7 +35,7 @@ def make_client_app(settings: RunSettings | None = None) -> ClientApp:
         run = settings_of(context)
         data = load_local_data(context, run)
         x, y = sieve.kept(msg, data.ids, data.x, data.y)
-        model = DigitNet()
+        model = example_classifier(run.task)
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
         server_round = int(msg.content["config"].get("server-round", 0))
         task = run.task

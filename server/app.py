@@ -34,9 +34,9 @@ from fedsieve.server.factory import (
     wait_for_nodes,
 )
 from fedsieve.server.ordering import ContentOrderedGrid
-from fedsieve.shared.classifier import DigitNet, evaluate_classes
+from fedsieve.shared.classifier import evaluate_classes
 from fedsieve.shared.config import RunSettings
-from fedsieve.shared.data import load_mnist
+from fedsieve.shared.example_data import example_classifier, example_test_set, load_dataset
 from fedsieve.shared.trusted import draw_trusted_indices
 
 #: ``probe(model)`` -> extra metrics of the global model, evaluated each round beside accuracy.
@@ -71,11 +71,11 @@ def example_trusted_images(settings: RunSettings) -> np.ndarray | None:
     if settings.filter.trusted_file:
         return load_trusted_images(settings.filter)
     size, seed = settings.harness.trusted_size, settings.seed
-    log(WARNING, "fedsieve example app: no trusted-file is set, so %d MNIST training digits "
+    log(WARNING, "fedsieve example app: no trusted-file is set, so %d %s training images "
         "drawn with seed %d stand in for the operator's trusted images "
         "(fedsieve.shared.trusted.draw_trusted_indices). A deployment sets trusted-file.",
-        size, seed)
-    train = load_mnist("train", root=settings.task.data_root or None)
+        size, settings.task.dataset, seed)
+    train = load_dataset(settings.task.dataset, "train", root=settings.task.data_root or None)
     return train.images[draw_trusted_indices(train.labels, size, seed)]
 
 
@@ -90,11 +90,11 @@ def run_server(grid: Grid, settings: RunSettings, run_dir: Path, *,
     torch.manual_seed(settings.seed)
     # First, before building a detector draws from the same generator: every defense (and
     # the clean oracle) starts from the same initial model for a given seed.
-    model = DigitNet()
+    model = example_classifier(settings.task)
     trusted = example_trusted_images(settings)  # a bad trusted file stops us before waiting
     num_nodes = wait_for_nodes(grid, settings.filter.min_nodes)
     strategy = build_strategy(settings.filter, num_nodes, run_dir, trusted_images=trusted)
-    test = load_mnist("test", root=settings.task.data_root or None)
+    test = example_test_set(settings.task)
     round_times: dict[int, float] = {}
     clock = [time.perf_counter()]
 

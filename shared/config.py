@@ -131,7 +131,7 @@ class FilterSettings(_RunConfigPart):
 
 @dataclass(frozen=True)
 class TaskSettings(_RunConfigPart):
-    """The example task: federated training of the MNIST classifier.
+    """The example task: federated training of a small classifier (MNIST by default).
 
     Attributes
     ----------
@@ -139,6 +139,13 @@ class TaskSettings(_RunConfigPart):
         Rounds of FedAvg (or the configured aggregator) and each client's local SGD.
     data_root : str
         Data folder the MNIST/Fashion-MNIST loaders search first (empty: their default order).
+    dataset : str
+        The clients' normal data: ``"mnist"``, ``"fashion-mnist"``, or a labelled source of
+        any image shape (:mod:`fedsieve.shared.example_data`: ``.npz``, ImageFolder, Hugging
+        Face dataset on disk). The classifier is sized from its images and classes.
+    test_dataset : str
+        The server's test set: empty for a built-in dataset's official test split; required
+        when ``dataset`` is a path (a labelled source of the same shape).
     """
 
     num_server_rounds: int = 3
@@ -146,11 +153,19 @@ class TaskSettings(_RunConfigPart):
     batch_size: int = 32
     learning_rate: float = 0.05
     data_root: str = ""
+    dataset: str = "mnist"
+    test_dataset: str = ""
 
     def validated(self) -> TaskSettings:
         if self.num_server_rounds < 1:
             raise ValueError(f"num-server-rounds must be at least 1, got "
                              f"{self.num_server_rounds}")
+        from fedsieve.shared.example_data import BUILTIN
+
+        if self.dataset not in BUILTIN and not self.test_dataset:
+            raise ValueError(f"dataset {self.dataset!r} is a path: set test-dataset to a "
+                             "labelled test set of the same images (the built-in datasets "
+                             "bring their own test split)")
         return self
 
 
@@ -170,6 +185,11 @@ class HarnessSettings(_RunConfigPart):
     pollution : str
         What is injected: a spec of :func:`fedsieve.simulations.zoo.parse_pollution`
         (``"fashion"``, ``"trigger:size=3"``, ``"fashion,black,held-out:digit=9"``, ...).
+    pollution_dataset : str
+        Where the ``fashion`` kind's foreign images come from: empty for Fashion-MNIST (MNIST
+        digits when the task's dataset is Fashion-MNIST: the reverse protocol), or any
+        dataset name or source as for ``dataset``; resized and converted to the dataset's
+        image shape.
     trusted_size : int
         Trusted images the harness keeps out of every client for the server. The example
         ServerApp without a ``trusted-file`` draws this many MNIST digits (and says so).
@@ -185,6 +205,7 @@ class HarnessSettings(_RunConfigPart):
     profile: str = "uniform"
     label_policy: str = "random"
     pollution: str = "fashion"
+    pollution_dataset: str = ""
     dirichlet_alpha: float = 0.5
     trusted_size: int = 10
     federation_dir: str = ""

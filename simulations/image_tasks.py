@@ -95,8 +95,9 @@ def make_task(name: str, seed: int, *, n_normal: int = 4000, contamination: floa
     n_test : int
         Test images per side (normal, anomalies).
     n_meta : int
-        Meta-training images of the normal dataset (disjoint from pool and trusted images;
-        fewer when the training split runs out).
+        Meta-training images of the normal dataset (disjoint from pool and trusted images).
+        When the training split cannot hold both, what is left after the trusted images is
+        shared half and half between the pool's normal images and the meta-training images.
     mnist_test_root : str, optional
         Folder of the official MNIST test split (``$FEDSIEVE_MNIST_TEST`` when unset).
     """
@@ -112,7 +113,10 @@ def make_task(name: str, seed: int, *, n_normal: int = 4000, contamination: floa
     pollution_test = _LOADERS[pollution_name]("test", root=roots[pollution_name])
 
     order = rng.permutation(len(normal.images))
-    n_normal = min(n_normal, len(order) - 10)
+    available = len(order) - 10
+    if n_normal + n_meta > available:  # a small training split (the packaged MNIST digits)
+        n_meta = min(n_meta, available // 2)
+        n_normal = min(n_normal, available - n_meta)
     pool_rows, trusted_rows = order[:n_normal], order[n_normal:n_normal + 10]
     meta_rows = order[n_normal + 10:n_normal + 10 + n_meta]
     n_pol = int(round(n_normal * contamination / (1 - contamination)))

@@ -25,6 +25,13 @@ import numpy as np
 
 from fedsieve.shared.config import RunSettings
 from fedsieve.shared.data import DataSource, ImageSet, load_fashion_mnist, load_mnist
+from fedsieve.shared.example_data import (
+    dataset_classes,
+    load_dataset,
+    match_shape,
+    other_builtin,
+)
+from fedsieve.shared.images import DEFAULT_IMAGE_SHAPE, format_shape, image_shape
 from fedsieve.shared.trusted import draw_trusted_indices, save_trusted_file
 from fedsieve.simulations.zoo import Material, MixSample, PollutionKind, parse_pollution
 
@@ -37,6 +44,8 @@ LABEL_POLICIES = ("random", "mapped", "original", "target")
 DEFAULT_ATTACKERS = 2
 #: Target class of the ``"target"`` label policy when no ``:digit`` is given.
 DEFAULT_TARGET = 0
+#: The kinds that work on images of any shape; the others draw 28x28 grey frames.
+SHAPE_FREE_KINDS = ("fashion", "held-out", "relabelled")
 #: Sample ids are ``client_id * ID_STRIDE + position``: unique across the federation.
 ID_STRIDE = 1_000_000
 #: The fixed class mapping of the ``"mapped"`` label policy: Fashion class k -> digit.
@@ -373,6 +382,13 @@ def build_federation(
         "root": None if root is None else str(root),
     }
     mnist = mnist if mnist is not None else load_mnist("train", root=root)
+    shape = image_shape(mnist.images)
+    drawn = [k.name for k in mix.leaves() if k.name not in SHAPE_FREE_KINDS]
+    if shape != DEFAULT_IMAGE_SHAPE and drawn:
+        raise ValueError(f"pollution kinds {', '.join(drawn)} draw 1x28x28 grey images, but "
+                         f"the dataset's are {format_shape(shape)}; with other images use "
+                         f"{', '.join(SHAPE_FREE_KINDS)}")
+    n_classes = dataset_classes(mnist.labels)
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5)]
     partition_rng, pick_rng, label_rng, order_rng, kind_rng = streams
 
@@ -387,16 +403,18 @@ def build_federation(
                                classes_per_client, seed)
 
     injected = [_injected_count(len(p), r) for p, r in zip(parts, rates)]
-    sources = {"mnist": mnist.source}
+    sources = {mnist.source.dataset: mnist.source}
     needed = [mix.fashion_needed(n) for n in injected]
     fashion_idx = [np.empty(0, np.int64)] * num_clients
     if sum(needed):
         fashion = fashion if fashion is not None else load_fashion_mnist("train", root=root)
-        sources["fashion-mnist"] = fashion.source
+        key = fashion.source.dataset
+        sources[key if key not in sources else f"{key} (pollution)"] = fashion.source
         if sum(needed) > len(fashion.labels):
-            raise ValueError(f"the requested pollution needs {sum(needed)} Fashion-MNIST "
-                             f"images but only {len(fashion.labels)} exist; lower the "
-                             "contamination or the number of clients")
+            raise ValueError(f"the requested pollution needs {sum(needed)} images of "
+                             f"{fashion.source.dataset} but only {len(fashion.labels)} exist; "
+                             "lower the contamination or the number of clients, or name a "
+                             "larger pollution dataset")
         pool = pick_rng.permutation(len(fashion.labels))
         bounds = np.cumsum([0, *needed])
         fashion_idx = [pool[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
@@ -418,7 +436,8 @@ def build_federation(
             made_labels[is_fashion] = fashion.labels[made_origin[is_fashion]]
         x = np.concatenate([mnist.images[normal], made.images])
         source_labels = np.concatenate([mnist.labels[normal], made_labels]).astype(np.int64)
-        injected_labels = _injected_labels(made_labels, label_policy, label_map, label_rng)
+        injected_labels = _injected_labels(made_labels, label_policy, label_map, label_rng,
+                                           n_classes)
         y = np.concatenate([source_labels[:n_norm], injected_labels]).astype(np.int64)
         polluted = np.concatenate([np.zeros(n_norm, bool), np.ones(n_poll, bool)])
         origin = np.concatenate([normal, made_origin]).astype(np.int64)
@@ -447,16 +466,28 @@ def federation_for(settings: RunSettings, contamination: float | None = None) ->
         harness.num_clients, harness.contamination if contamination is None else contamination,
         harness.partition, harness.profile, harness.label_policy, harness.pollution,
         settings.seed, harness.trusted_size, harness.dirichlet_alpha,
-        settings.task.data_root or None)
+        settings.task.data_root or None, settings.task.dataset, harness.pollution_dataset)
 
 
 @functools.lru_cache(maxsize=4)
 def _cached_federation(num_clients: int, contamination: float, partition: str, profile: str,
                        label_policy: str, pollution: str, seed: int, trusted_size: int,
-                       alpha: float, root: str | None) -> Federation:
+                       alpha: float, root: str | None, dataset: str = "mnist",
+                       pollution_dataset: str = "") -> Federation:
+    normal = foreign = None
+    if dataset != "mnist" or pollution_dataset:
+        normal = load_dataset(dataset, "train", root=root)
+        if parse_pollution(pollution).needs_fashion:
+            other = load_dataset(pollution_dataset or other_builtin(dataset), "train", root=root)
+            shape = image_shape(normal.images)
+            matched = match_shape(other.images, shape)
+            # In the normal images' own layout: the built-in loaders give (N, 28, 28).
+            foreign = other._replace(images=matched[:, 0] if normal.images.ndim == 3
+                                     else matched)
     return build_federation(num_clients, contamination, partition=partition, profile=profile,
                             label_policy=label_policy, pollution=pollution, seed=seed,
-                            trusted_size=trusted_size, alpha=alpha, root=root)
+                            trusted_size=trusted_size, alpha=alpha, root=root,
+                            mnist=normal, fashion=foreign)
 
 
 def _check_rate(rate: float, what: str) -> None:
@@ -471,19 +502,20 @@ def _injected_count(n_normal: int, rate: float) -> int:
 
 
 def _injected_labels(source_labels: np.ndarray, policy: str, label_map: tuple[int, ...],
-                     rng: np.random.Generator) -> np.ndarray:
+                     rng: np.random.Generator, n_classes: int = 10) -> np.ndarray:
     policy, target = parse_label_policy(policy)
     if policy == "target":
         return np.full(len(source_labels), target, np.int64)
     if policy == "random":
-        return rng.integers(0, 10, size=len(source_labels), dtype=np.int64)
+        return rng.integers(0, n_classes, size=len(source_labels), dtype=np.int64)
     classless = source_labels < 0  # made from nothing: no class to keep or map
     known = np.where(classless, 0, source_labels)
     labels = (np.asarray(label_map, dtype=np.int64)[known] if policy == "mapped"
               else known.astype(np.int64))
     if classless.any():
-        labels[classless] = rng.integers(0, 10, size=int(classless.sum()), dtype=np.int64)
-    return labels
+        labels[classless] = rng.integers(0, n_classes, size=int(classless.sum()), dtype=np.int64)
+    # A class the dataset does not have (Fashion classes mapped onto fewer classes) wraps.
+    return labels % n_classes
 
 
 def _split_origin(made: MixSample, part: np.ndarray, fashion_part: np.ndarray,

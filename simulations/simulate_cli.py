@@ -46,6 +46,16 @@ def simulate(
         help="Comma-separated extra runs beside this one, each a --defense name or oracle "
              "(the same federation without pollution and without defense), e.g. none,oracle; "
              "they run into OUT/compare/<name>/ and report.md gets a comparison.")] = "",
+    dataset: Annotated[str, typer.Option(
+        help="The clients' normal data: mnist, fashion-mnist, or a labelled .npz (x, y), "
+             "ImageFolder or Hugging Face save_to_disk folder of any image shape.")] = "mnist",
+    test_dataset: Annotated[str, typer.Option(
+        help="The server's test set; needed when --dataset is a path (built-in datasets "
+             "bring their test split).")] = "",
+    pollution_dataset: Annotated[str, typer.Option(
+        help="Where the fashion pollution's images come from (any --dataset form; resized "
+             "to the dataset's shape). Default: Fashion-MNIST, or MNIST digits when the "
+             "dataset is fashion-mnist.")] = "",
     root: RootOption = None,
     verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
@@ -64,11 +74,13 @@ def simulate(
                                   threshold_policy=threshold_policy, checkpoint=checkpoint,
                                   seed=seed),
             task=TaskSettings(num_server_rounds=rounds, local_epochs=local_epochs,
-                              data_root=str(root) if root else ""),
+                              data_root=str(root) if root else "", dataset=dataset,
+                              test_dataset=test_dataset),
             harness=HarnessSettings(num_clients=clients, contamination=contamination,
                                     partition=partition, dirichlet_alpha=dirichlet_alpha,
                                     profile=profile,
-                                    label_policy=label_policy, pollution=pollution),
+                                    label_policy=label_policy, pollution=pollution,
+                                    pollution_dataset=pollution_dataset),
         ).validated(), defense)
         names = [v.strip() for v in compare.split(",") if v.strip()]
         compared_settings(settings, names)

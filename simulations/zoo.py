@@ -486,7 +486,8 @@ class Mix(PollutionKind):
         Fashion-drawing kinds take consecutive, disjoint slices of ``material.fashion``.
         """
         which = rng.permutation(np.repeat(np.arange(len(self.kinds)), self.counts(n)))
-        images = np.empty((n, 28, 28), np.uint8)
+        # Images of the normal data's shape (28x28 grey for the kinds that draw their own).
+        images = np.empty((n, *material.digits.shape[1:]), np.uint8)
         labels = np.empty(n, np.int64)
         origin = np.empty(n, np.int64)
         cursor = 0

@@ -1,0 +1,73 @@
+"""Rt-BiGAN's two-sided global score: pollution simpler than the normal data (the reverse
+protocol: Fashion-MNIST normal, MNIST digits as pollution)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from fedsieve.shared.detectors import load_detector, make_detector, save_detector
+from fedsieve.shared.images import check_images
+
+torch.set_num_threads(1)
+SHORT = {"self_training_rounds": 1, "steps_per_round": 60, "random_state": 0}
+
+
+@pytest.fixture(scope="module")
+def reverse_task(mnist_train, mnist_test, fashion_train, fashion_test):
+    """800 clothes + 200 digits in the pool, 10 trusted clothes, 300 + 300 test images."""
+    rng = np.random.default_rng(0)
+    clothes = rng.permutation(len(fashion_train.images))
+    digits = rng.permutation(len(mnist_train.images))[:200]
+    pool = np.concatenate([fashion_train.images[clothes[:800]], mnist_train.images[digits]])
+    test = np.concatenate([fashion_test.images[:300], mnist_test.images[:300]])
+    return {"pool": pool, "pool_y": np.r_[np.zeros(800), np.ones(200)],
+            "trusted": fashion_train.images[clothes[800:810]],
+            "test": test, "test_y": np.r_[np.zeros(300), np.ones(300)]}
+
+
+@pytest.fixture(scope="module")
+def fitted_pair(reverse_task):
+    t = reverse_task
+    return {two: make_detector("rtbigan", two_sided=two, **SHORT).fit(t["pool"], t["trusted"])
+            for two in (False, True)}
+
+
+def test_the_negated_global_score_is_one_more_piece(fitted_pair, reverse_task):
+    one, two = fitted_pair[False], fitted_pair[True]
+    x = check_images(reverse_task["test"][:20])
+    ev = two._evidence(x)
+    assert ev.shape[1] == one._evidence(x).shape[1] + 1
+    np.testing.assert_allclose(ev[:, 1], -ev[:, 0])
+    assert two.calibration_.cuts.shape == (ev.shape[1],)
+
+
+def test_simpler_pollution_ranks_as_anomalous_only_when_two_sided(fitted_pair, reverse_task):
+    t = reverse_task
+    auc = {two: roc_auc_score(t["test_y"], det.decision_function(t["test"]))
+           for two, det in fitted_pair.items()}
+    # One-sided, digits reconstruct better than any clothes: ranked the most normal of all.
+    assert auc[False] < 0.5
+    assert auc[True] > 0.6 and auc[True] > auc[False] + 0.2
+
+
+def test_checkpoints_keep_the_piece_and_older_ones_load_without_it(fitted_pair, reverse_task,
+                                                                    tmp_path):
+    test = reverse_task["test"][:50]
+    two = fitted_pair[True]
+    path = save_detector(two, tmp_path / "two")
+    np.testing.assert_array_equal(load_detector(path).decision_function(test),
+                                  two.decision_function(test))
+    # A checkpoint written before the parameter existed scores as it did (one-sided).
+    one = fitted_pair[False]
+    path = save_detector(one, tmp_path / "old")
+    header = json.loads(path.read_text())
+    del header["params"]["two_sided"]
+    path.write_text(json.dumps(header))
+    old = load_detector(path)
+    assert old.two_sided is False
+    np.testing.assert_array_equal(old.decision_function(test), one.decision_function(test))
