@@ -12,6 +12,7 @@ Writes ``benchmarks/results/shapes.json`` and ``shapes.md``.
 
     python benchmarks/shapes.py                     # every task, seed 0
     python benchmarks/shapes.py --tasks fashion --seeds 0,1
+    python benchmarks/shapes.py --tasks mnist-tint32 --update   # rerun one task, keep the rest
 """
 
 from __future__ import annotations
@@ -116,10 +117,19 @@ def main() -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--update", action="store_true",
+                        help="Replace only these tasks' rows in an existing shapes.json.")
     args = parser.parse_args()
     console = Console()
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
+    commands: list[str] = []
+    previous = args.out / "shapes.json"
+    if args.update and previous.is_file():
+        old = json.loads(previous.read_text())
+        rerun = set(args.tasks.split(","))
+        rows = [r for r in old["rows"] if r["task"] not in rerun]
+        commands = old.get("commands", [old.get("command")])
     for task in args.tasks.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             console.print(f"[bold]{task}[/] seed {seed}")
@@ -127,14 +137,17 @@ def main() -> None:
                              lambda r: console.print(r))
     import torch
 
-    result = {"rows": rows, "command": "python benchmarks/shapes.py " + " ".join(
-        f"--{k} {v}" for k, v in vars(args).items() if k != "out"),
+    command = "python benchmarks/shapes.py " + " ".join(
+        f"--{k} {v}" for k, v in vars(args).items() if k not in ("out", "update")) + (
+        " --update" if args.update else "")
+    result = {"rows": rows, "commands": [*commands, command],
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "cpus": os.cpu_count(), "torch": torch.__version__,
                     "threads": args.threads}}
     (args.out / "shapes.json").write_text(json.dumps(result, indent=2) + "\n")
     md = ["# Detection on other image shapes", "",
-          "Test AUC (pollution flagged / normal flagged in the pool); " + result["command"], "",
+          "Test AUC (pollution flagged / normal flagged in the pool), from: "
+          + "; ".join(f"`{c}`" for c in result["commands"]), "",
           table(rows), ""]
     pieces = [r for r in rows if "piece_auc" in r]
     if pieces:

@@ -42,7 +42,9 @@ With arrays and ids of the user's own, ``samples`` returns a tuple::
   uploaded under ids derived from the image content (:func:`~fedsieve.shared.sources.stable_ids`).
   :meth:`FedSieve.ids_for` and :meth:`FedSieve.kept_dataset` derive the same ids in the train
   handler, so the data must read the same each time: apply random augmentation after
-  ``kept_dataset`` (a Hugging Face dataset is read as stored, its transforms aside).
+  ``kept_dataset`` (a Hugging Face dataset is read as stored, its transforms aside). A dataset
+  object is read (decoded) once and reused while it lives, so returning the same object from
+  ``samples`` costs one read per process; return a new object when the data changes.
 
 Labels let a server that runs a label check (``AnomalyFilter(label_check=...)``) also drop
 samples whose label contradicts their image. The ids are how the server names what to drop.
@@ -53,6 +55,8 @@ weighted_by_key="n")``.
 
 from __future__ import annotations
 
+import os
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -101,6 +105,7 @@ class FedSieve:
         self.samples = samples
         self.weighted_by_key = weighted_by_key
         self._read = {"image_key": image_key, "label_key": label_key, "layout": layout}
+        self._last_read: tuple[weakref.ref, LoadedImages] | None = None
         app.query(UPLOAD_ACTION)(self._upload)
 
     def _upload(self, msg: Message, context: Context) -> Message:
@@ -120,11 +125,23 @@ class FedSieve:
         return Message(content, reply_to=msg)
 
     def _load(self, data: Any) -> LoadedImages:
+        # Every upload chunk and every ids_for / kept_dataset call asks for the same dataset
+        # object: read (decode) it once while that object lives. Paths and arrays, which may
+        # change between calls, are read each time.
+        cached = self._last_read
+        if cached is not None and cached[0]() is data:
+            return cached[1]
         try:
-            return load_images(data, **self._read)
+            loaded = load_images(data, **self._read)
         except ValueError as exc:
             raise ValueError(f"cannot read the samples' images: {exc}. samples(context) must "
                              "return (x, ids), (x, ids, y) or a dataset") from exc
+        if not isinstance(data, str | os.PathLike | np.ndarray):
+            try:
+                self._last_read = (weakref.ref(data), loaded)
+            except TypeError:  # an object without weak references: not cached
+                pass
+        return loaded
 
     def ids_for(self, data: Any) -> np.ndarray:
         """The ids the upload handler gives the samples of ``data``.

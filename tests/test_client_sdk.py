@@ -124,6 +124,31 @@ def test_a_dataset_uploads_under_ids_from_its_images(make):
     np.testing.assert_array_equal(sieve.ids_for(kept), np.delete(ids, [1, 4, 8]))
 
 
+class _CountingDataset(TensorDataset):
+    """A torch dataset that counts the items read from it."""
+
+    reads = 0
+
+    def __getitem__(self, index):
+        type(self).reads += 1
+        return super().__getitem__(index)
+
+
+def test_a_dataset_object_is_read_once_for_every_chunk_and_ids_for():
+    base = _torch_dataset(12)
+    dataset = _CountingDataset(*base.tensors)
+    app = ClientApp()
+    sieve = FedSieve(app, samples=lambda context: dataset)
+    grid = LoopbackGrid({7: app})
+    chunks = upload_chunks(grid, UploadRequest(chunk_size=4, image_shape=(3, 32, 32)), 3)
+    ids = sieve.ids_for(dataset)
+    assert _CountingDataset.reads == 12  # one pass, not one per chunk and one more for ids
+    np.testing.assert_array_equal(np.concatenate([c.ids for c in chunks]), ids)
+    # A new object (the data changed) is read again.
+    other = _CountingDataset(base.tensors[0][:6], base.tensors[1][:6])
+    assert len(sieve.ids_for(other)) == 6 and _CountingDataset.reads == 18
+
+
 def test_kept_dataset_with_given_ids_and_mismatched_lengths():
     app = ClientApp()
     sieve = FedSieve(app, samples=lambda context: _torch_dataset())

@@ -102,7 +102,7 @@ def test_example_app_draws_digits_without_a_trusted_file_and_says_so(caplog, mni
     np.testing.assert_array_equal(images, expected)
     warning = next(r for r in caplog.records if r.levelno == logging.WARNING)
     assert "no trusted-file" in warning.getMessage()
-    assert "6 MNIST training digits drawn with seed 4" in warning.getMessage()
+    assert "6 mnist training images drawn with seed 4" in warning.getMessage()
 
 
 def test_example_app_uses_the_trusted_file_when_set(caplog, trusted_file, mnist_train):

@@ -241,3 +241,19 @@ def test_a_shape_mismatch_excludes_only_its_sender(check_on_client, small_settin
     assert re.search(r"1x32x32 .* takes 1x28x28", record["excluded"][odd])
     assert {m.metadata.dst_node_id for m in messages} == set(NODES) - {odd}
     assert arrays is not None
+
+
+def test_image_statistics_do_not_depend_on_the_colour(mnist_train):
+    """The same digits drawn white, saturated blue or pale green have the same statistics
+    (each pixel is read through its brightest channel), and grey images read as they are."""
+    from fedsieve.shared.detectors.evidence import image_statistics
+
+    grey = pad_to(mnist_train.images[:20], 32)
+    colours = {"white": (1.0, 1.0, 1.0), "blue": (0.0, 0.0, 1.0), "green": (0.6, 1.0, 0.6)}
+    stats = {}
+    for name, rgb in colours.items():
+        x = np.rint(grey[:, None] * np.array(rgb, np.float32).reshape(1, 3, 1, 1))
+        stats[name] = image_statistics(check_images(x.astype(np.uint8)))
+    plain = image_statistics(check_images(grey))
+    for name in colours:
+        np.testing.assert_allclose(stats[name], plain, err_msg=name)

