@@ -46,6 +46,8 @@ DEFAULT_ATTACKERS = 2
 DEFAULT_TARGET = 0
 #: The kinds that work on images of any shape; the others draw 28x28 grey frames.
 SHAPE_FREE_KINDS = ("fashion", "held-out", "relabelled")
+#: How the built-in datasets are named in messages.
+_DISPLAY_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
 #: Sample ids are ``client_id * ID_STRIDE + position``: unique across the federation.
 ID_STRIDE = 1_000_000
 #: The fixed class mapping of the ``"mapped"`` label policy: Fashion class k -> digit.
@@ -411,8 +413,9 @@ def build_federation(
         key = fashion.source.dataset
         sources[key if key not in sources else f"{key} (pollution)"] = fashion.source
         if sum(needed) > len(fashion.labels):
-            raise ValueError(f"the requested pollution needs {sum(needed)} images of "
-                             f"{fashion.source.dataset} but only {len(fashion.labels)} exist; "
+            name = _DISPLAY_NAMES.get(fashion.source.dataset, fashion.source.dataset)
+            raise ValueError(f"the requested pollution needs {sum(needed)} images of {name} "
+                             f"but only {len(fashion.labels)} exist; "
                              "lower the contamination or the number of clients, or name a "
                              "larger pollution dataset")
         pool = pick_rng.permutation(len(fashion.labels))
