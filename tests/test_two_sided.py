@@ -14,6 +14,8 @@ from fedsieve.shared.detectors import load_detector, make_detector, save_detecto
 from fedsieve.shared.images import check_images
 
 torch.set_num_threads(1)
+#: Two real fits (~30 s): in CI and --run-slow, out of the quick suite.
+pytestmark = pytest.mark.slow
 SHORT = {"self_training_rounds": 1, "steps_per_round": 60, "random_state": 0}
 
 

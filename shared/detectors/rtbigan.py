@@ -530,8 +530,6 @@ class RtBiGAN(GANDetector):
     def _restore_state(self, model: BiGAN, tensors: dict[str, torch.Tensor],
                        header: dict[str, Any]) -> None:
         super()._restore_state(model, tensors, header)
-        if "two_sided" not in header.get("params", {}):  # saved before the piece existed
-            self.two_sided = False
         sha = header.get("meta_checkpoint")
         self.meta_info_ = {} if sha is None else {"weights_sha256": sha}
         self.pixel_weight_ = tensors.get("score.pixel_weight")
