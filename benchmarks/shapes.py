@@ -39,8 +39,7 @@ DETECTORS = {
     "iforest": ("iforest", {}),
     "deepsvdd": ("deepsvdd", {"estimator__epochs": 5}),
 }
-PIECES = ("global", "typicality", "detached-ink")
-TWO_SIDED_PIECES = ("global", "global-from-below", "typicality", "detached-ink")
+PIECES = ("global", "global-from-below", "typicality", "detached-ink", "reachability")
 
 
 def run_task(task_name: str, seed: int, threads: int, out: Path, say) -> list[dict]:
@@ -50,6 +49,7 @@ def run_task(task_name: str, seed: int, threads: int, out: Path, say) -> list[di
     from fedsieve.shared.checkpoint import save_meta
     from fedsieve.shared.detectors import RtBiGAN, make_detector
     from fedsieve.shared.detectors.metatrain import MetaConfig, meta_train
+    from fedsieve.shared.detectors.reachability import atlas_sample
     from fedsieve.simulations.image_tasks import make_task
 
     torch.set_num_threads(threads)
@@ -57,7 +57,8 @@ def run_task(task_name: str, seed: int, threads: int, out: Path, say) -> list[di
     t0 = time.perf_counter()
     phi = meta_train(task.meta_images, task.meta_labels, MetaConfig(iterations=200, seed=seed))
     meta_path = save_meta(phi, out / "meta" / f"{task_name}-s{seed}",
-                          {"data": f"{task_name} normal training images", "seed": seed})
+                          {"data": f"{task_name} normal training images", "seed": seed},
+                          atlas=atlas_sample(task.meta_images, task.meta_labels, seed=seed))
     meta_seconds = time.perf_counter() - t0
     rows = []
     for label, (name, params) in DETECTORS.items():
@@ -83,9 +84,8 @@ def run_task(task_name: str, seed: int, threads: int, out: Path, say) -> list[di
             row["meta_seconds"] = round(meta_seconds, 1)
         if isinstance(det, RtBiGAN) and det.calibration_ is not None:
             evidence = det._evidence(det._check_shape(task.test / np.float32(255)))
-            names = TWO_SIDED_PIECES if det.two_sided else PIECES
             row["piece_auc"] = {p: float(roc_auc_score(task.test_y, evidence[:, i]))
-                                for i, p in enumerate(names[:evidence.shape[1]])}
+                                for i, p in enumerate(det._evidence_names())}
         rows.append(row)
         say(row)
     return rows
@@ -152,11 +152,11 @@ def main() -> None:
     pieces = [r for r in rows if "piece_auc" in r]
     if pieces:
         md += ["## Rt-BiGAN: test AUC of each piece of evidence", "",
-               "| task | detector | " + " | ".join(TWO_SIDED_PIECES) + " |",
-               "|---|---|" + "---|" * len(TWO_SIDED_PIECES)]
+               "| task | detector | " + " | ".join(PIECES) + " |",
+               "|---|---|" + "---|" * len(PIECES)]
         md += [f"| {r['task']} | {r['detector']} | " + " | ".join(
             f"{r['piece_auc'][p]:.3f}" if p in r["piece_auc"] else "—"
-            for p in TWO_SIDED_PIECES) + " |" for r in pieces]
+            for p in PIECES) + " |" for r in pieces]
         md.append("")
     md += ["Scoring throughput (images/s, test set): " + ", ".join(
         f"{r['task']} {r['detector']} {r['images_per_s']}" for r in rows

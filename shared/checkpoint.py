@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -105,9 +106,22 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
 
 
 # -- meta-models ----------------------------------------------------------------------------
-def save_meta(model: BiGAN, path: str | Path, info: dict[str, Any]) -> Path:
-    """Save a meta-trained BiGAN (``info``: training command, config, data hash, ...)."""
-    return write_checkpoint(path, model_tensors(model),
+def save_meta(model: BiGAN, path: str | Path, info: dict[str, Any],
+              atlas: np.ndarray | None = None) -> Path:
+    """Save a meta-trained BiGAN (``info``: training command, config, data hash, ...).
+
+    ``atlas``: a sample of the normal images it was trained on, uint8 (N, C, H, W), kept
+    beside the weights for Rt-BiGAN's reachability evidence
+    (:mod:`fedsieve.shared.detectors.reachability`).
+    """
+    tensors = model_tensors(model)
+    if atlas is not None:
+        atlas = np.asarray(atlas)
+        if atlas.dtype != np.uint8 or atlas.ndim != 4:
+            raise ValueError(f"the atlas must be uint8 (N, C, H, W) images, got {atlas.dtype} "
+                             f"of shape {atlas.shape}")
+        tensors["atlas"] = torch.from_numpy(np.array(atlas, order="C"))
+    return write_checkpoint(path, tensors,
                             {"kind": "meta", "net": model.cfg.to_dict(), **info})
 
 
@@ -124,6 +138,16 @@ def load_meta(path: str | Path) -> tuple[BiGAN, dict[str, Any]]:
     if header.get("kind") != "meta":
         raise CheckpointError(f"{path} is a {header.get('kind')!r} checkpoint, not a meta-model")
     return bigan_from_tensors(tensors, header.get("net")), header
+
+
+def load_meta_atlas(path: str | Path) -> np.ndarray | None:
+    """The atlas (uint8 (N, C, H, W) normal images) saved with a meta-model, or None when it
+    has none (made before atlases, or without one)."""
+    tensors, header = read_checkpoint(path)
+    if header.get("kind") != "meta":
+        raise CheckpointError(f"{path} is a {header.get('kind')!r} checkpoint, not a meta-model")
+    atlas = tensors.get("atlas")
+    return None if atlas is None else atlas.numpy()
 
 
 # -- networks <-> tensors -------------------------------------------------------------------

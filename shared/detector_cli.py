@@ -119,6 +119,7 @@ def meta_train_cmd(
         cluster_tasks,
         meta_train,
     )
+    from fedsieve.shared.detectors.reachability import atlas_sample
 
     _threads(threads)
     if tasks not in TASK_KINDS:
@@ -190,7 +191,11 @@ def meta_train_cmd(
         "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
     }
-    path = save_meta(model, out, info)
+    # A sample of the normal images travels with the weights: Rt-BiGAN's reachability
+    # evidence walks from it (fedsieve.shared.detectors.reachability).
+    atlas = atlas_sample(images, labels, holdout, seed=seed)
+    info["atlas"] = {"count": len(atlas), "seed": seed}
+    path = save_meta(model, out, info, atlas=atlas)
     typer.echo(f"wrote {path} and {path.with_suffix('.safetensors')}")
 
 

@@ -203,9 +203,9 @@ class _CountingRtBiGAN(RtBiGAN):
             self.events.append(("score", len(X)))
         return super()._score(X)
 
-    def _evidence(self, X, stats=None):
+    def _evidence(self, X, stats=None, reach=None):
         self.events.append(("score", len(X)))
-        return super()._evidence(X, stats)
+        return super()._evidence(X, stats, reach)
 
 
 class _CountingEGBAD(EGBAD):

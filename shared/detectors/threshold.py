@@ -156,6 +156,7 @@ def normal_mode_cut(
              else None)
     found = _mode_and_cut(v, start, rate)
     if (found.depth >= 1.0 and trusted_values is not None and len(trusted_values)
+            and len(v) >= MAJORITY_COMPONENTS  # a mixture needs a few values
             and np.mean(v > np.max(trusted_values)) > MAJORITY_BEYOND_TRUSTED):
         return _majority_cut(v, trusted_values, rate)
     atom = float(np.median(v)) if len(v) else 0.0
