@@ -13,6 +13,7 @@ Writes ``benchmarks/results/shapes.json`` and ``shapes.md``.
     python benchmarks/shapes.py                     # every task, seed 0
     python benchmarks/shapes.py --tasks fashion --seeds 0,1
     python benchmarks/shapes.py --tasks mnist-tint32 --update   # rerun one task, keep the rest
+    python benchmarks/shapes.py --tasks fashion --seeds 1,2 --update   # add seeds
 """
 
 from __future__ import annotations
@@ -109,6 +110,25 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def per_seed(rows: list[dict]) -> list[str]:
+    """Markdown lines: each detector's test AUC at every seed, per task (only with more
+    than one seed), so that a mean does not hide a weak seed."""
+    seeds = sorted({r["seed"] for r in rows})
+    if len(seeds) < 2:
+        return []
+    lines = ["## Test AUC per seed", "", "| task | detector | " + " | ".join(
+        f"seed {s}" for s in seeds) + " | min |", "|---|---|" + "---|" * (len(seeds) + 1)]
+    for task in dict.fromkeys(r["task"] for r in rows):
+        for det in DETECTORS:
+            auc = {r["seed"]: r["test_auc"] for r in rows
+                   if r["task"] == task and r["detector"] == det}
+            if len(auc) > 1:
+                lines.append(f"| {task} | {det} | " + " | ".join(
+                    f"{auc[s]:.4f}" if s in auc else "—" for s in seeds)
+                    + f" | {min(auc.values()):.4f} |")
+    return [*lines, ""]
+
+
 def main() -> None:
     from rich.console import Console
 
@@ -118,7 +138,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--update", action="store_true",
-                        help="Replace only these tasks' rows in an existing shapes.json.")
+                        help="Replace only these tasks' rows at these seeds in an existing "
+                        "shapes.json.")
     args = parser.parse_args()
     console = Console()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -127,8 +148,8 @@ def main() -> None:
     previous = args.out / "shapes.json"
     if args.update and previous.is_file():
         old = json.loads(previous.read_text())
-        rerun = set(args.tasks.split(","))
-        rows = [r for r in old["rows"] if r["task"] not in rerun]
+        rerun = {(t, int(s)) for t in args.tasks.split(",") for s in args.seeds.split(",")}
+        rows = [r for r in old["rows"] if (r["task"], r["seed"]) not in rerun]
         commands = old.get("commands", [old.get("command")])
     for task in args.tasks.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
@@ -146,9 +167,11 @@ def main() -> None:
                     "threads": args.threads}}
     (args.out / "shapes.json").write_text(json.dumps(result, indent=2) + "\n")
     md = ["# Detection on other image shapes", "",
-          "Test AUC (pollution flagged / normal flagged in the pool), from: "
+          "Test AUC (pollution flagged / normal flagged in the pool), means over the seeds "
+          "run, from: "
           + "; ".join(f"`{c}`" for c in result["commands"]), "",
           table(rows), ""]
+    md += per_seed(rows)
     pieces = [r for r in rows if "piece_auc" in r]
     if pieces:
         md += ["## Rt-BiGAN: test AUC of each piece of evidence", "",

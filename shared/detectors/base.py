@@ -207,6 +207,28 @@ class BaseDetector(BaseEstimator):
         raise NotImplementedError
 
     # -- helpers -----------------------------------------------------------------------------
+    # -- the state a checkpoint holds (see fedsieve.shared.detectors.persist) ----------------
+    def _state_tensors(self) -> dict[str, Any]:
+        """Everything scoring needs, as named torch tensors (weights, score state).
+        Detectors that can be saved override this."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be saved")
+
+    def _state_header(self) -> dict[str, Any]:
+        """JSON-able fitted state beside the tensors: threshold, image shape, data hashes,
+        history. Subclasses add their own (network sizes, ...)."""
+        return {"threshold": float(self.threshold_), "image_shape": list(self.image_shape_),
+                "data": self.data_hashes_, "history": self.history_}
+
+    def _restore_state(self, tensors: dict[str, Any], header: dict[str, Any]) -> None:
+        """Take back what :meth:`_state_tensors` and :meth:`_state_header` saved, so that the
+        detector scores as it did when saved."""
+        self.threshold_ = float(header["threshold"])
+        self.data_hashes_ = header.get("data", {})
+        self.history_ = header.get("history", [])
+        if "image_shape" in header:
+            self.image_shape_ = tuple(int(s) for s in header["image_shape"])
+            self.n_features_in_ = int(np.prod(self.image_shape_))
+
     def _check_shape(self, X: np.ndarray) -> np.ndarray:
         """``X`` (validated, (N, C, H, W)) when its images have the fitted shape; else a
         ``ValueError`` naming both shapes."""

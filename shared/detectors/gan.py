@@ -10,11 +10,10 @@ import torch
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from fedsieve.shared.checkpoint import model_tensors
+from fedsieve.shared.checkpoint import bigan_from_tensors, model_tensors
 from fedsieve.shared.detectors.base import BaseDetector
 from fedsieve.shared.detectors.bigan import LoopConfig, bigan_losses, residual_maps
 from fedsieve.shared.images import check_images
-from fedsieve.shared.networks import BiGAN
 
 
 class GANDetector(BaseDetector):
@@ -124,21 +123,14 @@ class GANDetector(BaseDetector):
 
     # -- the state a checkpoint holds (see fedsieve.shared.detectors.persist) ----------------
     def _state_tensors(self) -> dict[str, torch.Tensor]:
-        """Everything scoring needs, as tensors: the model's weights under ``model.``."""
+        """The model's weights under ``model.``."""
         return model_tensors(self.model_)
 
     def _state_header(self) -> dict[str, Any]:
-        """JSON-able fitted state beside the tensors (threshold, hashes, history)."""
-        return {"threshold": float(self.threshold_), "data": self.data_hashes_,
-                "history": self.history_}
+        return {**super()._state_header(), "net": self.model_.cfg.to_dict()}
 
-    def _restore_state(self, model: BiGAN, tensors: dict[str, torch.Tensor],
-                       header: dict[str, Any]) -> None:
-        """Take back what :meth:`_state_tensors` and :meth:`_state_header` saved (``model``
-        already holds the weights)."""
-        self.model_ = model
-        self.threshold_ = float(header["threshold"])
-        self.data_hashes_ = header.get("data", {})
-        self.history_ = header.get("history", [])
-        self.image_shape_ = tuple(model.cfg.image_shape)
+    def _restore_state(self, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> None:
+        super()._restore_state(tensors, header)
+        self.model_ = bigan_from_tensors(tensors, header.get("net"))
+        self.image_shape_ = tuple(self.model_.cfg.image_shape)
         self.n_features_in_ = int(np.prod(self.image_shape_))

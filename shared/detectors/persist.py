@@ -4,6 +4,10 @@ The file format is :mod:`fedsieve.shared.checkpoint`'s, kind ``"detector"``: the
 score state as tensors; the class name, constructor parameters, network sizes, threshold, data
 hashes and history in the JSON header. Parameters are stored by name, so a checkpoint loads
 as long as the class keeps their meaning (else ``FORMAT_VERSION`` is bumped).
+
+What a detector saves is its own business (``_state_tensors``, ``_state_header`` and
+``_restore_state`` of :class:`~fedsieve.shared.detectors.base.BaseDetector`); a class becomes
+savable by joining :data:`SAVABLE`.
 """
 
 from __future__ import annotations
@@ -14,22 +18,18 @@ from typing import Any
 from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.validation import check_is_fitted
 
-from fedsieve.shared.checkpoint import (
-    CheckpointError,
-    bigan_from_tensors,
-    read_checkpoint,
-    write_checkpoint,
-)
+from fedsieve.shared.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from fedsieve.shared.detectors.base import BaseDetector
 from fedsieve.shared.detectors.baselines import EGBAD, AnoGAN
-from fedsieve.shared.detectors.gan import GANDetector
 from fedsieve.shared.detectors.rtbigan import RtBiGAN
 
 #: The detectors a checkpoint can hold, by the class name its header records.
-SAVABLE: dict[str, type[GANDetector]] = {c.__name__: c for c in (RtBiGAN, EGBAD, AnoGAN)}
+SAVABLE: dict[str, type[BaseDetector]] = {c.__name__: c for c in (RtBiGAN, EGBAD, AnoGAN)}
 
 
-def save_detector(detector: GANDetector, path: str | Path) -> Path:
-    """Write a fitted RtBiGAN, EGBAD or AnoGAN to ``<path>.safetensors`` + ``<path>.json``.
+def save_detector(detector: BaseDetector, path: str | Path) -> Path:
+    """Write a fitted detector of a :data:`SAVABLE` class to ``<path>.safetensors`` +
+    ``<path>.json``.
 
     Returns
     -------
@@ -53,13 +53,13 @@ def save_detector(detector: GANDetector, path: str | Path) -> Path:
         "kind": "detector",
         "detector": type(detector).__name__,
         "params": params,
-        "net": detector.model_.cfg.to_dict(),
         **detector._state_header(),
     }
     return write_checkpoint(path, detector._state_tensors(), header)
 
 
-def load_detector(path: str | Path, expected: type[GANDetector] = GANDetector) -> GANDetector:
+def load_detector(path: str | Path, expected: type[BaseDetector] = BaseDetector
+                  ) -> BaseDetector:
     """Load a detector written by :func:`save_detector`, ready to score.
 
     Parameters
@@ -89,9 +89,8 @@ def load_detector(path: str | Path, expected: type[GANDetector] = GANDetector) -
     except (KeyError, TypeError, InvalidParameterError) as exc:
         raise CheckpointError(f"{path} has parameters this version does not accept: {exc}") \
             from exc
-    model = bigan_from_tensors(tensors, header.get("net"))
     try:
-        detector._restore_state(model, tensors, header)
+        detector._restore_state(tensors, header)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path} has an incomplete detector header: {exc}") from exc
     return detector

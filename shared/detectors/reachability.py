@@ -29,7 +29,7 @@ and new images are scored by the same rule.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -125,6 +125,10 @@ class Reachability:
     features: np.ndarray
     node_scores: np.ndarray
     neighbours: int = NEIGHBOURS
+    #: Neighbour index of the float32 nodes, built on the first :meth:`score` and kept:
+    #: every screening batch is scored against the same nodes.
+    _index: NearestNeighbors | None = field(default=None, init=False, repr=False,
+                                            compare=False)
 
     @classmethod
     def fit(cls, pool: np.ndarray, anchors: np.ndarray, *, seed: int = 0,
@@ -178,10 +182,10 @@ class Reachability:
         if len(X) == 0:
             return np.zeros(0)
         k = self.neighbours
-        nodes = self.features.astype(np.float32)
-        extra = min(len(nodes) - k, DUPLICATES)
-        dist, idx = NearestNeighbors(n_neighbors=k + extra).fit(nodes).kneighbors(
-            reach_features(X))
+        extra = min(len(self.features) - k, DUPLICATES)
+        if self._index is None:
+            self._index = NearestNeighbors().fit(self.features.astype(np.float32))
+        dist, idx = self._index.kneighbors(reach_features(X), n_neighbors=k + extra)
         # Nodes at distance 0 (the image itself, or an anchor that copies it) stay out, the
         # nearest k of the others count.
         order = np.argsort(dist < 1e-3, axis=1, kind="stable")[:, :k]

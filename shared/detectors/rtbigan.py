@@ -38,7 +38,7 @@ from fedsieve.shared.detectors.latent_push import LatentPush
 from fedsieve.shared.detectors.reachability import Reachability, atlas_fits
 from fedsieve.shared.detectors.threshold import log_scores, normal_mode_cut
 from fedsieve.shared.images import DEFAULT_IMAGE_SHAPE, format_shape
-from fedsieve.shared.networks import BiGAN, Encoder, NetConfig
+from fedsieve.shared.networks import Encoder, NetConfig
 
 #: Added to the per-pixel normal residual before inverting it, so that pixels that are
 #: always empty in normal data weigh at most ~1/PIXEL_EPS times an average pixel.
@@ -603,9 +603,9 @@ class RtBiGAN(GANDetector):
                 "meta_checkpoint": self.meta_info_.get("weights_sha256"),
                 "atlas_fit": getattr(self, "atlas_fit_", None)}
 
-    def _restore_state(self, model: BiGAN, tensors: dict[str, torch.Tensor],
-                       header: dict[str, Any]) -> None:
-        super()._restore_state(model, tensors, header)
+    def _restore_state(self, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> None:
+        super()._restore_state(tensors, header)
+        model = self.model_
         sha = header.get("meta_checkpoint")
         self.meta_info_ = {} if sha is None else {"weights_sha256": sha}
         self.pixel_weight_ = tensors.get("score.pixel_weight")
