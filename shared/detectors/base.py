@@ -86,6 +86,9 @@ class BaseDetector(BaseEstimator):
 
     #: Whether ``fit`` needs trusted images (a class-level part of each detector's design).
     requires_trusted: ClassVar[bool] = False
+    #: Whether ``fit`` learns from labelled anomalies (``anomalies=``); such a detector's
+    #: ``_fit`` takes them as a keyword argument ``anomalies`` (None when none were given).
+    accepts_anomalies: ClassVar[bool] = False
 
     _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
         "threshold_policy": [StrOptions(set(POLICIES))],
@@ -104,6 +107,7 @@ class BaseDetector(BaseEstimator):
         trusted: Any = None,
         *,
         y_true: Any = None,
+        anomalies: Any = None,
         callback: FitCallback | None = None,
         layout: str | None = None,
     ) -> BaseDetector:
@@ -119,6 +123,9 @@ class BaseDetector(BaseEstimator):
             the others use them only for the threshold.
         y_true : array-like of shape (N,), optional
             Ground truth of ``X`` (1 = anomaly). Only recorded: ``auc`` in ``history_``.
+        anomalies : array-like, optional
+            A few known anomalies of the pool's shape, for detectors that learn from them
+            (``accepts_anomalies``; AnoEAN, AGAD); the others refuse them.
         callback : callable, optional
             ``callback(detector, round)`` at the end of each round, with the detector scoring
             as it does at that round (one call for single-round detectors).
@@ -155,6 +162,17 @@ class BaseDetector(BaseEstimator):
                 f"the trusted images are {format_shape(trusted_x.shape[1:])} (C x H x W) but "
                 f"the pool's are {format_shape(pool.shape[1:])}; give trusted images of the "
                 "pool's shape")
+        known = None
+        if anomalies is not None:
+            if not self.accepts_anomalies:
+                raise ValueError(f"{type(self).__name__} does not learn from labelled "
+                                 "anomalies: drop anomalies=")
+            known = check_images(anomalies, "anomalies", layout=layout)
+            if known.shape[1:] != pool.shape[1:]:
+                raise ValueError(
+                    f"the anomalies are {format_shape(known.shape[1:])} (C x H x W) but the "
+                    f"pool's are {format_shape(pool.shape[1:])}; give anomalies of the pool's "
+                    "shape")
         truth = _check_y_true(y_true, len(pool))
         rounds = RoundRecorder(self, trusted_x, truth, callback)
         self.image_shape_ = tuple(int(s) for s in pool.shape[1:])
@@ -163,7 +181,10 @@ class BaseDetector(BaseEstimator):
         if trusted_x is not None:
             self.data_hashes_["trusted_sha256"] = images_sha256(trusted_x, layout="NCHW")
         self.history_: list[dict[str, Any]] = []
-        self._fit(pool, trusted_x, rounds)
+        if self.accepts_anomalies:
+            self._fit(pool, trusted_x, rounds, anomalies=known)
+        else:
+            self._fit(pool, trusted_x, rounds)
         if not self.history_:
             raise RuntimeError(f"{type(self).__name__}._fit ended no round")
         self.fit_time_ = rounds.elapsed()
@@ -206,7 +227,6 @@ class BaseDetector(BaseEstimator):
     def _score(self, X: np.ndarray) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
 
-    # -- helpers -----------------------------------------------------------------------------
     # -- the state a checkpoint holds (see fedsieve.shared.detectors.persist) ----------------
     def _state_tensors(self) -> dict[str, Any]:
         """Everything scoring needs, as named torch tensors (weights, score state).
@@ -229,6 +249,7 @@ class BaseDetector(BaseEstimator):
             self.image_shape_ = tuple(int(s) for s in header["image_shape"])
             self.n_features_in_ = int(np.prod(self.image_shape_))
 
+    # -- helpers -----------------------------------------------------------------------------
     def _check_shape(self, X: np.ndarray) -> np.ndarray:
         """``X`` (validated, (N, C, H, W)) when its images have the fitted shape; else a
         ``ValueError`` naming both shapes."""
