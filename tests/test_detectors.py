@@ -40,6 +40,9 @@ TINY = {
     "anogan": {"steps": 5, "latent_steps": 3},
     "iforest": {"estimator__n_estimators": 20},
     "deepsvdd": {"estimator__epochs": 1},
+    "adegan": {"steps": 5, "batch_size": 16},
+    "agad": {"width": 4, "latent_dim": 8, "steps": 3, "refine_steps": 2, "batch_size": 8},
+    "anoean": {"steps": 3, "batch_size": 16},
 }
 PUBLIC_CLASSES = (BaseDetector, GANDetector, PoolGAN, RtBiGAN, EGBAD, AnoGAN, PeerAdapter)
 
@@ -125,7 +128,8 @@ def test_unknown_threshold_policy_is_named_at_fit(detector_data, name):
 
 
 def test_registry_is_the_one_list_of_names():
-    assert list(DETECTORS) == ["rtbigan", "egbad", "anogan", "iforest", "deepsvdd"]
+    assert list(DETECTORS) == ["rtbigan", "egbad", "anogan", "iforest", "deepsvdd", "adegan",
+                               "agad", "anoean"]
     assert isinstance(make_detector("Rt-BiGAN"), RtBiGAN)
     assert isinstance(make_detector("egbad"), EGBAD)
     assert isinstance(make_detector("anogan"), AnoGAN)

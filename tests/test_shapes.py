@@ -123,7 +123,10 @@ def test_every_detector_fits_and_scores_colour_images(name, tinted):
     fast = {"rtbigan": {"steps_per_round": 30, "self_training_rounds": 1,
                         "meta_checkpoint": None},
             "egbad": {"steps": 30}, "anogan": {"steps": 30, "latent_steps": 2},
-            "deepsvdd": {"estimator__epochs": 1}}
+            "deepsvdd": {"estimator__epochs": 1}, "adegan": {"steps": 20, "batch_size": 16},
+            "agad": {"width": 4, "latent_dim": 8, "steps": 5, "refine_steps": 2,
+                     "batch_size": 8},
+            "anoean": {"steps": 20, "batch_size": 16}}
     pool = np.concatenate([digits[:150], fashion[:30]])
     det = make_detector(name, random_state=0, **fast.get(name, {}))
     det.fit(pool, trusted=digits[-10:])

@@ -4,12 +4,16 @@
 >>> det.labels_, det.decision_function(test), det.predict(test)
 
 Registry names (:data:`DETECTORS`): ``rtbigan``, ``egbad``, ``anogan``, ``iforest``,
-``deepsvdd``. Fitted GAN detectors are saved and loaded with :func:`save_detector` and
-:func:`load_detector`.
+``deepsvdd``, and the seed papers' other detectors ``adegan``, ``agad`` and ``anoean``.
+Fitted detectors (all but the wrapped peers) are saved and loaded with :func:`save_detector`
+and :func:`load_detector`.
 """
 
 from __future__ import annotations
 
+from fedsieve.shared.detectors.adegan import ADeGAN
+from fedsieve.shared.detectors.agad import AGAD
+from fedsieve.shared.detectors.anoean import AnoEAN
 from fedsieve.shared.detectors.base import BaseDetector, RoundRecorder
 from fedsieve.shared.detectors.baselines import EGBAD, AnoGAN, PoolGAN
 from fedsieve.shared.detectors.gan import GANDetector
@@ -28,6 +32,9 @@ __all__ = [
     "MetaModelWarning",
     "EGBAD",
     "AnoGAN",
+    "ADeGAN",
+    "AGAD",
+    "AnoEAN",
     "PeerAdapter",
     "DETECTORS",
     "POLICIES",

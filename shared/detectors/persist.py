@@ -19,12 +19,16 @@ from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.validation import check_is_fitted
 
 from fedsieve.shared.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from fedsieve.shared.detectors.adegan import ADeGAN
+from fedsieve.shared.detectors.agad import AGAD
+from fedsieve.shared.detectors.anoean import AnoEAN
 from fedsieve.shared.detectors.base import BaseDetector
 from fedsieve.shared.detectors.baselines import EGBAD, AnoGAN
 from fedsieve.shared.detectors.rtbigan import RtBiGAN
 
 #: The detectors a checkpoint can hold, by the class name its header records.
-SAVABLE: dict[str, type[BaseDetector]] = {c.__name__: c for c in (RtBiGAN, EGBAD, AnoGAN)}
+SAVABLE: dict[str, type[BaseDetector]] = {
+    c.__name__: c for c in (RtBiGAN, EGBAD, AnoGAN, ADeGAN, AGAD, AnoEAN)}
 
 
 def save_detector(detector: BaseDetector, path: str | Path) -> Path:

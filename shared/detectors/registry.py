@@ -8,6 +8,9 @@ from typing import Any
 
 from pyod.models.deep_svdd import DeepSVDD
 
+from fedsieve.shared.detectors.adegan import ADeGAN
+from fedsieve.shared.detectors.agad import AGAD
+from fedsieve.shared.detectors.anoean import AnoEAN
 from fedsieve.shared.detectors.base import BaseDetector
 from fedsieve.shared.detectors.baselines import EGBAD, AnoGAN
 from fedsieve.shared.detectors.peers import PeerAdapter, isolation_forest
@@ -35,6 +38,9 @@ DETECTORS: Mapping[str, Callable[..., BaseDetector]] = MappingProxyType({
     "anogan": AnoGAN,
     "iforest": _iforest,
     "deepsvdd": _deepsvdd,
+    "adegan": ADeGAN,
+    "agad": AGAD,
+    "anoean": AnoEAN,
 })
 
 
@@ -43,7 +49,7 @@ def make_detector(name: str, **params: Any) -> BaseDetector:
 
     Parameters
     ----------
-    name : {"rtbigan", "egbad", "anogan", "iforest", "deepsvdd"}
+    name : {"rtbigan", "egbad", "anogan", "iforest", "deepsvdd", "adegan", "agad", "anoean"}
         Registry name (case, ``-`` and ``_`` are ignored).
     **params
         Hyper-parameters (validated at ``fit``). For ``iforest``/``deepsvdd`` the wrapped
