@@ -11,7 +11,6 @@ import torch
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import roc_auc_score
-from sklearn.utils import estimator_checks
 from sklearn.utils._param_validation import InvalidParameterError
 
 import fedsieve.shared.detectors.persist
@@ -124,18 +123,7 @@ def test_latent_draws_follow_the_interpolation_rules():
 
 
 # -- the estimator contract -------------------------------------------------------------------
-@pytest.mark.parametrize("check", [
-    estimator_checks.check_parameters_default_constructible,
-    estimator_checks.check_no_attributes_set_in_init,
-    estimator_checks.check_get_params_invariance,
-    estimator_checks.check_set_params,
-    estimator_checks.check_estimator_cloneable,
-    estimator_checks.check_estimator_repr,
-], ids=lambda check: check.__name__)
-def test_scikit_learn_api_checks(check):
-    check("adegan", ADeGAN())
-
-
+# scikit-learn's estimator checks run on every registry detector in test_detectors.py.
 def test_contract_on_grey_digits(fitted, data):
     assert not ADeGAN.accepts_anomalies and not ADeGAN.requires_trusted
     with pytest.raises(NotFittedError):

@@ -10,7 +10,6 @@ import torch
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import roc_auc_score
-from sklearn.utils import estimator_checks
 from sklearn.utils._param_validation import InvalidParameterError
 
 import fedsieve.shared.detectors.persist
@@ -80,18 +79,7 @@ def test_encoder_is_built_for_the_image_shape(shape):
     assert enc(torch.zeros(2, *shape)).shape == (2, 5)
 
 
-@pytest.mark.parametrize("check", [
-    estimator_checks.check_parameters_default_constructible,
-    estimator_checks.check_no_attributes_set_in_init,
-    estimator_checks.check_get_params_invariance,
-    estimator_checks.check_set_params,
-    estimator_checks.check_estimator_cloneable,
-    estimator_checks.check_estimator_repr,
-], ids=lambda check: check.__name__)
-def test_scikit_learn_api_checks(check):
-    check("anoean", AnoEAN())
-
-
+# scikit-learn's estimator checks run on every registry detector in test_detectors.py.
 def test_constructor_only_stores_and_fit_validates(digits):
     det = AnoEAN(steps=-1)  # stored, not checked
     assert det.get_params()["steps"] == -1
