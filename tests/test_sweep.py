@@ -48,7 +48,8 @@ from fedsieve.simulations.sweep_report import (
 EXPECTED = {  # defense -> (aggregating strategy, detector class or "")
     "none": ("FedAvg", ""), "rtbigan": ("FedAvg", "RtBiGAN"), "egbad": ("FedAvg", "EGBAD"),
     "anogan": ("FedAvg", "AnoGAN"), "iforest": ("FedAvg", "PeerAdapter(iforest)"),
-    "deepsvdd": ("FedAvg", "PeerAdapter(deepsvdd)"), "fedmedian": ("FedMedian", ""),
+    "deepsvdd": ("FedAvg", "PeerAdapter(deepsvdd)"), "adegan": ("FedAvg", "ADeGAN"),
+    "agad": ("FedAvg", "AGAD"), "anoean": ("FedAvg", "AnoEAN"), "fedmedian": ("FedMedian", ""),
     "krum": ("Krum", ""), "multikrum": ("MultiKrum", ""), "trimmedavg": ("FedTrimmedAvg", ""),
     "bulyan": ("Bulyan", ""),
     # A data filter composed with a robust aggregator: the filter screens, the median averages.
