@@ -30,7 +30,8 @@ def simulate(
     pollution: PollutionOption = "fashion",
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 3,
     defense: Annotated[str, typer.Option(
-        help="none, rtbigan, egbad, anogan, iforest, deepsvdd, fedmedian, krum, multikrum, "
+        help="none, rtbigan, egbad, anogan, iforest, deepsvdd, adegan, agad, anoean, fedmedian, "
+             "krum, multikrum, "
              "trimmedavg, bulyan, or a detector composed with an aggregator "
              "(rtbigan+fedmedian); +labels after the detector also checks the clients' "
              "labels (rtbigan+labels, rtbigan+labels+fedmedian).")] = "rtbigan",

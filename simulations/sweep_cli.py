@@ -33,7 +33,8 @@ def sweep_cmd(
         help="Comma-separated rates; replaces every family's own [default: each family's].")
     ] = None,
     defenses: Annotated[str | None, typer.Option(
-        help="Comma-separated: none, rtbigan, egbad, anogan, iforest, deepsvdd, fedmedian, "
+        help="Comma-separated: none, rtbigan, egbad, anogan, iforest, deepsvdd, adegan, agad, "
+             "anoean, fedmedian, "
              "krum, multikrum, trimmedavg, bulyan, or a detector composed with an "
              "aggregator (rtbigan+fedmedian) [default: none, rtbigan, rtbigan+fedmedian, "
              "iforest, fedmedian, trimmedavg, krum, multikrum, bulyan].")] = None,
