@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from sklearn.covariance import LedoitWolf
 from torch import nn
 
+from fedsieve.shared.detectors.anoean import mahalanobis
 from fedsieve.shared.detectors.bigan import SCORE_BATCH, RowSet, as_batch
 from fedsieve.shared.networks import Encoder
 
@@ -110,8 +111,7 @@ class LatentPush:
 
     def distance(self, X: np.ndarray | RowSet) -> np.ndarray:
         """Mahalanobis distance of each image's code to the normal codes (paper Eq. 3)."""
-        d = self.codes(X) - self.center
-        return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, self.precision, d), 0.0))
+        return mahalanobis(self.codes(X), self.center, self.precision)
 
     @torch.no_grad()
     def _encode(self, batches) -> np.ndarray:
