@@ -22,7 +22,7 @@ from torch import nn
 
 from fedsieve.shared.checkpoint import CheckpointError
 from fedsieve.shared.detectors.base import BaseDetector
-from fedsieve.shared.detectors.bigan import as_batch
+from fedsieve.shared.detectors.bigan import SCORE_BATCH, as_batch
 from fedsieve.shared.networks import Encoder, Generator, NetConfig
 
 __all__ = [
@@ -36,8 +36,6 @@ __all__ = [
     "self_supervised_loss",
 ]
 
-#: Images scored per forward pass.
-_SCORE_BATCH = 512
 #: Inside the square roots of the L2 norms, so that their gradient is finite at zero.
 _EPS = 1e-12
 
@@ -371,8 +369,8 @@ class ADeGAN(BaseDetector):
         """Per image: ``||x - G(E(x))||_2`` and E's largest pattern probability."""
         errors, confidence = [], []
         with torch.no_grad():
-            for i in range(0, len(X), _SCORE_BATCH):
-                x = as_batch(X[i:i + _SCORE_BATCH])
+            for i in range(0, len(X), SCORE_BATCH):
+                x = as_batch(X[i:i + SCORE_BATCH])
                 x_hat, probs = self.nets_.reconstruct(x)
                 errors.append(_l2(x - x_hat).double().numpy())
                 confidence.append(probs.max(dim=1).values.double().numpy())
