@@ -165,6 +165,24 @@ def test_parameters_are_validated_at_fit(data):
         tiny().fit(data.x[:20], anomalies=data.x[-5:])
 
 
+def test_reconstruction_feeds_g_the_pattern_code_asked_for(fitted, data):
+    """One-hot (default): G gets E's most likely pattern exactly; soft: E's probabilities."""
+    nets = fitted.nets_
+    x = torch.from_numpy(data.x[:6, None] / np.float32(255))
+    with torch.no_grad():
+        logits, zn = nets.extract(x)
+        probs = logits.softmax(dim=1)
+        hard = torch.nn.functional.one_hot(probs.argmax(dim=1), nets.n_patterns).float()
+        x_hard, p_hard = nets.reconstruct(x)
+        x_soft, _ = nets.reconstruct(x, one_hot=False)
+        torch.testing.assert_close(x_hard, nets.generate(hard, zn))
+        torch.testing.assert_close(x_soft, nets.generate(probs, zn))
+        torch.testing.assert_close(p_hard, probs)
+    assert not torch.allclose(x_hard, x_soft)
+    soft = clone(fitted).set_params(pattern_code="soft").fit(data.x[:100])
+    assert soft.decision_function(data.x_test[:5]).shape == (5,)
+
+
 def test_save_load_round_trip_scores_identically(fitted, data, tmp_path, monkeypatch):
     monkeypatch.setitem(fedsieve.shared.detectors.persist.SAVABLE, "ADeGAN", ADeGAN)
     save_detector(fitted, tmp_path / "adegan")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.stats import norm
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 
 from fedsieve.shared.checkpoint import CheckpointError
@@ -82,11 +82,18 @@ class ADeGANNets(nn.Module):
         out = self.E(x)
         return out[:, :self.n_patterns], out[:, self.n_patterns:]
 
-    def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``G(E(x))`` with the pattern as E's softmax probabilities, and those probabilities."""
+    def reconstruct(self, x: torch.Tensor, one_hot: bool = True
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``G(E(x))`` and E's pattern probabilities.
+
+        With ``one_hot`` G gets E's most likely pattern as a one-hot code (the only codes G is
+        trained on); otherwise E's softmax probabilities (differentiable in the pattern head).
+        """
         logits, zn = self.extract(x)
         probs = logits.softmax(dim=1)
-        return self.generate(probs, zn), probs
+        code = F.one_hot(probs.argmax(dim=1), self.n_patterns).to(probs.dtype) if one_hot \
+            else probs
+        return self.generate(code, zn), probs
 
 
 # -- the losses (paper eqs. 1, 3, 6, 7) and the score (eqs. 9-11) ----------------------------
@@ -201,8 +208,12 @@ class ADeGAN(BaseDetector):
       4-5) for half of every generated batch, which D sees and on which L_sl is computed.
       Between two different patterns ``l ~ U(0.25, 0.75)`` (``batch_size // 2`` per step):
       near 0 or 1 the mix is still one pattern and eq. (6) would contradict eq. (3).
-    - **G(E(x))** feeds G the softmax of E's pattern logits (differentiable; one-hot would
-      stop the gradient of L_recon to E's pattern head).
+    - **G(E(x))** feeds G the one-hot code of E's most likely pattern
+      (``pattern_code="one-hot"``), so L_recon trains E's feature head and G, not the pattern
+      head. Measured (digit 1 held out, 2,500 steps): with E's softmax probabilities instead
+      (``"soft"``, differentiable in the pattern head) G learns to read the soft code as a
+      continuous channel, E's largest probability on normal test digits falls from 0.58 to
+      0.21 and the confidence part of the score drops to AUC 0.25 (0.61 with one-hot).
     - **Norms**: ``||.||_2`` in eqs. (3) and (7) is the Euclidean norm per sample (not squared),
       averaged over the batch. G's adversarial loss is the non-saturating ``-log D(G(z))``.
     - **Latent**: ``z_n`` of ``noise_dim = 30`` values with ``sigma = 0.1``, as ClusterGAN
@@ -229,11 +240,19 @@ class ADeGAN(BaseDetector):
         Weights of L_ip, L_sl and L_recon in eq. (8) (the paper's MNIST setting).
     lr : float, default=2e-4
         Adam learning rate of every stage.
+    pattern_code : {"one-hot", "soft"}, default="one-hot"
+        The pattern code G gets in ``G(E(x))``: E's most likely pattern, one-hot, or E's
+        softmax probabilities (see above).
     width : int, default=16
         Channels of the first convolution of G, D and E (fedsieve's narrow networks: one
         step takes about 0.2 s and 2,500 steps under 10 minutes on one CPU thread).
     threshold_policy : {"gmm", "budget", "trusted-quantile", "contamination", "fixed"}
-        Default "gmm". See :mod:`fedsieve.shared.detectors.threshold`.
+        Default "gmm". See :mod:`fedsieve.shared.detectors.threshold`. Eq. (11) saturates
+        at ``-1/n_c`` for every image whose error lies a few standard deviations above the
+        mean, so the worst-reconstructed normal images tie with the anomalies there; on a
+        polluted pool the mixture then often finds no anomalous component above the trusted
+        images and flags nothing (``benchmarks/results/pollution-grid``). "contamination"
+        with a known rate flags by rank instead.
     threshold_value : float, optional
         Parameter of the policy.
     random_state : int, optional, default=0
@@ -279,6 +298,7 @@ class ADeGAN(BaseDetector):
         "beta": [Interval(Real, 0, None, closed="left")],
         "gamma": [Interval(Real, 0, None, closed="left")],
         "lr": [Interval(Real, 0, None, closed="neither")],
+        "pattern_code": [StrOptions({"one-hot", "soft"})],
         "width": [Interval(Integral, 1, None, closed="left")],
     }
 
@@ -294,6 +314,7 @@ class ADeGAN(BaseDetector):
         beta: float = 1.0,
         gamma: float = 10.0,
         lr: float = 2e-4,
+        pattern_code: str = "one-hot",
         width: int = 16,
         threshold_policy: str = "gmm",
         threshold_value: float | None = None,
@@ -308,10 +329,15 @@ class ADeGAN(BaseDetector):
         self.beta = beta
         self.gamma = gamma
         self.lr = lr
+        self.pattern_code = pattern_code
         self.width = width
         self.threshold_policy = threshold_policy
         self.threshold_value = threshold_value
         self.random_state = random_state
+
+    @property
+    def _one_hot(self) -> bool:
+        return self.pattern_code == "one-hot"
 
     # -- training ---------------------------------------------------------------------------
     def _train(self, X: np.ndarray, trusted: np.ndarray | None) -> None:
@@ -358,7 +384,7 @@ class ADeGAN(BaseDetector):
         l_sl = self_supervised_loss(logits, zn_hat, zc, zn)
         zc_ip, zn_ip = _cross_pattern(max(1, b // 2), k, d, std, gen)
         l_ip = interpolation_loss(nets.extract(nets.generate(zc_ip, zn_ip))[0])
-        l_recon = reconstruction_loss(x, nets.reconstruct(x)[0])
+        l_recon = reconstruction_loss(x, nets.reconstruct(x, self._one_hot)[0])
         loss = self.alpha * l_ip + self.beta * l_sl + self.gamma * l_recon
         opt_ge.zero_grad(set_to_none=True)
         loss.backward()
@@ -371,7 +397,7 @@ class ADeGAN(BaseDetector):
         with torch.no_grad():
             for i in range(0, len(X), SCORE_BATCH):
                 x = as_batch(X[i:i + SCORE_BATCH])
-                x_hat, probs = self.nets_.reconstruct(x)
+                x_hat, probs = self.nets_.reconstruct(x, self._one_hot)
                 errors.append(_l2(x - x_hat).double().numpy())
                 confidence.append(probs.max(dim=1).values.double().numpy())
         return np.concatenate(errors), np.concatenate(confidence)
