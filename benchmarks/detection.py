@@ -6,6 +6,7 @@ Writes ``benchmarks/results/detection.json`` and ``detection.md``.
 
     python benchmarks/detection.py            # full: 6 levels, 3 seeds
     python benchmarks/detection.py --quick    # 1 seed, levels 0 / 0.2 / 0.4
+    python benchmarks/detection.py --methods adegan,agad --update   # add rows, keep the rest
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
 
-from fedsieve.simulations.benchmark import PAPER_TABLE_1, detection_test_set
-from fedsieve.simulations.tables import format_mean_std, mean_std
+from fedsieve.simulations.benchmark import PAPER_TABLE_1, PEER_SETTINGS, detection_test_set
+from fedsieve.simulations.tables import format_mean_std, format_value, mean_std
 
 REPO = Path(__file__).resolve().parents[1]
 ABLATIONS = {
@@ -37,12 +39,7 @@ ABLATIONS = {
         "pixel_weighting": False,
     },
 }
-BASELINES = {
-    "egbad": {"steps": 1000},
-    "anogan": {"steps": 1000, "latent_steps": 20},
-    "iforest": {},
-    "deepsvdd": {"estimator__epochs": 5},
-}
+BASELINES = PEER_SETTINGS
 
 
 def make_data(contamination: float, seed: int, mnist_test_root: str):
@@ -133,7 +130,21 @@ def throughput(n: int = 6000, threads: int = 2, **params) -> dict:
 
 
 def fmt(vals) -> str:
+    present = [v for v in vals if v is not None]
+    if len(present) == 1:  # one run: no spread to show
+        return format_value(present[0])
     return format_mean_std(mean_std(vals))
+
+
+def _fewer_runs(results: list[dict], n_seeds: int) -> str:
+    """A note naming the methods run on fewer seeds or levels than the rest (``--update``)."""
+    short = {}
+    for m in dict.fromkeys(r["method"] for r in results):
+        rs = [r for r in results if r["method"] == m]
+        seeds = sorted({r["seed"] for r in rs})
+        if len(seeds) < n_seeds and not m.startswith("rtbigan-"):
+            short[m] = f"{m} (seeds {seeds}, c = {sorted({r['contamination'] for r in rs})})"
+    return f"  \nRun on fewer seeds and levels: {'; '.join(short.values())}." if short else ""
 
 
 def write_md(out: Path, results: list[dict], meta: dict) -> None:
@@ -144,7 +155,8 @@ def write_md(out: Path, results: list[dict], meta: dict) -> None:
         "",
         f"Command: `{meta['command']}`  ",
         f"Machine: {meta['machine']}  ",
-        f"Seeds: {meta['seeds']}; test = 2,000 MNIST test + 2,000 Fashion test images.",
+        f"Seeds: {meta['seeds']}; test = 2,000 MNIST test + 2,000 Fashion test images."
+        + _fewer_runs(results, len(meta["seeds"])),
         "",
         "## Test AUC (mean ± std over seeds)",
         "",
@@ -224,9 +236,36 @@ def write_md(out: Path, results: list[dict], meta: dict) -> None:
     out.write_text("\n".join(lines) + "\n")
 
 
+def _merged(out: Path, results: list[dict], meta: dict) -> tuple[list[dict], dict]:
+    """``results`` in place of the rows of ``OUT/detection.json`` they rerun (same method,
+    level and seed); the earlier rows, commands and throughput are kept."""
+    try:
+        earlier = json.loads((out / "detection.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--update needs an earlier {out / 'detection.json'}: {exc}") from exc
+    rerun = {(r["method"], r["contamination"], r["seed"]) for r in results}
+    kept = [r for r in earlier["results"]
+            if (r["method"], r["contamination"], r["seed"]) not in rerun]
+    old = earlier["meta"]
+    meta = {**old, "command": f"{old['command']}; then {meta['command']}",
+            "seeds": sorted({*old["seeds"], *meta["seeds"]}),
+            "levels": sorted({*old["levels"], *meta["levels"]}),
+            "wall_s": old.get("wall_s", 0.0) + meta["wall_s"],
+            "throughput": meta["throughput"] or old.get("throughput")}
+    order = {m: i for i, m in enumerate(dict.fromkeys(r["method"] for r in kept + results))}
+    merged = sorted(kept + results, key=lambda r: (order[r["method"]], r["contamination"],
+                                                   r["seed"]))
+    return merged, meta
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one seed, levels 0 / 0.2 / 0.4")
+    ap.add_argument("--methods", help="comma-separated: run only these (rtbigan, "
+                    f"{', '.join(BASELINES)}, {', '.join(ABLATIONS)}); default all")
+    ap.add_argument("--update", action="store_true",
+                    help="merge into the earlier detection.json: replace the rows rerun, "
+                    "keep the rest")
     ap.add_argument("--mnist-test-root", default=str(REPO.parent / "shared/datasets/mnist-test"))
     ap.add_argument("--out", default=str(REPO / "benchmarks/results"))
     ap.add_argument("--workers", type=int, default=2)
@@ -241,20 +280,29 @@ def main() -> None:
     if not args.no_baselines:
         jobs += [(m, kw, c, s) for m, kw in BASELINES.items() for c in levels for s in seeds]
     jobs += [(m, kw, 0.2, s) for m, kw in ABLATIONS.items() for s in seeds]
+    if args.methods:
+        wanted = args.methods.split(",")
+        unknown = set(wanted) - {j[0] for j in jobs}
+        if unknown:
+            ap.error(f"unknown methods {sorted(unknown)}; choose from "
+                     f"{', '.join(dict.fromkeys(j[0] for j in jobs))}")
+        jobs = [j for j in jobs if j[0] in wanted]
     results = []
     t_start = time.perf_counter()
+    with_throughput = any(j[0] == "rtbigan" for j in jobs)
     with Progress() as bar, ProcessPoolExecutor(args.workers) as pool:
-        task = bar.add_task("benchmark", total=len(jobs) + 1)
+        task = bar.add_task("benchmark", total=len(jobs) + with_throughput)
         futs = [pool.submit(run_job, m, kw, c, s, args.mnist_test_root) for m, kw, c, s in jobs]
         for f in as_completed(futs):
             results.append(f.result())
             bar.advance(task)
-        tp = throughput()
+        tp = throughput() if with_throughput else None
         bar.advance(task)
     order = {m: i for i, m in enumerate(dict.fromkeys(j[0] for j in jobs))}
     results.sort(key=lambda r: (order[r["method"]], r["contamination"], r["seed"]))
+    flags = [a for a in sys.argv[1:] if a != "--update"]
     meta = {
-        "command": "python benchmarks/detection.py" + (" --quick" if args.quick else ""),
+        "command": " ".join(["python benchmarks/detection.py", *flags]),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"torch {torch.__version__}",
         "seeds": seeds,
@@ -265,6 +313,8 @@ def main() -> None:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.update:
+        results, meta = _merged(out, results, meta)
     (out / "detection.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     write_md(out / "detection.md", results, meta)
     print((out / "detection.md").read_text())

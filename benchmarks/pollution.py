@@ -12,9 +12,15 @@ normal pool flagged, fit time. Writes ``pollution.json`` and ``pollution.md``.
     python benchmarks/pollution.py --quick         # rtbigan + iforest, 0.2 / 0.6, 1 seed
     python benchmarks/pollution.py --kinds trigger:size=3,black --rates 0.1 --detectors rtbigan
 
+``--add`` runs jobs beside those already in the log and reports them all, e.g. new detectors
+on one seed and rate of the grid:
+
+    python benchmarks/pollution.py --add --detectors adegan --rates 0.2 --seeds 1
+
 Every finished job is appended to ``pollution.jsonl`` beside the results; ``--resume`` skips the
-jobs found there, so the full grid (about 3 h on 2 cores) can be run in pieces. Jobs run seed by
-seed: a grid cut short still has every detector at its first seeds.
+jobs found there, so the full grid (about 3 h on 2 cores for the first five detectors, about 4 h
+more for the three paper detectors) can be run in pieces. Jobs run seed by seed: a grid cut
+short still has every detector at its first seeds.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedsieve.simulations.benchmark import PEER_SETTINGS
 from fedsieve.simulations.machine import machine_info
 from fedsieve.simulations.tables import format_mean_std, format_value, mean_std
 
@@ -38,8 +45,7 @@ KINDS = ("fashion", "ink-fashion", "black", "white", "grey", "noise", "salt-pepp
          "blurred", "low-contrast", "occluded", "trigger:size=3", "held-out:digit=9",
          "fashion,ink-fashion,black,noise,inverted,blurred,occluded,trigger:size=3")
 RATES = (0.0, 0.1, 0.2, 0.4, 0.6)
-DETECTORS = {"rtbigan": {}, "iforest": {}, "deepsvdd": {"estimator__epochs": 5},
-             "egbad": {"steps": 1000}, "anogan": {"steps": 1000, "latent_steps": 20}}
+DETECTORS = {"rtbigan": {}, **PEER_SETTINGS}
 #: Rt-BiGAN's switches that are off by default, measured only when named in --detectors.
 ABLATIONS = {"rtbigan+push": {"latent_push": True}}
 
@@ -170,7 +176,9 @@ def write_md(path: Path, results: list[dict], meta: dict) -> None:
         f"{meta['workers']} jobs in parallel; wall time "
         f"{meta.get('wall_s_total', meta['wall_s']) / 60:.1f} min"
         + (f" over several runs ({meta['resumed_jobs']} jobs kept from earlier runs)"
-           if meta.get("resumed_jobs") else "") + ".  ",
+           if meta.get("resumed_jobs") else "")
+        + (f"; jobs added later (`--add`) ran on {meta['added_on']['cpu']}"
+           if meta.get("added_on") else "") + ".  ",
         *([f"**Cut short: {meta['jobs_done']} of {meta['jobs']} jobs finished** (cells say n "
            "when they have fewer seeds; `--resume` runs the rest).  "]
           if meta.get("jobs_done", meta.get("jobs")) != meta.get("jobs") else []),
@@ -234,10 +242,13 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--resume", action="store_true",
                     help="keep the jobs already in OUT/pollution.jsonl and run only the rest")
+    ap.add_argument("--add", action="store_true",
+                    help="keep every job already in OUT/pollution.jsonl, run the jobs asked "
+                    "for that are not there, report them all")
     ap.add_argument("--report-only", action="store_true",
                     help="run nothing, write the results of the jobs finished so far")
     args = ap.parse_args()
-    args.resume = args.resume or args.report_only  # never wipe what it is asked to report
+    args.resume = args.resume or args.report_only or args.add  # never wipe what it reports
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     kinds = args.kinds.split(";") if args.kinds else list(KINDS)
@@ -257,6 +268,13 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     log = out / "pollution.jsonl"
     done = _finished(log, jobs, kinds) if args.resume else []
+    if args.add:  # the earlier grid's rows too, and its kinds, rates, seeds and detectors
+        done = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        earlier = json.loads((out / "pollution.json").read_text())["meta"] if done else {}
+        kinds = list(dict.fromkeys([*earlier.get("kinds", []), *kinds]))
+        rates = sorted({*earlier.get("rates", []), *rates})
+        seeds = sorted({*earlier.get("seeds", []), *seeds})
+        detectors = list(dict.fromkeys([*earlier.get("detectors", []), *detectors]))
     if not args.resume:
         log.write_text("")
     finished = {_job_of(r, kinds) for r in done}
@@ -278,12 +296,19 @@ def main() -> None:
     results.sort(key=lambda r: (order[(r["detector"], r["kind"])], r["rate"], r["seed"]))
     # The command that reproduces the whole grid in one run.
     argv = [a for a in sys.argv[1:] if a not in ("--resume", "--report-only")]
-    meta = {"command": "python benchmarks/pollution.py " + shlex.join(argv),
+    command = "python benchmarks/pollution.py " + shlex.join(argv)
+    if args.add and done:
+        command = earlier["command"] if not todo else f"{earlier['command']}; then {command}"
+    meta = {"command": command,
             "machine": machine_info(), "workers": args.workers, "seeds": seeds,
             "rates": rates, "kinds": kinds, "detectors": detectors,
-            "wall_s": time.perf_counter() - started, "resumed_jobs": len(set(jobs) & finished),
-            "jobs": len(jobs),
+            "wall_s": time.perf_counter() - started,
+            "resumed_jobs": len({_job_of(r, kinds) for r in done}) if args.add
+            else len(set(jobs) & finished),
+            "jobs": earlier.get("jobs", 0) + len(todo) if args.add and done else len(jobs),
             "jobs_done": len({_job_of(r, kinds) for r in results})}
+    if args.add and done:  # the grid's machine; the added jobs' beside it
+        meta["machine"], meta["added_on"] = earlier["machine"], meta["machine"]
     meta["wall_s_total"] = meta["wall_s"] + (_earlier_wall_s(out) if args.resume else 0.0)
     (out / "pollution.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     write_md(out / "pollution.md", results, meta)

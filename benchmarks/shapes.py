@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fedsieve.simulations.benchmark import PEER_SETTINGS
+
 REPO = Path(__file__).resolve().parents[1]
 MNIST_TEST = REPO.parent / "shared" / "datasets" / "mnist-test"
 DETECTORS = {
@@ -35,15 +37,13 @@ DETECTORS = {
     "rtbigan/scratch": ("rtbigan", {"meta_checkpoint": None}),
     "rtbigan/own-meta": ("rtbigan", {"meta_checkpoint": "OWN"}),
     "rtbigan/own-meta+two-sided": ("rtbigan", {"meta_checkpoint": "OWN", "two_sided": True}),
-    "egbad": ("egbad", {"steps": 1000}),
-    "anogan": ("anogan", {"steps": 1000, "latent_steps": 20}),
-    "iforest": ("iforest", {}),
-    "deepsvdd": ("deepsvdd", {"estimator__epochs": 5}),
+    **{name: (name, params) for name, params in PEER_SETTINGS.items()},
 }
 PIECES = ("global", "global-from-below", "typicality", "detached-ink", "reachability")
 
 
-def run_task(task_name: str, seed: int, threads: int, out: Path, say) -> list[dict]:
+def run_task(task_name: str, seed: int, threads: int, out: Path, say,
+             detectors: list[str] | None = None) -> list[dict]:
     import torch
     from sklearn.metrics import roc_auc_score
 
@@ -55,14 +55,19 @@ def run_task(task_name: str, seed: int, threads: int, out: Path, say) -> list[di
 
     torch.set_num_threads(threads)
     task = make_task(task_name, seed, mnist_test_root=str(MNIST_TEST))
-    t0 = time.perf_counter()
-    phi = meta_train(task.meta_images, task.meta_labels, MetaConfig(iterations=200, seed=seed))
-    meta_path = save_meta(phi, out / "meta" / f"{task_name}-s{seed}",
-                          {"data": f"{task_name} normal training images", "seed": seed},
-                          atlas=atlas_sample(task.meta_images, task.meta_labels, seed=seed))
-    meta_seconds = time.perf_counter() - t0
+    labels = detectors or list(DETECTORS)
+    meta_path, meta_seconds = None, 0.0
+    if any("OWN" in DETECTORS[label][1].values() for label in labels):
+        t0 = time.perf_counter()
+        phi = meta_train(task.meta_images, task.meta_labels,
+                         MetaConfig(iterations=200, seed=seed))
+        meta_path = save_meta(phi, out / "meta" / f"{task_name}-s{seed}",
+                              {"data": f"{task_name} normal training images", "seed": seed},
+                              atlas=atlas_sample(task.meta_images, task.meta_labels, seed=seed))
+        meta_seconds = time.perf_counter() - t0
     rows = []
-    for label, (name, params) in DETECTORS.items():
+    for label in labels:
+        name, params = DETECTORS[label]
         params = {k: (str(meta_path) if v == "OWN" else v) for k, v in params.items()}
         det = make_detector(name, random_state=seed, **params)
         with warnings.catch_warnings():
@@ -137,10 +142,16 @@ def main() -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--detectors", default=",".join(DETECTORS),
+                        help="comma-separated, of " + ", ".join(DETECTORS))
     parser.add_argument("--update", action="store_true",
-                        help="Replace only these tasks' rows at these seeds in an existing "
-                        "shapes.json.")
+                        help="Replace only these detectors' rows of these tasks at these seeds "
+                        "in an existing shapes.json.")
     args = parser.parse_args()
+    detectors = args.detectors.split(",")
+    if set(detectors) - set(DETECTORS):
+        parser.error(f"unknown detectors {sorted(set(detectors) - set(DETECTORS))}; choose "
+                     f"from {', '.join(DETECTORS)}")
     console = Console()
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
@@ -148,18 +159,21 @@ def main() -> None:
     previous = args.out / "shapes.json"
     if args.update and previous.is_file():
         old = json.loads(previous.read_text())
-        rerun = {(t, int(s)) for t in args.tasks.split(",") for s in args.seeds.split(",")}
-        rows = [r for r in old["rows"] if (r["task"], r["seed"]) not in rerun]
+        rerun = {(t, int(s), d) for t in args.tasks.split(",") for s in args.seeds.split(",")
+                 for d in detectors}
+        rows = [r for r in old["rows"] if (r["task"], r["seed"], r["detector"]) not in rerun]
         commands = old.get("commands", [old.get("command")])
     for task in args.tasks.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             console.print(f"[bold]{task}[/] seed {seed}")
             rows += run_task(task, seed, args.threads, args.out / "shapes-work",
-                             lambda r: console.print(r))
+                             lambda r: console.print(r), detectors)
     import torch
 
     command = "python benchmarks/shapes.py " + " ".join(
-        f"--{k} {v}" for k, v in vars(args).items() if k not in ("out", "update")) + (
+        f"--{k} {v}" for k, v in vars(args).items()
+        if k not in ("out", "update") and not (k == "detectors" and v == ",".join(DETECTORS))
+    ) + (
         " --update" if args.update else "")
     result = {"rows": rows, "commands": [*commands, command],
         "machine": {"platform": platform.platform(), "processor": platform.processor(),

@@ -24,6 +24,20 @@ PAPER_CONTAMINATION = 0.2
 TEST_PER_SIDE = 2000
 #: Seed of the test-set draw; each side is drawn with its own generator from it.
 TEST_SEED = 1234
+#: The peers' settings in the detection, pollution and shape benchmarks, where every detector
+#: fits hundreds of pools: each sized to fit a 4,000-5,000-image pool in about a minute on one
+#: thread. The paper benchmarks (``benchmarks/papers_*.py``) use each paper's own settings.
+PEER_SETTINGS: dict[str, dict] = {
+    "egbad": {"steps": 1000},
+    "anogan": {"steps": 1000, "latent_steps": 20},
+    "iforest": {},
+    "deepsvdd": {"estimator__epochs": 5},
+    # The paper detectors at a fraction of their defaults' steps (2,500, 600 + 2 x 200 and
+    # 2 x 1,500), which fit one pool in 3-5 minutes.
+    "adegan": {"steps": 600},
+    "agad": {"width": 16, "steps": 200, "refine_steps": 100},
+    "anoean": {"steps": 300},
+}
 
 #: ``fitted(detector, contamination)``: the :func:`detection_test_set` scores of an identical
 #: detector already fitted on that pool (e.g. by a sweep cell), or None.
