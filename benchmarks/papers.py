@@ -65,26 +65,42 @@ def write_reports(out: Path, rows: list[dict], papers: dict[tuple[str, str], dic
           "(the papers had about 6,000) or the full Fashion-MNIST; test: the official test "
           "splits.", ""]
     for (method, dataset), paper in papers.items():
-        mine = [r for r in rows if (r["method"], r["dataset"]) == (method, dataset)]
+        mine = [r for r in rows if (r["method"], r["dataset"]) == (method, dataset)
+                and "protocol" not in r]
         if not mine:
             continue
+        # Other detectors run on this paper's protocol (rows with "protocol": method).
+        others = [r for r in rows if r.get("protocol") == method and r["dataset"] == dataset]
+        names = list(dict.fromkeys(r["method"] for r in others))
         classes = sorted({int(r["class"]) for r in mine} | {int(c) for c in paper["per_class"]})
         md += [f"## {method} — {dataset} ({paper['metric'].upper()})", "",
                f"Protocol: {paper['protocol']}  ", f"Paper figures: {paper['source']}", "",
-               "| class | ours | paper | fit s |", "|---|---|---|---|"]
-        ours_all = []
+               "| class | ours | paper | fit s |" + "".join(f" {n} here |" for n in names),
+               "|---|---|---|---|" + "---|" * len(names)]
+        ours_all: list[float] = []
+        other_all: dict[str, list[float]] = {n: [] for n in names}
         for c in classes:
             values = [r["value"] for r in mine if int(r["class"]) == c]
             fit = [r["fit_s"] for r in mine if int(r["class"]) == c]
             ref = paper["per_class"].get(c, paper["per_class"].get(str(c)))
             ours = f"{np.mean(values):.3f}" if values else "—"
             ours_all += [np.mean(values)] if values else []
+            cells = []
+            for n in names:
+                theirs = [r["value"] for r in others if r["method"] == n and int(r["class"]) == c]
+                other_all[n] += [np.mean(theirs)] if theirs else []
+                cells.append(f" {np.mean(theirs):.3f} |" if theirs else " — |")
             md.append(f"| {c} | {ours} | {'—' if ref is None else f'{ref:.3f}'} | "
-                      f"{f'{np.mean(fit):.0f}' if fit else '—'} |")
+                      f"{f'{np.mean(fit):.0f}' if fit else '—'} |" + "".join(cells))
         avg = f"{np.mean(ours_all):.3f} ({len(ours_all)} classes)" if ours_all else "—"
         paper_avg = paper.get("average")
         md += [f"| **average** | **{avg}** | "
-               f"{'—' if paper_avg is None else f'{paper_avg:.3f}'} | |", ""]
+               f"{'—' if paper_avg is None else f'{paper_avg:.3f}'} | |"
+               + "".join(f" {np.mean(v):.3f} |" if v else " — |" for v in other_all.values()),
+               ""]
+        if names:
+            md += [f"Other detectors on this protocol: `python benchmarks/papers_{method}.py "
+                   f"--detector NAME` (their defaults; see the script).", ""]
     (out / "papers.md").write_text("\n".join(md))
 
 
@@ -110,7 +126,7 @@ def main() -> None:
     if not args.resume:
         log.write_text("")
     finished = {_key(r) for r in done}
-    rows, papers = list(done), {}
+    rows, papers, ran = list(done), {}, False
     classes = [int(c) for c in args.classes.split(",")]
     started = time.perf_counter()
     for method in args.methods.split(","):
@@ -130,11 +146,22 @@ def main() -> None:
                         f.write(json.dumps(row, default=float) + "\n")
 
                 rows += module.run(todo, seed, args.threads, say, dataset=dataset)
+                ran = True
+    for method, dataset in dict.fromkeys((r.get("protocol", r["method"]), r["dataset"])
+                                         for r in rows):
+        if (method, dataset) not in papers:  # kept rows of methods not run this time
+            module = protocol(method)
+            papers[(method, dataset)] = module.paper(dataset) if hasattr(module, "paper") \
+                else module.PAPER
     command = "python benchmarks/papers.py " + " ".join(
         f"--{k} {v}" for k, v in vars(args).items()
         if k not in ("out", "resume") and v is not None) + (" --resume" if args.resume else "")
     console.print(f"{time.perf_counter() - started:.0f} s")
-    write_reports(args.out, rows, papers, [command])
+    # A resumed run keeps the commands that made the rows it kept.
+    earlier = args.out / "papers.json"
+    commands = json.loads(earlier.read_text()).get("commands", []) \
+        if args.resume and earlier.is_file() else []
+    write_reports(args.out, rows, papers, [*commands, *([command] if ran or not commands else [])])
     console.print((args.out / "papers.md").read_text())
 
 
