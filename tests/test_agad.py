@@ -196,9 +196,9 @@ def test_save_load_round_trip_scores_identically(tmp_path, monkeypatch, shape, g
 class _Recording(AGAD):
     """AGAD that records which anomalies each round trained on (the model is untouched)."""
 
-    def _train_steps(self, normal, anomalies, steps):
+    def _train_steps(self, run, normal, anomalies, steps):
         self.seen_ = [*getattr(self, "seen_", []), (len(normal), anomalies)]
-        super()._train_steps(normal, anomalies, steps)
+        super()._train_steps(run, normal, anomalies, steps)
 
 
 def test_self_training_uses_the_previous_rounds_flags_as_anomalies():

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from numbers import Integral, Real
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -264,6 +264,17 @@ def _init_weights(net: nn.Module, gen: torch.Generator) -> None:
 
 
 # -- the detector ---------------------------------------------------------------------------
+class _Run(NamedTuple):
+    """What one fit's training steps share, handed to them rather than kept on the
+    estimator: the two optimisers, the torch generator (weights and discriminator resets)
+    and the numpy generator (batches)."""
+
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    torch_gen: torch.Generator
+    rng: np.random.Generator
+
+
 class AGAD(BaseDetector):
     """AGAD, Adversarial Generative Anomaly Detection (Shi & Zhang, arXiv 2304.04211).
 
@@ -451,57 +462,57 @@ class AGAD(BaseDetector):
     def _fit(self, X: np.ndarray, trusted: np.ndarray | None, rounds: RoundRecorder,
              anomalies: np.ndarray | None = None) -> None:
         seed = 0 if self.random_state is None else int(self.random_state)
-        self._torch_gen = torch.Generator().manual_seed(seed)
-        self._rng = np.random.default_rng(seed)
+        torch_gen = torch.Generator().manual_seed(seed)
         c, h, w = X.shape[1:]
         self.net_ = {"generator": self.generator, "width": int(self.width),
                      "latent_dim": int(self.latent_dim), "image_shape": [int(c), int(h), int(w)],
                      "work_size": work_size(h, w)}
         self.generator_ = build_generator(self.net_)
         self.discriminator_ = Discriminator(int(c), self.net_["work_size"], int(self.width))
-        _init_weights(self.generator_, self._torch_gen)
-        _init_weights(self.discriminator_, self._torch_gen)
+        _init_weights(self.generator_, torch_gen)
+        _init_weights(self.discriminator_, torch_gen)
         betas = (0.5, 0.999)
-        self._opt_g = torch.optim.Adam(self.generator_.parameters(), lr=self.lr, betas=betas)
-        self._opt_d = torch.optim.Adam(self.discriminator_.parameters(), lr=self.lr,
-                                       betas=betas)
+        run = _Run(torch.optim.Adam(self.generator_.parameters(), lr=self.lr, betas=betas),
+                   torch.optim.Adam(self.discriminator_.parameters(), lr=self.lr, betas=betas),
+                   torch_gen, np.random.default_rng(seed))
         self.n_d_resets_ = 0
         pool = self._prepare(X)
         known = None if anomalies is None else self._prepare(anomalies)
         try:
-            self._train_steps(pool, known, int(self.steps))
+            self._train_steps(run, pool, known, int(self.steps))
             labels, _ = rounds.end_round(self._score(X))
             if known is not None:
                 return  # the paper's supervised setting: the given anomalies are the truth
             for _ in range(int(self.self_training_rounds)):
                 flagged = labels.astype(bool)
                 normal = pool[~flagged] if (~flagged).any() else pool
-                self._train_steps(normal, pool[flagged] if flagged.any() else None,
+                self._train_steps(run, normal, pool[flagged] if flagged.any() else None,
                                   int(self.refine_steps))
                 labels, _ = rounds.end_round(self._score(X))
         finally:
             self.generator_.eval()
             self.discriminator_.eval()
-            del self._opt_g, self._opt_d, self._torch_gen, self._rng
 
     def _weights(self) -> tuple[float, float, float, float]:
         return (float(self.lambda_adv), float(self.lambda_con), float(self.lambda_adcon),
                 float(self.lambda_lat))
 
-    def _draw(self, data: torch.Tensor, k: int) -> torch.Tensor:
+    @staticmethod
+    def _draw(rng: np.random.Generator, data: torch.Tensor, k: int) -> torch.Tensor:
         n = len(data)
-        idx = self._rng.choice(n, size=k, replace=n < k)
+        idx = rng.choice(n, size=k, replace=n < k)
         return data[torch.from_numpy(idx)]
 
-    def _train_steps(self, normal: torch.Tensor, anomalies: torch.Tensor | None,
+    def _train_steps(self, run: _Run, normal: torch.Tensor, anomalies: torch.Tensor | None,
                      steps: int) -> None:
         G, D = self.generator_, self.discriminator_
         G.train()
         D.train()
         weights = self._weights()
         for _ in range(steps):
-            x = self._draw(normal, min(int(self.batch_size), len(normal)))
-            a = None if anomalies is None else self._draw(anomalies, int(self.anomaly_batch_size))
+            x = self._draw(run.rng, normal, min(int(self.batch_size), len(normal)))
+            a = None if anomalies is None else self._draw(run.rng, anomalies,
+                                                          int(self.anomaly_batch_size))
             # -- G step (Algorithm 1, lines 3-6 and 9)
             set_route(G, "main")
             set_route(D, "main")
@@ -522,9 +533,9 @@ class AGAD(BaseDetector):
                 loss_g = loss_g + anomaly_loss(a_fake_logits, a, a_hat, a_z, a_z_hat, weights)
                 set_route(G, "main")
                 set_route(D, "main")
-            self._opt_g.zero_grad(set_to_none=True)
+            run.opt_g.zero_grad(set_to_none=True)
             loss_g.backward(inputs=list(G.parameters()))
-            self._opt_g.step()
+            run.opt_g.step()
             # -- D step (lines 7 and 10)
             fake_logits, _ = D(x_hat.detach())
             loss_d = adversarial_loss(real_logits, 1.0) + adversarial_loss(fake_logits, 0.0)
@@ -533,11 +544,11 @@ class AGAD(BaseDetector):
                 anomaly_logits, _ = D(a)
                 loss_d = loss_d + adversarial_loss(anomaly_logits, 0.0)
                 set_route(D, "main")
-            self._opt_d.zero_grad(set_to_none=True)
+            run.opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
-            self._opt_d.step()
+            run.opt_d.step()
             if loss_d.item() < float(self.d_reset_threshold):
-                _init_weights(D, self._torch_gen)  # D won outright: no gradient left for G
+                _init_weights(D, run.torch_gen)  # D won outright: no gradient left for G
                 self.n_d_resets_ += 1
 
     # -- score -----------------------------------------------------------------------------
