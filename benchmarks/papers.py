@@ -33,8 +33,22 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("adegan", "agad", "anoean")
+#: The official MNIST test split beside the checkout.
+MNIST_TEST_ROOT = REPO.parent / "shared" / "datasets" / "mnist-test"
 #: The datasets each method's paper reports.
 DATASETS = {"adegan": ("mnist",), "agad": ("mnist", "fashion"), "anoean": ("mnist",)}
+
+
+def load_splits(dataset: str):
+    """The training and test splits (``LabelledImages``) of ``"mnist"`` (the packaged training
+    digits, the official test split beside the checkout) or ``"fashion"`` (both in full)."""
+    from fedsieve.shared.data import load_fashion_mnist, load_mnist
+
+    if dataset == "mnist":
+        return load_mnist("train"), load_mnist("test", root=MNIST_TEST_ROOT)
+    if dataset == "fashion":
+        return load_fashion_mnist("train"), load_fashion_mnist("test")
+    raise ValueError(f"unknown dataset {dataset!r}; choose mnist or fashion")
 
 
 def protocol(method: str) -> ModuleType:

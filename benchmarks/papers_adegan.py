@@ -33,13 +33,10 @@ import json
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-#: The official MNIST test split beside the checkout.
-MNIST_TEST_ROOT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist-test"
+from papers import MNIST_TEST_ROOT, load_splits
 
 PAPER: dict[str, Any] = {
     "method": "adegan",
@@ -64,16 +61,9 @@ OTHERS: dict[str, dict[str, Any]] = {"rtbigan": {"meta_checkpoint": None}}
 
 
 def _load(dataset: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    from fedsieve.shared.data import load_fashion_mnist, load_mnist
-
-    if dataset == "mnist":
-        train, test = load_mnist("train"), load_mnist("test", root=MNIST_TEST_ROOT)
-        if len(test.images) != 10_000:
-            raise RuntimeError(f"the official MNIST test split is not at {MNIST_TEST_ROOT}")
-    elif dataset == "fashion":
-        train, test = load_fashion_mnist("train"), load_fashion_mnist("test")
-    else:
-        raise ValueError(f"unknown dataset {dataset!r}; choose mnist or fashion")
+    train, test = load_splits(dataset)
+    if dataset == "mnist" and len(test.images) != 10_000:
+        raise RuntimeError(f"the official MNIST test split is not at {MNIST_TEST_ROOT}")
     return train.images, train.labels, test.images, test.labels
 
 

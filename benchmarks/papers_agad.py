@@ -31,14 +31,10 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
-#: The official MNIST test split beside the checkout.
-MNIST_TEST_ROOT = REPO.parent / "shared" / "datasets" / "mnist-test"
+from papers import load_splits
 
 PAPER: dict[str, Any] = {
     "method": "agad",
@@ -97,14 +93,11 @@ def _test_halves(n: int) -> tuple[np.ndarray, np.ndarray]:
 def _data(dataset: str) -> tuple[Any, Any, Any]:
     """Training images and labels, test images and labels, and extra training data (a
     (images, labels) pair, or None)."""
-    from fedsieve.shared.data import load_fashion_mnist, load_mnist
-
-    if dataset == "fashion":
-        train, test = load_fashion_mnist("train"), load_fashion_mnist("test")
-        return (train.images, train.labels), (test.images, test.labels), None
     if dataset not in PAPERS:
         raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(PAPERS)}")
-    train, test = load_mnist("train"), load_mnist("test", root=MNIST_TEST_ROOT)
+    train, test = load_splits("fashion" if dataset == "fashion" else "mnist")
+    if dataset == "fashion":
+        return (train.images, train.labels), (test.images, test.labels), None
     if dataset == "mnist":
         return (train.images, train.labels), (test.images, test.labels), None
     extra, kept = _test_halves(len(test.labels))

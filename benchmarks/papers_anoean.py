@@ -46,6 +46,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from papers import load_splits
 
 PAPER: dict[str, Any] = {
     "method": "anoean",
@@ -68,20 +69,6 @@ TEST_NORMALS = 1360
 MAX_NORMALS = 5000
 
 
-def _load(dataset: str) -> tuple[Any, Any]:
-    from fedsieve.shared.data import load_fashion_mnist, load_mnist
-
-    if dataset == "mnist":
-        return load_mnist("train"), load_mnist("test", root=_mnist_test_root())
-    if dataset == "fashion":
-        return load_fashion_mnist("train"), load_fashion_mnist("test")
-    raise ValueError(f"unknown dataset {dataset!r}; choose mnist or fashion")
-
-
-def _mnist_test_root() -> str:
-    from pathlib import Path
-
-    return str(Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist-test")
 
 
 def split(train: Any, test: Any, normal: int, seed: int) -> dict[str, Any]:
@@ -125,7 +112,7 @@ def run(classes: list[int], seed: int, threads: int, say: Callable[[dict], None]
     from fedsieve.shared.detectors.anoean import AnoEAN
 
     torch.set_num_threads(int(threads))
-    train, test = _load(dataset)
+    train, test = load_splits(dataset)
     rows = []
     for c in classes:
         data = split(train, test, int(c), seed)
