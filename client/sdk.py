@@ -64,6 +64,17 @@ import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedsieve.shared.images import check_images
+from fedsieve.shared.local_protocol import (
+    SCORE_ACTION,
+    SELF_TRAIN_ACTION,
+    SPOT_CHECK_ACTION,
+    LocalRequest,
+    encode_scores,
+    encode_spot_check,
+    encode_update,
+    requested_ids,
+)
 from fedsieve.shared.protocol import (
     UPLOAD_ACTION,
     UploadRequest,
@@ -107,6 +118,10 @@ class FedSieve:
         self._read = {"image_key": image_key, "label_key": label_key, "layout": layout}
         self._last_read: tuple[weakref.ref, LoadedImages] | None = None
         app.query(UPLOAD_ACTION)(self._upload)
+        # Local screening (AnomalyFilter(mode="local")): the images stay here.
+        app.query(SCORE_ACTION)(self._score)
+        app.query(SELF_TRAIN_ACTION)(self._self_train)
+        app.query(SPOT_CHECK_ACTION)(self._spot_check)
 
     def _upload(self, msg: Message, context: Context) -> Message:
         request = UploadRequest.from_content(msg.content)
@@ -123,6 +138,56 @@ class FedSieve:
             content = encode_upload(data.images, _ids(data), request, y=data.labels,
                                     layout="NCHW")
         return Message(content, reply_to=msg)
+
+    def _local_samples(self, context: Context) -> tuple[np.ndarray, np.ndarray]:
+        """The local images (uint8 (N, C, H, W), as they would be uploaded) and their ids."""
+        samples = self.samples(context)
+        if isinstance(samples, tuple | list):
+            if len(samples) not in (2, 3):
+                raise TypeError("samples(context) must return (x, ids), (x, ids, y) or a "
+                                f"dataset, got a {type(samples).__name__} of {len(samples)}")
+            x, ids = samples[0], np.asarray(samples[1])
+            if hasattr(x, "detach") and hasattr(x, "numpy"):  # a torch tensor
+                x = x.detach().cpu().numpy()
+            if len(x) != len(ids):
+                raise ValueError(f"{len(x)} samples but {len(ids)} ids; give one id per sample")
+            return check_images(x, "local samples", dtype=np.uint8, allow_empty=True,
+                                layout=self._read["layout"]), ids.astype(np.int64)
+        data = self._load(samples)
+        return data.images, _ids(data)
+
+    def _score(self, msg: Message, context: Context) -> Message:
+        # Local screening: score the local samples with the shipped detector; only the ids and
+        # each sample's evidence (a few float16 numbers) go back.
+        detector = LocalRequest.from_content(msg.content).detector()
+        x, ids = self._local_samples(context)
+        evidence = detector.score_evidence(x, layout="NCHW")
+        return Message(encode_scores(ids, evidence, len(ids)), reply_to=msg)
+
+    def _self_train(self, msg: Message, context: Context) -> Message:
+        # Federated self-training: train the shipped BiGAN on the samples it keeps here.
+        from fedsieve.shared.detectors.federated import local_update
+
+        request = LocalRequest.from_content(msg.content)
+        detector = request.detector()
+        x, _ = self._local_samples(context)
+        update = local_update(detector, x, steps=int(request.config["steps"]),
+                              seed=int(request.config["seed"]),
+                              first_round=bool(request.config["first-round"]))
+        return Message(encode_update(update.state, update.residual_sum, update.num_normal),
+                       reply_to=msg)
+
+    def _spot_check(self, msg: Message, context: Context) -> Message:
+        # The server verifies some of the evidence this client reported: their images go up.
+        asked = requested_ids(msg.content)
+        x, ids = self._local_samples(context)
+        position = {int(i): k for k, i in enumerate(ids)}
+        unknown = [int(i) for i in asked if int(i) not in position]
+        if unknown:
+            raise ValueError(f"the spot check asks for ids this client does not hold: "
+                             f"{unknown[:5]}")
+        rows = np.array([position[int(i)] for i in asked], dtype=np.int64)
+        return Message(encode_spot_check(x[rows], ids[rows]), reply_to=msg)
 
     def _load(self, data: Any) -> LoadedImages:
         # Every upload chunk and every ids_for / kept_dataset call asks for the same dataset

@@ -169,7 +169,10 @@ def build_strategy(settings: FilterSettings, num_nodes: int, run_dir: str | Path
                          max_client_contamination=settings.max_client_contamination,
                          run_dir=run_dir, random_state=settings.seed,
                          label_check=(LabelCheck(random_state=settings.seed)
-                                      if settings.label_check else None))
+                                      if settings.label_check else None),
+                         mode=settings.mode, local_rounds=settings.local_rounds,
+                         local_steps=settings.local_steps,
+                         spot_check_rate=settings.spot_check_rate)
 
 
 def wait_for_nodes(grid: Grid, minimum: int, timeout: float = 600.0) -> int:

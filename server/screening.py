@@ -88,6 +88,16 @@ class Screening:
         Samples dropped by the label check alone (their images passed the detector).
     upload_seconds, detector_seconds : float
         Time spent collecting the uploads and fitting the detector.
+    mode : {"upload", "local"}
+        Whether the clients uploaded their samples or scored them where they live
+        (:mod:`fedsieve.server.local`).
+    failure_codes : dict
+        Node id -> exclusion code of a failure other than ``"failed-screening"`` (a failed
+        spot check).
+    traffic : dict
+        Node id -> ``{"down": bytes, "up": bytes}`` the local screening's messages carried.
+    spot_checked : dict
+        Node id -> (samples verified, disagreements) of the local screening's spot checks.
     """
 
     server_round: int
@@ -98,6 +108,10 @@ class Screening:
     label_flagged: int = 0
     upload_seconds: float = 0.0
     detector_seconds: float = 0.0
+    mode: str = "upload"
+    failure_codes: dict[int, str] = field(default_factory=dict)
+    traffic: dict[int, dict[str, int]] = field(default_factory=dict)
+    spot_checked: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def seconds(self) -> float:
@@ -209,14 +223,37 @@ def _check_reply(reply: Message, request: UploadRequest, previous: list[Upload],
     return None
 
 
+#: Default ``max_fit_samples`` for a server screening uploads (:func:`score_pool`): the
+#: detector is fitted on at most this many uploads (a seeded sample of the pool) and scores
+#: the rest, so that the server's cost grows with scoring alone
+#: (``benchmarks/results/upload-scaling.md``).
+DEFAULT_MAX_FIT_SAMPLES = 20_000
+
+
 def score_pool(uploads: dict[int, ClientUpload], trusted_images: np.ndarray,
                make_detector: Callable[[], object],
-               make_label_check: Callable[[], object] | None = None) -> PoolScoring:
-    """Fit a fresh detector on the pooled uploads and split its verdicts by node.
+               make_label_check: Callable[[], object] | None = None, *,
+               max_fit_samples: int | None = None, score_batch: int = 4096,
+               sample_seed: int = 0) -> PoolScoring:
+    """Fit a fresh detector on the pooled uploads (or a bounded sample of them) and split its
+    verdicts by node.
 
     The detector is anchored by ``trusted_images``. The pool is ordered by sample id (then
     image content), not by node: node ids are random in Flower, and a detector that draws
     batches by position would otherwise give other verdicts for the same uploads on every run.
+
+    Without ``max_fit_samples``, or when the pool holds at most that many uploads, the
+    detector is fitted on the whole pool and its fitted ``decision_scores_`` and ``labels_``
+    are the verdicts. A self-training detector scores its whole fitting pool in every round
+    (Rt-BiGAN: 4 times) and holds it as float32, so the server's time and memory grow with
+    every upload several times over. With a larger pool the fit is bounded: the detector is
+    fitted on ``max_fit_samples`` uploads drawn without replacement (a copy of just those
+    images), then every upload, the fitted ones included, is scored once with
+    ``decision_function``, node by node in batches of ``score_batch`` images, and an upload is
+    dropped when its score exceeds the detector's ``threshold_``. The server's work then grows
+    with scoring alone (which torch spreads over its threads, ``torch.set_num_threads``), and
+    its memory with the uploads themselves: the pool is never gathered, nor converted to
+    float32, as a whole.
 
     Parameters
     ----------
@@ -226,26 +263,59 @@ def score_pool(uploads: dict[int, ClientUpload], trusted_images: np.ndarray,
         The server's trusted normal images.
     make_detector : callable
         Returns an unfitted detector offering ``fit(X, trusted=...)`` and the fitted
-        ``decision_scores_``, ``labels_``, ``threshold_`` and, usually, ``contamination_``.
+        ``decision_scores_``, ``labels_``, ``threshold_`` and, usually, ``contamination_``; a
+        bounded fit also needs ``decision_function(X)`` (higher = more anomalous).
     make_label_check : callable, optional
         Returns an unfitted label check offering ``fit(X, y)`` and ``labels_``
         (:class:`~fedsieve.shared.detectors.labels.LabelCheck`). It is fitted on the labelled
-        uploads whose images the detector kept, and its flags are dropped too.
+        uploads whose images the detector kept, and its flags are dropped too. A bounded fit
+        does not bound it: it judges every such upload, not only the sampled ones (a label
+        check is transductive; it cannot judge pairs it was not fitted on). LabelCheck's
+        own training is bounded (``max_train``) but it holds the checked images as float32,
+        so its memory grows with the labelled pool.
+    max_fit_samples : int, optional
+        Most uploads the detector is fitted on; None fits on the whole pool. The sample is
+        drawn over the pool in its (sample id, image content) order, so it depends on what
+        was uploaded, not on the node ids or the order of arrival, and is the same on every
+        run with the same ``sample_seed``. :data:`DEFAULT_MAX_FIT_SAMPLES` is the measured
+        recommendation.
+    score_batch : int, default 4096
+        Images per ``decision_function`` call when the fit is bounded: only this many are
+        ever converted to float32 at once.
+    sample_seed : int, default 0
+        Seed of the bounded fit's sample (:func:`numpy.random.default_rng`).
 
     Returns
     -------
     PoolScoring
         The per-node verdicts, the detector's threshold and the pool's estimated contamination
-        (the detector's ``contamination_`` as plain floats; for a detector without one,
-        :func:`~fedsieve.shared.detectors.threshold.estimate_contamination` of its verdicts
-        with the default false-drop budget).
+        (the detector's ``contamination_`` as plain floats; for a detector without one, or
+        after a bounded fit, :func:`~fedsieve.shared.detectors.threshold.estimate_contamination`
+        of its verdicts on the whole pool with the detector's false-drop budget, the default
+        one when it has none).
+
+    Raises
+    ------
+    ValueError
+        ``max_fit_samples`` or ``score_batch`` below 1.
+    TypeError
+        A bounded fit whose detector has no ``decision_function``.
     """
     # Imported here: the detectors package loads torch, which a server needs only to fit one.
     from fedsieve.shared.detectors.threshold import DEFAULT_BUDGET, estimate_contamination
 
+    if max_fit_samples is not None and int(max_fit_samples) < 1:
+        raise ValueError(f"max_fit_samples must be at least 1 (or None), got {max_fit_samples}")
+    if int(score_batch) < 1:
+        raise ValueError(f"score_batch must be at least 1, got {score_batch}")
     nodes = sorted(uploads)
     if not nodes:
         return PoolScoring({}, float("nan"), _plain(estimate_contamination(0, 0, DEFAULT_BUDGET)))
+    total = sum(len(uploads[n].ids) for n in nodes)
+    if max_fit_samples is not None and total > int(max_fit_samples):
+        return _score_pool_bounded(uploads, nodes, trusted_images, make_detector,
+                                   make_label_check, int(max_fit_samples), int(score_batch),
+                                   sample_seed)
     ids = np.concatenate([uploads[n].ids for n in nodes])
     pool = np.concatenate([uploads[n].x for n in nodes])
     order = np.lexsort((_content_keys(pool), ids))
@@ -278,6 +348,109 @@ def score_pool(uploads: dict[int, ClientUpload], trusted_images: np.ndarray,
         100 * contamination["high"])
     flagged_by_labels = 0 if label_flags is None else int(label_flags.sum())
     return PoolScoring(verdicts, float(detector.threshold_), contamination, flagged_by_labels)
+
+
+def _score_pool_bounded(uploads: dict[int, ClientUpload], nodes: list[int],
+                        trusted_images: np.ndarray, make_detector: Callable[[], object],
+                        make_label_check: Callable[[], object] | None, max_fit_samples: int,
+                        score_batch: int, sample_seed: int) -> PoolScoring:
+    """:func:`score_pool` when the pool holds more than ``max_fit_samples`` uploads: fit on a
+    seeded sample, score every upload in batches. Rows are numbered in node order (the
+    uploads of ``nodes`` one after the other), as in the verdicts; the pool order is an index
+    array over them, never a gathered copy of the images."""
+    import torch
+
+    from fedsieve.shared.detectors.threshold import DEFAULT_BUDGET, estimate_contamination
+
+    bounds = np.cumsum([0] + [len(uploads[n].ids) for n in nodes])
+    total = int(bounds[-1])
+    ids = np.concatenate([uploads[n].ids for n in nodes])
+    keys = np.concatenate([_content_keys(uploads[n].x) for n in nodes])
+    order = np.lexsort((keys, ids))  # pool position -> row
+    del ids, keys
+    # Positions in the pool's (id, content) order, kept in that order: the sample depends on
+    # what was uploaded, not on node ids or arrival.
+    positions = np.sort(np.random.default_rng(sample_seed).choice(
+        total, max_fit_samples, replace=False))
+    sample = _gather_rows(uploads, nodes, bounds, order[positions])
+    del positions
+    detector = make_detector()
+    if not callable(getattr(detector, "decision_function", None)):
+        raise TypeError(f"{type(detector).__name__} has no decision_function: a bounded fit "
+                        "(max_fit_samples) scores the uploads it was not fitted on with it")
+    started = time.perf_counter()
+    detector = detector.fit(sample, trusted=trusted_images)
+    fitted = time.perf_counter() - started
+    del sample
+    log(INFO, "fedsieve: detector fitted on a sample of %d of %d uploads (seed %d) in %.1f s",
+        max_fit_samples, total, sample_seed, fitted)
+    threshold = float(detector.threshold_)
+    scores = np.empty(total, np.float64)
+    started = time.perf_counter()
+    for node, start in zip(nodes, bounds[:-1]):
+        x = uploads[node].x
+        for a in range(0, len(x), score_batch):
+            batch = x[a:a + score_batch]
+            scores[start + a:start + a + len(batch)] = np.asarray(
+                detector.decision_function(batch), dtype=np.float64)
+    scored = time.perf_counter() - started
+    log(INFO, "fedsieve: scored %d uploads in %.1f s (%.0f uploads/s, batches of %d, %d torch "
+        "threads)", total, scored, total / max(scored, 1e-9), score_batch,
+        torch.get_num_threads())
+    labels = (scores > threshold).astype(np.int64)
+    budget_of = getattr(detector, "_budget", None)
+    budget = float(budget_of()) if callable(budget_of) else DEFAULT_BUDGET
+    contamination = _plain(estimate_contamination(int(labels.sum()), total, budget))
+    label_flags = None
+    if make_label_check is not None:
+        label_flags = _bounded_label_flags(uploads, nodes, bounds, order, labels,
+                                           make_label_check)
+        labels = labels | label_flags
+    verdicts = {
+        n: ClientVerdict(n, uploads[n].ids, scores[a:b], labels[a:b], uploads[n].num_samples,
+                         None if label_flags is None or uploads[n].y is None
+                         else label_flags[a:b])
+        for n, a, b in zip(nodes, bounds[:-1], bounds[1:])
+    }
+    log(INFO, "fedsieve: estimated pollution of the pool %.1f %% [%.1f %%, %.1f %%]",
+        100 * contamination["estimate"], 100 * contamination["low"],
+        100 * contamination["high"])
+    flagged_by_labels = 0 if label_flags is None else int(label_flags.sum())
+    return PoolScoring(verdicts, threshold, contamination, flagged_by_labels)
+
+
+def _gather_rows(uploads: dict[int, ClientUpload], nodes: list[int], bounds: np.ndarray,
+                 rows: np.ndarray) -> np.ndarray:
+    """The images of ``rows`` (node-order row numbers, see ``bounds``), in that order: one
+    array of just those images."""
+    first = uploads[nodes[0]].x
+    out = np.empty((len(rows), *first.shape[1:]), first.dtype)
+    owner = np.searchsorted(bounds, rows, side="right") - 1
+    for i, node in enumerate(nodes):
+        where = np.flatnonzero(owner == i)
+        if len(where):
+            out[where] = uploads[node].x[rows[where] - bounds[i]]
+    return out
+
+
+def _bounded_label_flags(uploads: dict[int, ClientUpload], nodes: list[int],
+                         bounds: np.ndarray, order: np.ndarray, image_labels: np.ndarray,
+                         make_label_check: Callable[[], object]) -> np.ndarray:
+    """:func:`_label_flags` without the gathered pool: the check sees the labelled uploads
+    whose image passed, in the pool's order (``order``: pool position -> node-order row),
+    gathered from the nodes' own arrays."""
+    claimed = np.concatenate([uploads[n].y if uploads[n].y is not None
+                              else np.full(len(uploads[n].ids), -1) for n in nodes])
+    rows = order[(claimed[order] >= 0) & (image_labels[order] == 0)]
+    flags = np.zeros(len(claimed), np.int64)
+    if len(rows):
+        started = time.perf_counter()
+        check = make_label_check().fit(_gather_rows(uploads, nodes, bounds, rows),
+                                       claimed[rows])
+        flags[rows] = np.asarray(check.labels_, dtype=np.int64)
+        log(INFO, "fedsieve: label check on %d labelled uploads flagged %d in %.1f s",
+            len(rows), int(flags.sum()), time.perf_counter() - started)
+    return flags
 
 
 def _label_flags(uploads: dict[int, ClientUpload], nodes: list[int], pool: np.ndarray,

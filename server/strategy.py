@@ -45,13 +45,21 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 from sklearn.base import clone
 
 from fedsieve.server.audit import AuditLog
-from fedsieve.server.screening import Screening, collect_uploads, score_pool
+from fedsieve.server.local import LocalSettings, screen_locally
+from fedsieve.server.screening import (
+    DEFAULT_MAX_FIT_SAMPLES,
+    Screening,
+    collect_uploads,
+    score_pool,
+)
 from fedsieve.shared.images import check_images, format_shape
 from fedsieve.shared.protocol import VERDICT_RECORD, encode_verdicts
 
 #: Exclusion reasons, also reported as integer codes in MetricRecords (which hold numbers only).
 REASON_CODES = {"failed-screening": 1, "too-polluted": 2, "over-reported": 3, "not-screened": 4,
-                "nothing-kept": 5, "train-error": 6, "dropped-out": 7}
+                "nothing-kept": 5, "train-error": 6, "dropped-out": 7, "failed-spot-check": 8}
+#: Where the samples are scored: on the server (the paper's model) or where they live.
+MODES = ("upload", "local")
 #: The metric key Flower's strategies weight by unless told otherwise.
 DEFAULT_WEIGHTED_BY_KEY = "num-examples"
 
@@ -126,6 +134,30 @@ class AnomalyFilter(Strategy):
         :class:`~fedsieve.shared.detectors.labels.LabelCheck` (copied fresh for every
         screening) or a zero-argument factory. Samples whose image passed but whose label the
         check contradicts are dropped too. None (the default): labels are not checked.
+        Upload mode only.
+    mode : {"upload", "local"}, default "upload"
+        ``"upload"``: clients upload their samples and the server scores them (the paper's
+        model). ``"local"``: no image leaves a client. The server adapts the detector on
+        the trusted images and ships it; each client scores its own samples and sends back
+        their ids and evidence (a few float16 numbers each); the server fits the cut on the
+        pooled evidence and the verdicts travel as in upload mode
+        (:mod:`fedsieve.server.local`). Needs a savable detector (Rt-BiGAN, EGBAD, AnoGAN,
+        ADe-GAN, AGAD, AnoEAN); ``upload_fraction`` and ``label_check`` do not apply.
+    local_rounds : int, default 1
+        Local mode: rounds of federated self-training (clients train the BiGAN on the
+        samples it keeps, the server averages the networks); 0 keeps the detector adapted
+        on the trusted images, with its cut fitted on the clients' evidence.
+    local_steps : int, default 500
+        Local mode: adversarial steps each client trains per round.
+    spot_check_rate : float, default 0.0
+        Local mode: share of each client's reported samples whose images the server asks
+        for, drawn after the report, to verify the client's evidence; a client whose
+        evidence gives other verdicts than its images is excluded (``failed-spot-check``).
+        0: no image ever leaves a client.
+    max_fit_samples : int or None, default DEFAULT_MAX_FIT_SAMPLES
+        Upload mode: the detector fits on at most this many uploads (a seeded sample) and
+        then scores every upload in batches, so that the server's cost grows with scoring
+        alone (:func:`~fedsieve.server.screening.score_pool`). None: fit on every upload.
 
     Attributes
     ----------
@@ -145,7 +177,9 @@ class AnomalyFilter(Strategy):
                  max_client_contamination: float = 0.5, chunk_size: int = 10_000,
                  max_upload: int = 1_000_000, screening_timeout: float = 600.0,
                  run_dir: str | Path | None = None, random_state: int = 0,
-                 label_check=None) -> None:
+                 label_check=None, mode: str = "upload", local_rounds: int = 1,
+                 local_steps: int = 500, spot_check_rate: float = 0.0,
+                 max_fit_samples: int | None = DEFAULT_MAX_FIT_SAMPLES) -> None:
         if detector is None:
             raise ValueError("AnomalyFilter needs a detector, e.g. "
                              "fedsieve.shared.detectors.make_detector('rtbigan')")
@@ -154,6 +188,15 @@ class AnomalyFilter(Strategy):
         if not 0.0 <= max_client_contamination <= 1.0:
             raise ValueError("max_client_contamination must be in [0, 1], got "
                              f"{max_client_contamination}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if not 0.0 <= spot_check_rate <= 1.0:
+            raise ValueError(f"spot_check_rate must be in [0, 1], got {spot_check_rate}")
+        if local_rounds < 0 or local_steps < 0:
+            raise ValueError("local_rounds and local_steps must be >= 0, got "
+                             f"{local_rounds} and {local_steps}")
+        if mode == "local":
+            _check_shippable(detector, label_check, upload_fraction)
         self.strategy = strategy if strategy is not None else FedAvg()
         self.detector = detector
         # Canonical uint8 (k, C, H, W): their shape is the one every upload must have.
@@ -167,6 +210,11 @@ class AnomalyFilter(Strategy):
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.random_state = random_state
         self.label_check = label_check
+        self.mode = mode
+        self.local_rounds = local_rounds
+        self.local_steps = local_steps
+        self.spot_check_rate = spot_check_rate
+        self.max_fit_samples = max_fit_samples
         self.audit = AuditLog(self.run_dir / "audit.jsonl") if self.run_dir else None
         self.history: list[dict] = []
         self._screening: Screening | None = None
@@ -194,8 +242,13 @@ class AnomalyFilter(Strategy):
         log(INFO, "\t│\t├── trusted images: %d of %s (C x H x W)", len(self.trusted_images),
             format_shape(self.image_shape))
         log(INFO, "\t│\t├── training-sample count read under: %r", self.weighted_by_key)
-        log(INFO, "\t│\t├── upload fraction: %.2f | screen every: %s", self.upload_fraction,
-            self.screen_every or "first round only")
+        if self.mode == "local":
+            log(INFO, "\t│\t├── local screening: %d self-training rounds of %d steps | "
+                "spot checks: %.1f %% | screen every: %s", self.local_rounds, self.local_steps,
+                100 * self.spot_check_rate, self.screen_every or "first round only")
+        else:
+            log(INFO, "\t│\t├── upload fraction: %.2f | screen every: %s",
+                self.upload_fraction, self.screen_every or "first round only")
         log(INFO, "\t│\t└── max client contamination: %.2f", self.max_client_contamination)
         self.strategy.summary()
 
@@ -289,8 +342,20 @@ class AnomalyFilter(Strategy):
     def _make_label_check(self):
         return _fresh(self.label_check)
 
+    def _local_settings(self) -> LocalSettings:
+        return LocalSettings(rounds=self.local_rounds, local_steps=self.local_steps,
+                             spot_check_rate=self.spot_check_rate,
+                             timeout=self.screening_timeout, max_samples=self.max_upload,
+                             seed=self.random_state)
+
     def _screen(self, server_round: int, grid: Grid) -> Screening:
         nodes = sorted(int(n) for n in grid.get_node_ids())
+        if self.mode == "local":
+            log(INFO, "fedsieve: screening %d nodes where their data lives", len(nodes))
+            screening = screen_locally(grid, nodes, self._make_detector(), self.trusted_images,
+                                       self._local_settings(), server_round)
+            self._audit_screening(screening)
+            return screening
         log(INFO, "fedsieve: screening %d nodes (upload fraction %.2f)", len(nodes),
             self.upload_fraction)
         screening = Screening(server_round)
@@ -302,7 +367,9 @@ class AnomalyFilter(Strategy):
         screening.upload_seconds = time.perf_counter() - started
         started = time.perf_counter()
         scoring = score_pool(uploads, self.trusted_images, self._make_detector,
-                             None if self.label_check is None else self._make_label_check)
+                             None if self.label_check is None else self._make_label_check,
+                             max_fit_samples=self.max_fit_samples,
+                             sample_seed=self.random_state + server_round)
         screening.verdicts, screening.threshold = scoring.verdicts, scoring.threshold
         screening.contamination = scoring.contamination
         screening.label_flagged = scoring.label_flagged
@@ -313,7 +380,8 @@ class AnomalyFilter(Strategy):
     def _screening_exclusion(self, node: int) -> Exclusion | None:
         screening = self._screening
         if node in screening.failures:
-            return Exclusion("failed-screening", screening.failures[node])
+            return Exclusion(screening.failure_codes.get(node, "failed-screening"),
+                             screening.failures[node])
         if node not in screening.verdicts:
             return Exclusion("not-screened", "the node joined after the last screening")
         estimate = screening.verdicts[node].estimated_contamination
@@ -356,7 +424,7 @@ class AnomalyFilter(Strategy):
                               label_flagged=screening.label_flagged)
         # Every node that failed is recorded at once, sampled for training this round or not.
         for node, reason in sorted(screening.failures.items()):
-            exclusion = Exclusion("failed-screening", reason)
+            exclusion = Exclusion(screening.failure_codes.get(node, "failed-screening"), reason)
             self.audit.write_exclusion(screening.server_round, node, exclusion.code,
                                        str(exclusion))
 
@@ -381,6 +449,11 @@ class AnomalyFilter(Strategy):
             "upload_seconds": screening.upload_seconds if fresh else 0.0,
             "detector_seconds": screening.detector_seconds if fresh else 0.0,
             "filter_seconds": self._round_seconds,
+            "mode": screening.mode,
+            "traffic": {n: dict(t) for n, t in sorted(screening.traffic.items())} if fresh
+            else {},
+            "spot_checked": {n: list(c) for n, c in sorted(screening.spot_checked.items())}
+            if fresh else {},
         }
         record["metrics"] = {
             "fedsieve-uploaded": record["uploaded"],
@@ -397,6 +470,19 @@ class AnomalyFilter(Strategy):
         }
         self.history.append(record)
         return record
+
+
+def _check_shippable(detector, label_check, upload_fraction: float) -> None:
+    """Local mode ships the detector: it must be savable, and upload-only options unset."""
+    from fedsieve.shared.detectors.persist import SAVABLE
+
+    name = type(_fresh(detector)).__name__
+    if name not in SAVABLE:
+        raise ValueError(f"mode='local' ships the detector to the clients, and a {name} "
+                         f"cannot be shipped; use one of {', '.join(SAVABLE)}")
+    if label_check is not None or upload_fraction < 1.0:
+        raise ValueError("label_check and upload_fraction need uploads: they do not apply "
+                         "with mode='local'")
 
 
 def _fresh(estimator):

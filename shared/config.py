@@ -92,6 +92,13 @@ class FilterSettings(_RunConfigPart):
         Whether the data filter also checks the labels clients upload
         (:class:`fedsieve.shared.detectors.labels.LabelCheck`): a genuine image with a label
         its class contradicts is dropped too.
+    mode : str
+        ``upload`` (clients upload their samples; the paper's model) or ``local`` (no image
+        leaves a client: the detector is shipped to them and they send back evidence;
+        :class:`fedsieve.server.AnomalyFilter`).
+    local_rounds, local_steps, spot_check_rate
+        Local mode: rounds and per-client steps of federated self-training, and the share of
+        each client's samples whose images are asked for to verify its evidence (0: none).
     min_nodes : int
         Nodes the ServerApp waits for before screening and training.
     seed : int
@@ -111,6 +118,10 @@ class FilterSettings(_RunConfigPart):
     max_client_contamination: float = 0.5
     screen_every: int = 0
     label_check: bool = False
+    mode: str = "upload"
+    local_rounds: int = 1
+    local_steps: int = 500
+    spot_check_rate: float = 0.0
     min_nodes: int = 2
     seed: int = 0
     run_dir: str = ""
@@ -126,6 +137,12 @@ class FilterSettings(_RunConfigPart):
                              f"got {self.aggregator!r}")
         if not 0.0 < self.upload_fraction <= 1.0:
             raise ValueError(f"upload-fraction must be in (0, 1], got {self.upload_fraction}")
+        if self.mode not in ("upload", "local"):
+            raise ValueError(f"mode must be upload or local, got {self.mode!r}")
+        if not 0.0 <= self.spot_check_rate <= 1.0:
+            raise ValueError(f"spot-check-rate must be in [0, 1], got {self.spot_check_rate}")
+        if self.local_rounds < 0 or self.local_steps < 0:
+            raise ValueError("local-rounds and local-steps must be >= 0")
         return self
 
 

@@ -68,7 +68,7 @@ class UploadRequest:
     @classmethod
     def from_content(cls, content: RecordDict) -> UploadRequest:
         """Read the request on the client side."""
-        record = _record(content, REQUEST_RECORD, ConfigRecord)
+        record = require_record(content, REQUEST_RECORD, ConfigRecord)
         version = _int(record, "protocol")
         if version != PROTOCOL_VERSION:
             raise ProtocolError(f"server speaks fedsieve protocol {version}, this client "
@@ -202,7 +202,7 @@ def decode_upload(content: RecordDict, request: UploadRequest, *,
 def _decode_upload(content: RecordDict, request: UploadRequest, max_upload: int) -> Upload:
     if not isinstance(content, RecordDict):
         raise ProtocolError(f"reply content is {type(content).__name__}, not a RecordDict")
-    meta = _record(content, UPLOAD_META, ConfigRecord)
+    meta = require_record(content, UPLOAD_META, ConfigRecord)
     version = _int(meta, "protocol")
     if version != PROTOCOL_VERSION:
         raise ProtocolError(f"unknown fedsieve protocol version {version} (server speaks "
@@ -227,7 +227,7 @@ def _decode_upload(content: RecordDict, request: UploadRequest, max_upload: int)
     if num_chunks != expected_chunks:
         raise ProtocolError(f"num-chunks {num_chunks} does not match {num_selected} samples in "
                             f"chunks of {request.chunk_size} ({expected_chunks})")
-    arrays = _record(content, UPLOAD_RECORD, ArrayRecord)
+    arrays = require_record(content, UPLOAD_RECORD, ArrayRecord)
     missing = {"x", "ids"} - set(arrays.keys())
     if missing:
         raise ProtocolError(f"upload lacks array(s) {sorted(missing)}")
@@ -276,10 +276,12 @@ def decode_verdicts(content: RecordDict) -> np.ndarray:
     return ids
 
 
-def _record(content: RecordDict, name: str, kind: type):
-    if name not in content:
-        raise ProtocolError(f"reply lacks the {name!r} record; is the fedsieve upload handler "
-                            "registered on the ClientApp?")
+def require_record(content: RecordDict, name: str, kind: type):
+    """The record ``name`` of a message's ``content``, which must be a ``kind``
+    (``ArrayRecord``, ``ConfigRecord``, ...); :class:`ProtocolError` otherwise."""
+    if not isinstance(content, RecordDict) or name not in content:
+        raise ProtocolError(f"reply lacks the {name!r} record; is the fedsieve SDK "
+                            "(fedsieve.client.FedSieve) registered on the ClientApp?")
     record = content[name]
     if not isinstance(record, kind):
         raise ProtocolError(f"{name!r} must be a {kind.__name__}, got {type(record).__name__}")

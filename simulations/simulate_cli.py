@@ -57,6 +57,17 @@ def simulate(
         help="Where the fashion pollution's images come from (any --dataset form; resized "
              "to the dataset's shape). Default: Fashion-MNIST, or MNIST digits when the "
              "dataset is fashion-mnist.")] = "",
+    mode: Annotated[str, typer.Option(
+        help="upload: clients upload their samples to the server; local: the detector is "
+             "shipped to the clients, which send back ids and evidence, never an image.")]
+    = "upload",
+    local_rounds: Annotated[int, typer.Option(
+        min=0, help="Local mode: rounds of federated self-training of the detector.")] = 1,
+    local_steps: Annotated[int, typer.Option(
+        min=0, help="Local mode: training steps each client runs per round.")] = 500,
+    spot_check_rate: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Local mode: share of each client's samples uploaded to "
+        "verify its report (0: no image leaves a client).")] = 0.0,
     root: RootOption = None,
     verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
@@ -73,7 +84,8 @@ def simulate(
             filter=FilterSettings(upload_fraction=upload_fraction,
                                   max_client_contamination=max_client_contamination,
                                   threshold_policy=threshold_policy, checkpoint=checkpoint,
-                                  seed=seed),
+                                  seed=seed, mode=mode, local_rounds=local_rounds,
+                                  local_steps=local_steps, spot_check_rate=spot_check_rate),
             task=TaskSettings(num_server_rounds=rounds, local_epochs=local_epochs,
                               data_root=str(root) if root else "", dataset=dataset,
                               test_dataset=test_dataset),
@@ -104,7 +116,8 @@ def simulate(
     console.print(f"final accuracy {report['final_accuracy']:.4f} after {rounds} rounds "
                   f"({report['wall_seconds']:.0f} s)")
     if d.get("screened"):
-        console.print(f"uploads {d['uploads']}: AUC {d['auc'] or float('nan'):.4f}, "
+        where = "uploads" if mode == "upload" else "samples scored on the clients"
+        console.print(f"{where} {d['uploads']}: AUC {d['auc'] or float('nan'):.4f}, "
                       f"pollution dropped {d['pollution_dropped'] or 0:.1%}, "
                       f"normal dropped {d['normal_dropped'] or 0:.1%}")
     if names:

@@ -1,8 +1,9 @@
 """A real deployment on 127.0.0.1: flower-superlink, five flower-supernodes, ``flwr run``.
 
 Each SuperNode gets its own polluted partition through ``--node-config data-path=...``; the
-ServerApp gets the trusted-images file through the run config. The test checks that polluted
-samples were dropped, the run finished, and every process is gone afterwards.
+ServerApp gets the trusted-images file through the run config. The tests check that polluted
+samples were dropped, the run finished, and every process is gone afterwards, in upload mode
+and in local mode (no image leaves a SuperNode).
 """
 
 from __future__ import annotations
@@ -117,28 +118,58 @@ def _group_alive(pgid: int) -> bool:
     return any(not state.startswith("Z") for state in states)
 
 
-@pytest.mark.slow
-def test_flwr_run_against_real_superlink(deployment, tmp_path):
-    env, federation = deployment["env"], deployment["federation"]
+def flwr_run(deployment, tmp_path, config: str) -> tuple[dict, list[dict], dict[int, bool]]:
+    """``flwr run`` the app (a copy, as a user ships it) with ``config`` added; returns the
+    result, the audit's sample verdicts and the ground truth."""
+    env = deployment["env"]
     run_dir = tmp_path / "run"
     app_dir = tmp_path / "app"  # the app as a user ships it (a copy; flwr builds a FAB)
     shutil.copytree(REPO, app_dir, ignore=shutil.ignore_patterns(
         ".venv", ".git", "runs", "__pycache__", "*.egg-info", "benchmarks"))
-    config = (f'detector="iforest" num-server-rounds=2 min-nodes={NUM_NODES} '
-              f'trusted-file="{tmp_path / "trusted.npz"}" run-dir="{run_dir}"')
+    config += (f' min-nodes={NUM_NODES} trusted-file="{tmp_path / "trusted.npz"}" '
+               f'run-dir="{run_dir}"')
     completed = subprocess.run([str(BIN / "flwr"), "run", str(app_dir), "test", "--run-config",
                                 config, "--stream"], env=env, capture_output=True, text=True,
                                timeout=420)
     log = completed.stdout + completed.stderr
     assert completed.returncode == 0, log[-3000:]
     result = json.loads((run_dir / "result.json").read_text())
+    samples = [e for e in read_audit(run_dir / "audit.jsonl") if e["kind"] == "sample"]
+    return result, samples, deployment["federation"].ground_truth()
+
+
+@pytest.mark.slow
+def test_flwr_run_against_real_superlink(deployment, tmp_path):
+    result, samples, truth = flwr_run(deployment, tmp_path,
+                                      'detector="iforest" num-server-rounds=2')
     assert set(result["accuracy"]) == {"0", "1", "2"}
     assert result["accuracy"]["2"] > 0.5
-    truth = federation.ground_truth()
-    samples = [e for e in read_audit(run_dir / "audit.jsonl") if e["kind"] == "sample"]
     assert len(samples) == len(truth)  # every upload got exactly one verdict
     dropped_polluted = [truth[e["id"]] for e in samples if e["verdict"] == 1]
     assert sum(dropped_polluted) >= 0.7 * sum(truth.values())  # polluted samples were dropped
     assert np.mean(dropped_polluted) > 0.7
     # The long-running processes are still serving; the fixture stops them and checks.
+    assert all(process.poll() is None for process in deployment["processes"])
+
+
+@pytest.mark.slow
+def test_local_mode_against_real_superlink(deployment, tmp_path):
+    """Local screening on five real SuperNodes: the detector goes out, no image comes back
+    (spot checks off), and the pollution is still dropped."""
+    result, samples, truth = flwr_run(
+        deployment, tmp_path, 'detector="rtbigan" mode="local" local-rounds=1 '
+        'local-steps=300 num-server-rounds=1')
+    assert result["accuracy"]["1"] > 0.5
+    record = result["filter"][0]
+    assert record["mode"] == "local" and record["excluded"] == {}
+    assert len(record["traffic"]) == NUM_NODES and record["spot_checked"] == {}
+    assert len(samples) == len(truth)  # every local sample got exactly one verdict
+    dropped = np.array([e["verdict"] for e in samples], bool)
+    polluted = np.array([truth[e["id"]] for e in samples], bool)
+    assert dropped[polluted].mean() > 0.8 and dropped[~polluted].mean() < 0.05
+    for node, traffic in record["traffic"].items():
+        n = sum(1 for e in samples if str(e["node"]) == str(node))
+        # Up: one self-training update (the networks' size, ~1.4 MB), two float16 score
+        # reports and ids; an upload of the images alone would be 784 bytes a sample.
+        assert traffic["up"] < 1_500_000 + 2 * 16 * n, (node, traffic, n)
     assert all(process.poll() is None for process in deployment["processes"])

@@ -212,6 +212,65 @@ class BaseDetector(BaseEstimator):
         """``fit`` then return ``labels_``."""
         return self.fit(X, trusted, **fit_params).labels_
 
+    # -- local screening: the evidence where the data lives, the cut where it meets -----------
+    def score_evidence(self, X: Any, *, layout: str | None = None) -> np.ndarray:
+        """What the cut is fitted on, per image: float64 of shape (N, K).
+
+        In local screening each client computes this on its own images and sends it instead
+        of the images; the server pools it from every client and refits the cut on it
+        (:meth:`fit_cut`), exactly as a fit on the pooled images would have cut them. For
+        most detectors it is the score itself (K = 1); Rt-BiGAN sends each piece of its
+        evidence before the pool's calibration.
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            The detector is not fitted.
+        """
+        check_is_fitted(self, "threshold_")
+        return self._score_evidence(self._check_shape(check_images(X, "X", layout=layout)))
+
+    def fit_cut(self, evidence: Any, trusted: Any = None, *,
+                layout: str | None = None) -> BaseDetector:
+        """Refit what the verdicts learn from the pool (a calibration, the threshold) on
+        pooled :meth:`score_evidence`, keeping the trained model.
+
+        Sets ``decision_scores_``, ``trusted_scores_``, ``threshold_``, ``labels_`` and
+        ``contamination_`` for the pooled rows, and appends one ``history_`` entry.
+
+        Parameters
+        ----------
+        evidence : array-like of shape (N, K)
+            :meth:`score_evidence` of the pool, from every client, in any order.
+        trusted : array-like, optional
+            The trusted images (the policies anchor the cut on them).
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        ValueError
+            Evidence of another width than this detector's, or non-finite values.
+        """
+        check_is_fitted(self, "threshold_")
+        ev = np.asarray(evidence, dtype=np.float64)
+        width = self._evidence_width()
+        if ev.ndim != 2 or ev.shape[1] != width or not np.isfinite(ev).all():
+            raise ValueError(f"evidence must be finite numbers of shape (N, {width}), got "
+                             f"{ev.dtype} {ev.shape}")
+        trusted_x = None if trusted is None else self._check_shape(
+            check_images(trusted, "trusted", layout=layout))
+        self._fit_cut(ev, trusted_x)
+        RoundRecorder(self, trusted_x, None, None).end_round(self._scores_from_evidence(ev))
+        return self
+
+    def scores_from_evidence(self, evidence: Any) -> np.ndarray:
+        """The anomaly scores (as :meth:`decision_function`) of :meth:`score_evidence` rows."""
+        check_is_fitted(self, "threshold_")
+        return self._scores_from_evidence(np.asarray(evidence, dtype=np.float64))
+
     # -- what subclasses implement ----------------------------------------------------------
     def _fit(self, X: np.ndarray, trusted: np.ndarray | None, rounds: RoundRecorder) -> None:
         """Train, ending each round with ``rounds.end_round(pool scores)``.
@@ -226,6 +285,21 @@ class BaseDetector(BaseEstimator):
 
     def _score(self, X: np.ndarray) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
+
+    def _score_evidence(self, X: np.ndarray) -> np.ndarray:
+        """:meth:`score_evidence` of validated images; the score alone by default."""
+        return self._score(X)[:, None]
+
+    def _evidence_width(self) -> int:
+        """K, the columns of :meth:`score_evidence`."""
+        return 1
+
+    def _fit_cut(self, evidence: np.ndarray, trusted: np.ndarray | None) -> None:
+        """Refit the pool-dependent part of the score on pooled evidence (nothing by default:
+        the score does not depend on the pool)."""
+
+    def _scores_from_evidence(self, evidence: np.ndarray) -> np.ndarray:
+        return evidence[:, 0]
 
     # -- the state a checkpoint holds (see fedsieve.shared.detectors.persist) ----------------
     def _state_tensors(self) -> dict[str, Any]:

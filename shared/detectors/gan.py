@@ -117,6 +117,16 @@ class GANDetector(BaseDetector):
         images = self._check_shape(check_images(X, "X"))
         return residual_maps(self.model_, images, self._pixel_weight())
 
+    # -- federated self-training (fedsieve.shared.detectors.federated) -----------------------
+    def _local_core(self, evidence: np.ndarray) -> np.ndarray:
+        """Which images of a client's :meth:`score_evidence` rows the first round of
+        federated self-training learns from, besides the cut (all of them by default)."""
+        return np.ones(len(evidence), bool)
+
+    def _merged(self, mean_residual: torch.Tensor, trusted: np.ndarray | None) -> None:
+        """Rebuild the score state after the networks were averaged from the clients';
+        ``mean_residual`` is the pseudo-normal images' mean residual (C, H, W)."""
+
     def _pixel_weight(self) -> torch.Tensor | None:
         """Per-pixel weight of ``L_G`` (None: unweighted)."""
         return None

@@ -12,9 +12,14 @@ savable by joining :data:`SAVABLE`.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.validation import check_is_fitted
 
@@ -47,6 +52,47 @@ def save_detector(detector: BaseDetector, path: str | Path) -> Path:
     TypeError
         ``detector`` is not one of the savable classes.
     """
+    return write_checkpoint(path, *_payload(detector))
+
+
+def detector_to_bytes(detector: BaseDetector) -> tuple[bytes, str]:
+    """A fitted detector as ``(weights, header)``: the safetensors bytes of its state and
+    its JSON header, what :func:`save_detector` writes to the two files. This is how local
+    screening ships the detector to clients in a Flower message.
+
+    Raises
+    ------
+    sklearn.exceptions.NotFittedError, TypeError
+        As :func:`save_detector`.
+    """
+    tensors, header = _payload(detector)
+    weights = save_tensors({k: v.contiguous() for k, v in tensors.items()})
+    return weights, json.dumps(header, sort_keys=True, default=str)
+
+
+def detector_from_bytes(weights: bytes, header: str,
+                        expected: type[BaseDetector] = BaseDetector) -> BaseDetector:
+    """Load a detector from :func:`detector_to_bytes`' output, ready to score. Untrusted
+    input is read as safetensors and JSON only (never unpickled).
+
+    Raises
+    ------
+    CheckpointError
+        Unreadable weights or header, or as :func:`load_detector`.
+    """
+    try:
+        doc = json.loads(header)
+        tensors = load_tensors(bytes(weights))
+    except (json.JSONDecodeError, SafetensorError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"the shipped detector is unreadable: {exc}") from exc
+    if not isinstance(doc, dict) or not all(isinstance(t, torch.Tensor)
+                                            for t in tensors.values()):
+        raise CheckpointError("the shipped detector's header is not a JSON object")
+    return _restore(tensors, doc, "the shipped detector", expected)
+
+
+def _payload(detector: BaseDetector) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and header a checkpoint of ``detector`` holds."""
     if type(detector).__name__ not in SAVABLE:
         raise TypeError(f"cannot save a {type(detector).__name__}; savable detectors: "
                         f"{', '.join(SAVABLE)}")
@@ -59,7 +105,7 @@ def save_detector(detector: BaseDetector, path: str | Path) -> Path:
         "params": params,
         **detector._state_header(),
     }
-    return write_checkpoint(path, detector._state_tensors(), header)
+    return detector._state_tensors(), header
 
 
 def load_detector(path: str | Path, expected: type[BaseDetector] = BaseDetector
@@ -81,20 +127,25 @@ def load_detector(path: str | Path, expected: type[BaseDetector] = BaseDetector
         that do not fit the recorded networks.
     """
     tensors, header = read_checkpoint(path)
+    return _restore(tensors, header, str(path), expected)
+
+
+def _restore(tensors: dict[str, torch.Tensor], header: dict[str, Any], source: str,
+             expected: type[BaseDetector]) -> BaseDetector:
     name = header.get("detector")
     if header.get("kind") != "detector" or name not in SAVABLE:
-        raise CheckpointError(f"{path} is not a saved {'/'.join(SAVABLE)} detector")
+        raise CheckpointError(f"{source} is not a saved {'/'.join(SAVABLE)} detector")
     cls = SAVABLE[name]
     if not issubclass(cls, expected):
-        raise CheckpointError(f"{path} holds a {name}, not a {expected.__name__}")
+        raise CheckpointError(f"{source} holds a {name}, not a {expected.__name__}")
     try:
         detector = cls(**header["params"])
         detector._validate_params()
     except (KeyError, TypeError, InvalidParameterError) as exc:
-        raise CheckpointError(f"{path} has parameters this version does not accept: {exc}") \
+        raise CheckpointError(f"{source} has parameters this version does not accept: {exc}") \
             from exc
     try:
         detector._restore_state(tensors, header)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path} has an incomplete detector header: {exc}") from exc
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{source} has an incomplete detector header: {exc}") from exc
     return detector

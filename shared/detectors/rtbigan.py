@@ -526,6 +526,25 @@ class RtBiGAN(GANDetector):
             pool, self._evidence(trusted, stats[1], reach[1]), self._budget())
         return self.calibration_.combine(pool), pool
 
+    # -- local screening: the evidence before the pool's calibration ------------------------
+    def _score_evidence(self, X: np.ndarray) -> np.ndarray:
+        if self.calibration_ is None:
+            return super()._score_evidence(X)
+        return self._evidence(X)
+
+    def _evidence_width(self) -> int:
+        return 1 if self.calibration_ is None else len(self._evidence_names())
+
+    def _fit_cut(self, evidence: np.ndarray, trusted: np.ndarray | None) -> None:
+        if self.calibration_ is not None:
+            self.calibration_ = EvidenceCalibration.fit(
+                evidence, None if trusted is None else self._evidence(trusted), self._budget())
+
+    def _scores_from_evidence(self, evidence: np.ndarray) -> np.ndarray:
+        if self.calibration_ is None:
+            return super()._scores_from_evidence(evidence)
+        return self.calibration_.combine(evidence)
+
     def _normal_core(self, scores: np.ndarray, evidence: np.ndarray | None) -> np.ndarray:
         """The pool's normal core (bool): see ``core_width``."""
         width = float(self.core_width)
@@ -570,8 +589,23 @@ class RtBiGAN(GANDetector):
         total = torch.zeros(self.model_.cfg.image_shape)
         for x in reference.chunks(SCORE_BATCH):
             total += (x - self.model_.G(self.model_.E(x))).abs().sum(0)
-        w = 1.0 / (total / len(reference) + PIXEL_EPS)
+        self._weigh_pixels(total / len(reference))
+
+    def _weigh_pixels(self, mean_residual: torch.Tensor) -> None:
+        w = 1.0 / (mean_residual + PIXEL_EPS)
         self.pixel_weight_ = w / w.mean()
+
+    def _local_core(self, evidence: np.ndarray) -> np.ndarray:
+        if self.core_width is None or self.calibration_ is None:
+            return super()._local_core(evidence)
+        return self.calibration_.core(evidence, float(self.core_width))
+
+    def _merged(self, mean_residual: torch.Tensor, trusted: np.ndarray | None) -> None:
+        self.pixel_weight_ = None
+        if self.pixel_weighting:
+            self._weigh_pixels(mean_residual)
+        if trusted is not None:
+            self._set_norm(trusted)
 
     # -- checkpoint state --------------------------------------------------------------------
     def _state_tensors(self) -> dict[str, torch.Tensor]:
