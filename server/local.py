@@ -114,7 +114,7 @@ def screen_locally(grid: Grid, nodes: list[int], detector, trusted: np.ndarray,
     detector.fit(trusted, trusted=trusted)
     live = list(nodes)
     reports = _score(run, live, detector, settings)
-    detector.fit_cut(_pooled(reports)[1], trusted)
+    detector.fit_cut(_pooled(reports), trusted)
     for rnd in range(settings.rounds):
         live = [n for n in live if n not in screening.failures]
         updates = _self_train(run, live, detector, settings, server_round, rnd)
@@ -123,7 +123,7 @@ def screen_locally(grid: Grid, nodes: list[int], detector, trusted: np.ndarray,
             "samples", rnd + 1, len(updates), trained)
         live = [n for n in live if n not in screening.failures]
         reports = _score(run, live, detector, settings)
-        detector.fit_cut(_pooled(reports)[1], trusted)
+        detector.fit_cut(_pooled(reports), trusted)
     screening.detector_seconds = time.perf_counter() - started
     scores, labels = _verdicts(detector, reports)
     for node, report in reports.items():
@@ -227,17 +227,16 @@ def _self_train(run: _Exchange, nodes: list[int], detector, settings: LocalSetti
                     "self-training the detector")
 
 
-def _pooled(reports: Mapping[int, ScoreReport]) -> tuple[np.ndarray, np.ndarray]:
-    """Every report's (node, position) rows in a deterministic order, and their evidence:
-    ordered by sample id, then evidence, never by node (node ids are random in Flower)."""
+def _pooled(reports: Mapping[int, ScoreReport]) -> np.ndarray:
+    """Every report's evidence in a deterministic order: by sample id, then evidence, never
+    by node (node ids are random in Flower)."""
     nodes = sorted(reports)
     if not nodes:
         raise RuntimeError("no client returned a valid score report: nothing to cut; see the "
                            "failures above")
     ids = np.concatenate([reports[n].ids for n in nodes])
     evidence = np.concatenate([reports[n].evidence for n in nodes])
-    order = np.lexsort((*evidence.T[::-1], ids))
-    return order, evidence[order]
+    return evidence[np.lexsort((*evidence.T[::-1], ids))]
 
 
 def _verdicts(detector, reports: Mapping[int, ScoreReport]
