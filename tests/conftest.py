@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
+import torch
 
 from fedsieve.shared.config import RunSettings
 from fedsieve.shared.data import ImageSet, load_fashion_mnist, load_mnist
@@ -52,6 +53,52 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+# -- global state: every test starts from the session's -------------------------------------
+class TorchState(NamedTuple):
+    """The process-wide torch settings a test can change and a later test would inherit."""
+
+    threads: int
+    default_dtype: torch.dtype
+    grad_enabled: bool
+    deterministic: bool
+    rng: torch.Tensor
+
+    @classmethod
+    def capture(cls) -> TorchState:
+        return cls(torch.get_num_threads(), torch.get_default_dtype(), torch.is_grad_enabled(),
+                   torch.are_deterministic_algorithms_enabled(), torch.get_rng_state())
+
+    def restore(self) -> None:
+        torch.set_num_threads(self.threads)
+        torch.set_default_dtype(self.default_dtype)
+        torch.set_grad_enabled(self.grad_enabled)
+        torch.use_deterministic_algorithms(self.deterministic)
+        torch.set_rng_state(self.rng)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_torch_state():
+    """Restore torch's thread count, default dtype, grad mode, determinism flag and global RNG
+    after every test, so that no test's outcome depends on which tests ran before it (a test
+    that left torch on one thread once changed a later test's verdicts: issue 34)."""
+    state = TorchState.capture()
+    yield
+    state.restore()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module's tests (small networks train faster so, and the
+    module's figures do not depend on the machine's core count); restored afterwards.
+
+    Use as ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 # -- datasets -------------------------------------------------------------------------------

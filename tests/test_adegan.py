@@ -27,7 +27,7 @@ from fedsieve.shared.detectors.adegan import (
 )
 from fedsieve.shared.detectors.persist import load_detector, save_detector
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 LN3 = math.log(3.0)  # a logit of ln 3 is a probability of 3/4
 

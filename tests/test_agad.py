@@ -31,7 +31,7 @@ from fedsieve.shared.detectors.agad import (
 )
 from fedsieve.shared.detectors.persist import load_detector, save_detector
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 #: The smallest settings that still run every part of a fit.
 TINY = {"width": 4, "latent_dim": 8, "steps": 3, "refine_steps": 2, "batch_size": 8,

@@ -22,7 +22,7 @@ from fedsieve.shared.detectors.anoean import (
 )
 from fedsieve.shared.detectors.persist import load_detector, save_detector
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 #: The smallest settings that still train for real.
 TINY = {"steps": 3, "batch_size": 16, "width": 4, "z_dim": 4, "random_state": 0}

@@ -22,7 +22,7 @@ from fedsieve.shared.checkpoint import (
 )
 from fedsieve.shared.detectors import EGBAD, RtBiGAN, load_detector, save_detector
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import re
 
 import numpy as np
 import pytest
-import torch
 from pyod.models.deep_svdd import DeepSVDD
 from sklearn.base import clone
 from sklearn.ensemble import IsolationForest
@@ -31,7 +30,7 @@ from fedsieve.shared.detectors import (
 from fedsieve.shared.images import check_images
 from fedsieve.simulations.zoo import Trigger
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 #: The smallest settings that still train each registry detector for real.
 TINY = {

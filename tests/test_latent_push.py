@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
@@ -13,7 +14,7 @@ from fedsieve.shared.detectors.latent_push import LatentPush
 from fedsieve.shared.images import check_images
 from fedsieve.shared.networks import Encoder, NetConfig
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_push_maps_flagged_kind_out_of_the_normal_codes(mnist_train, fashion_train,

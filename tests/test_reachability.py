@@ -7,7 +7,6 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 from sklearn.metrics import roc_auc_score
 
 from fedsieve.shared.checkpoint import (
@@ -28,7 +27,7 @@ from fedsieve.shared.detectors.reachability import (
 from fedsieve.shared.detectors.rtbigan import MetaModelWarning
 from fedsieve.shared.images import check_images
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SHORT = {"self_training_rounds": 1, "steps_per_round": 40, "random_state": 0}
 
 

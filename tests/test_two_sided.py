@@ -7,15 +7,13 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from sklearn.metrics import roc_auc_score
 
 from fedsieve.shared.detectors import load_detector, make_detector, save_detector
 from fedsieve.shared.images import check_images
 
-torch.set_num_threads(1)
 #: Two real fits (~30 s): in CI and --run-slow, out of the quick suite.
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 SHORT = {"self_training_rounds": 1, "steps_per_round": 60, "random_state": 0}
 
 
