@@ -9,11 +9,8 @@ asks for spot checks. Three ``query`` actions, each answered by the client SDK
     ``ArrayRecord`` named :data:`DETECTOR_RECORD`, its JSON header in the request's
     ``ConfigRecord``). The client scores its own samples and replies with
     :data:`SCORES_RECORD`: ``ids`` (int64 (n,)) and ``evidence`` (float16 (n, K), the
-    detector's :meth:`~fedsieve.shared.detectors.BaseDetector.score_evidence`), or, when the
-    request asks for ``report = "sketch"``, one histogram per piece of evidence
-    (:class:`~fedsieve.shared.sketch.ScoreSketch`, records suffixed ``.0``, ``.1``, ...) and no
-    per-sample values at all; :data:`LOCAL_META` carries the protocol version and the local
-    sample count.
+    detector's :meth:`~fedsieve.shared.detectors.BaseDetector.score_evidence`);
+    :data:`LOCAL_META` carries the protocol version and the local sample count.
 :data:`SELF_TRAIN_ACTION`
     Federated self-training: with the detector comes the number of local ``steps``, a
     ``seed`` and whether it is the ``first-round``; the client trains the BiGAN on the
@@ -24,12 +21,9 @@ asks for spot checks. Three ``query`` actions, each answered by the client SDK
     Verification of a client's own evidence: the request names some of the ids the client
     reported (:data:`SPOT_IDS_RECORD`), drawn after its report arrived; the client uploads
     those samples' images (``x``, uint8 (k, C, H, W), and ``ids``) in :data:`SPOT_RECORD`.
-    In sketch mode it also sends, for each, its verdict (``dropped``, int64 0/1).
 
-In sketch mode the cut goes back to the clients (:data:`CUT_ACTION`, the detector with its
-cut); each client applies it and replies with the ids it drops (``ids`` in
-:data:`SCORES_RECORD`, no evidence). In every mode the ids to drop reach each client in its
-train message as in upload mode (:data:`~fedsieve.shared.protocol.VERDICT_RECORD`).
+The ids to drop reach each client in its train message as in upload mode
+(:data:`~fedsieve.shared.protocol.VERDICT_RECORD`).
 
 Everything a client sends is untrusted: the ``decode_*`` functions either return valid
 values or raise :class:`~fedsieve.shared.protocol.ProtocolError` naming what was wrong.
@@ -54,7 +48,6 @@ from fedsieve.shared.protocol import (
 SCORE_ACTION = "fedsieve_score"
 SELF_TRAIN_ACTION = "fedsieve_self_train"
 SPOT_CHECK_ACTION = "fedsieve_spot_check"
-CUT_ACTION = "fedsieve_cut"
 DETECTOR_RECORD = "fedsieve.detector"
 LOCAL_REQUEST = "fedsieve.local_request"
 LOCAL_META = "fedsieve.local_meta"
@@ -62,8 +55,6 @@ SCORES_RECORD = "fedsieve.scores"
 UPDATE_RECORD = "fedsieve.update"
 SPOT_IDS_RECORD = "fedsieve.spot_ids"
 SPOT_RECORD = "fedsieve.spot"
-#: What a client reports in local mode: per-sample evidence, or one histogram per piece.
-REPORTS = ("scores", "sketch")
 #: Evidence travels as float16: 2 bytes a piece, about 3 significant digits of a log-score,
 #: finer than the 1,024-bin histogram the cut is read from.
 EVIDENCE_DTYPE = np.float16
