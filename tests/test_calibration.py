@@ -77,6 +77,32 @@ def test_budget_finds_a_normal_shoulder_under_a_majority(seed):
     assert abs(found.mode) < 0.3
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_budget_finds_a_second_population_spread_thin(seed):
+    """A small pool (310 normal values, 78 polluted ones spread evenly over two units): the
+    pollution never rises by ten images in one place, which alone once made the cut fall back
+    to the pool's quantile and flag 4 % of it (issue 34); it holds far more images than the
+    valley's level would, so the valley before it is the cut."""
+    rng = np.random.default_rng(seed)
+    normal, pollution = rng.normal(0.0, 0.3, 310), rng.uniform(1.6, 3.6, 78)
+    found = normal_mode_cut(np.r_[normal, pollution], normal[:10], 0.01)
+    assert found.depth < 1.0
+    assert (pollution > found.cut).mean() >= 0.95 and (normal > found.cut).mean() <= 0.01
+
+
+@pytest.mark.parametrize("n", [388, 5000])
+@pytest.mark.parametrize("shape", ["gumbel", "log-gamma", "student-t"])
+def test_budget_finds_no_second_population_in_a_skewed_clean_pool(n, shape):
+    """Long right tails of clean pools, small and large, are not taken for a spread second
+    population: they lose the budget."""
+    rng = np.random.default_rng(n)
+    values = {"gumbel": lambda: rng.gumbel(0, 0.3, n),
+              "log-gamma": lambda: np.log(rng.gamma(2.0, 1.0, n)),
+              "student-t": lambda: 0.3 * rng.standard_t(4, n)}[shape]()
+    found = normal_mode_cut(values, values[:10], 0.01)
+    assert (values > found.cut).mean() <= 0.011
+
+
 def test_budget_majority_cut_leaves_a_clean_pool_alone():
     """The mixture cut needs more than half the pool above every trusted value, which a
     clean pool shows with probability 2^-10: a skewed clean pool still loses only the budget."""
