@@ -31,8 +31,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
 HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
 #: Clients in every cell, and the pollution share of each.
 CLIENTS = 4
 CONTAMINATION = 0.2
@@ -54,7 +54,7 @@ def run_cell(mode: str, size: int, threads: int, seed: int) -> dict:
     import torch
 
     sys.path.insert(0, str(HERE))
-    from local_screening import screen
+    from local_screening import client_files, screen
 
     from fedsieve.shared.config import RunSettings
     from fedsieve.shared.data import load_fashion_mnist, load_mnist
@@ -70,11 +70,8 @@ def run_cell(mode: str, size: int, threads: int, seed: int) -> dict:
     settings = RunSettings().replace(num_clients=CLIENTS, contamination=CONTAMINATION,
                                      seed=seed, local_epochs=1)
     with tempfile.TemporaryDirectory() as tmp:
-        files = []
-        for i, client in enumerate(federation.clients):
-            files.append(Path(tmp) / f"client_{i}.npz")
-            np.savez(files[-1], **client.public_arrays())
-        row = screen(mode, settings, federation, files, Path(tmp) / "run")
+        row = screen(mode, settings, federation, client_files(federation, Path(tmp)),
+                     Path(tmp) / "run")
     keep = ("mode", "seed", "samples", "auc", "pollution_dropped", "normal_dropped",
             "samples_per_client", "wall_s", "excluded")
     return {**{k: row[k] for k in keep}, "size": size, "threads": threads}

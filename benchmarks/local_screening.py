@@ -94,6 +94,16 @@ def screen(mode: str, settings, federation, files, run_dir: Path, apps=None,
     }
 
 
+def client_files(federation, folder: Path) -> list[Path]:
+    """Write each client of ``federation`` as the ``.npz`` a SuperNode's ``data-path`` names
+    (x, y, ids; no ground truth) into ``folder``; the paths, in client order."""
+    files = []
+    for i, client in enumerate(federation.clients):
+        files.append(Path(folder) / f"client_{i}.npz")
+        np.savez(files[-1], **client.public_arrays())
+    return files
+
+
 def _traffic(sent, screening, messages, content_bytes) -> tuple[dict, dict]:
     """Bytes each way per client: the screening's messages (upload mode: the upload requests
     and the uploads; local mode: counted by the screening), plus the verdicts in the train
@@ -161,10 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = RunSettings().replace(seed=seed)
         federation = federation_for(settings)
         with tempfile.TemporaryDirectory() as tmp:
-            files = []
-            for i, client in enumerate(federation.clients):
-                files.append(Path(tmp) / f"client_{i}.npz")
-                np.savez(files[-1], **client.public_arrays())
+            files = client_files(federation, Path(tmp))
             for mode in MODES:
                 console.log(f"seed {seed}: screening in {mode} mode")
                 row = screen(mode, settings, federation, files, Path(tmp) / mode)
