@@ -50,8 +50,10 @@ DETECTORS = {"rtbigan": {}, **PEER_SETTINGS}
 ABLATIONS = {"rtbigan+push": {"latent_push": True}}
 
 
-def make_pool(kind: str, rate: float, seed: int):
-    """The pool (uint8), its ground truth (1 = pollution) and 10 trusted normal digits."""
+def make_pool(kind: str, rate: float, seed: int, claimed: bool = False):
+    """The pool (uint8), its ground truth (1 = pollution) and 10 trusted normal digits; with
+    ``claimed``, also the labels its samples claim (a digit's own, a random one for pollution,
+    the harness's default label policy)."""
     from fedsieve.shared.data import load_fashion_mnist, load_mnist
     from fedsieve.simulations.zoo import Material, parse_pollution
 
@@ -71,6 +73,8 @@ def make_pool(kind: str, rate: float, seed: int):
     pool = np.concatenate([digits, made.images])
     y = np.r_[np.zeros(len(digits)), np.ones(n_pol)].astype(int)
     trusted = digits[rng.choice(len(digits), 10, replace=False)]
+    if claimed:
+        return pool, y, trusted, np.r_[labels, rng.integers(0, 10, n_pol)].astype(np.int64)
     return pool, y, trusted
 
 

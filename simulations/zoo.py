@@ -15,7 +15,7 @@ and its images are the pollution.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -534,10 +534,19 @@ def as_mix(kind: PollutionKind) -> Mix:
 
 
 #: Every elementary kind by name.
-KINDS: Mapping[str, type[PollutionKind]] = {
+KINDS: dict[str, type[PollutionKind]] = {
     k.name: k for k in (Fashion, InkMatchedFashion, Constant, UniformNoise, SaltPepper, Inverted,
                         Blurred, LowContrast, Occluded, Trigger, HeldOutClass, Relabelled)
 }
+
+def _with_content_kinds() -> None:
+    """Add the content kinds (defined on top of this module's base classes) to ``KINDS``."""
+    from fedsieve.simulations.content_kinds import CONTENT_KINDS
+
+    KINDS.update(CONTENT_KINDS)
+
+
+_with_content_kinds()
 #: Short names for common settings.
 ALIASES = {"black": "constant:value=0", "white": "constant:value=255",
            "grey": "constant:value=128", "gray": "constant:value=128"}

@@ -116,3 +116,19 @@ def test_detection_test_set_holds_the_requested_pollution():
     normal = [label_of[bytes(img)] for img in held.x[held.y == 0]]
     threes = [label_of[bytes(img)] for img in held.x[held.kinds == "held-out:digit=3"]]
     assert 3 not in normal and set(threes) == {3}
+
+
+@pytest.mark.parametrize("name", ["letters", "sketches", "scribbles", "shapes", "chimeras"])
+def test_content_kinds_are_drawn_like_digits(name, material):
+    """Content pollution differs in what it shows, not in how it is drawn: MNIST's centring
+    and box, and about a digit's ink."""
+    from scipy.ndimage import center_of_mass
+
+    x = KINDS[name]().sample(40, np.random.default_rng(0), material).images.astype(float)
+    off = np.array([np.abs(np.subtract(center_of_mass(img), 13.5)).max() for img in x])
+    assert np.median(off) < 0.5 and off.max() < 3  # a tall drawing may leave the frame a bit
+    rows = (x.max(axis=2) > 0).sum(1)
+    cols = (x.max(axis=1) > 0).sum(1)
+    assert np.maximum(rows, cols).max() <= 23 and np.median(np.maximum(rows, cols)) >= 18
+    ink, digit_ink = x.mean(), material.digits.astype(float).mean()
+    assert 0.6 < ink / digit_ink < 1.6
