@@ -485,6 +485,8 @@ class FedSieve:
                     f"training data (they kept {', '.join(map(str, counts))} samples); pass "
                     "num_examples=<the number of samples trained on>")
             num_examples = counts[0]
+        if isinstance(num_examples, float | np.floating) and float(num_examples).is_integer():
+            num_examples = int(num_examples)  # a count that went through a float metric
         if (isinstance(num_examples, bool)
                 or not isinstance(num_examples, int | np.integer) or num_examples < 0):
             raise ValueError(f"num_examples must be a non-negative integer, got "

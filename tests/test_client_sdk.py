@@ -282,6 +282,8 @@ def test_reply_without_kept_and_without_a_count_says_how_to_fix_it():
         sieve.reply(msg, ArrayRecord([np.zeros(2, np.float32)]))
     with pytest.raises(ValueError, match="non-negative integer, got -1"):
         sieve.reply(msg, ArrayRecord([np.zeros(2, np.float32)]), num_examples=-1)
+    with pytest.raises(ValueError, match="non-negative integer, got 2.5"):
+        sieve.reply(msg, ArrayRecord([np.zeros(2, np.float32)]), num_examples=2.5)
     # Two different kept() results for one message: which was trained on is not guessed.
     sieve.kept(msg, np.arange(5), np.arange(5))
     sieve.kept(msg, np.arange(3), np.arange(3))
