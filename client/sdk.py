@@ -53,7 +53,8 @@ With arrays and ids of the user's own, ``samples`` returns a tuple::
 
 **Counting.** :meth:`FedSieve.reply` reports the number of samples the last
 :meth:`~FedSieve.kept` / :meth:`~FedSieve.kept_dataset` / :meth:`~FedSieve.keep_mask` call kept
-for that train message, under the key the server's strategy weights by; a ``num_examples``
+for that train message (several calls that kept different numbers need an explicit count),
+under the key the server's strategy weights by; a ``num_examples``
 passed explicitly may be smaller (training on part of the kept samples), never larger: the
 server would exclude the client as over-reported, so :meth:`~FedSieve.reply` refuses it first.
 
