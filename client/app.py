@@ -42,8 +42,8 @@ def make_client_app(settings: RunSettings | None = None) -> ClientApp:
         loss = train_local(model, x, y, epochs=task.local_epochs, batch_size=task.batch_size,
                            lr=task.learning_rate,
                            seed=run.seed * 100_003 + server_round * 1_009 + _partition(context))
-        return sieve.reply(msg, ArrayRecord(model.state_dict()), num_examples=len(x),
-                           metrics={"train-loss": loss})
+        # The SDK reports len(x), the samples kept() returned, under the strategy's key.
+        return sieve.reply(msg, ArrayRecord(model.state_dict()), metrics={"train-loss": loss})
 
     return app
 

@@ -114,10 +114,9 @@ def run_federation(settings: RunSettings, run_dir: Path, *, federation: Federati
 
 def _run_apps(settings: RunSettings, verbose: bool) -> None:
     # Imported here: Ray and the apps (torch) are slow to load and only a run needs them.
-    from flwr.simulation import run_simulation
-
     from fedsieve.client.app import make_client_app
     from fedsieve.server.app import make_server_app
+    from fedsieve.simulations.engine import run_apps
     from fedsieve.simulations.poisoning import backdoor_probe
 
     if not verbose:
@@ -127,9 +126,10 @@ def _run_apps(settings: RunSettings, verbose: bool) -> None:
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                "init_args": {"include_dashboard": False, "log_to_driver": verbose,
                              "logging_level": "error"}}
-    run_simulation(make_server_app(settings, probe=backdoor_probe(settings)),
-                   make_client_app(settings),
-                   num_supernodes=settings.harness.num_clients, backend_config=backend)
+    # Flower's simulation engine without its deprecated wrapper (simulations/engine.py).
+    run_apps(make_server_app(settings, probe=backdoor_probe(settings)), make_client_app(settings),
+             num_supernodes=settings.harness.num_clients, backend_config=backend,
+             verbose=verbose)
 
 
 def simulate(settings: RunSettings, out: Path, *, progress=None, verbose: bool = False) -> dict:

@@ -1,8 +1,8 @@
 """Shared fixtures (real packaged data, loaded once per session) and the ``slow`` marker.
 
 Tests marked ``slow`` are the end-to-end runs: a real SuperLink deployment, real
-``run_simulation`` runs, the quick sweep through Flower, the stress harness. A plain ``pytest``
-skips them, so a developer's run stays short; they run when
+runs in Flower's simulation engine, the quick sweep through Flower, the stress harness. A plain
+``pytest`` skips them, so a developer's run stays short; they run when
 
 - ``--run-slow`` is given (everything), or
 - ``-m slow`` selects them (only those), or

@@ -55,3 +55,23 @@ def test_ci_runs_the_readme_test_command():
     ci = (REPO / ".ci" / "run").read_text()
     command = "bash .ci/setup --dev && .venv/bin/pytest"
     assert command in readme and command in ci.splitlines()
+
+
+def test_the_readme_integration_ends_with_the_command_that_runs_the_app():
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Adding fedsieve to your Flower app")[1].split("\n## ")[0]
+    blocks = section.split("```")[1::2]  # the code blocks, language tag first
+    assert blocks[-1].split("\n", 1)[1].strip().startswith(
+        'flwr run . local --federation-config "num-supernodes=10" --stream')
+    assert section.rstrip().endswith("```")
+
+
+def test_only_the_engine_module_touches_flowers_deprecated_run_simulation():
+    # Flower 1.41 warns in every run_simulation call; fedsieve goes through
+    # fedsieve.simulations.engine.run_apps, which falls back to it only on a Flower without
+    # the engine function.
+    sources = [p for folder in ("client", "server", "shared", "simulations", "benchmarks",
+                                "tests") for p in (REPO / folder).rglob("*.py")]
+    users = {p.relative_to(REPO).as_posix() for p in sources
+             if "import run_" + "simulation" in p.read_text()}  # split: not this file
+    assert users == {"simulations/engine.py"}
