@@ -103,6 +103,7 @@ from fedsieve.shared.protocol import (
     decode_verdicts,
     encode_upload,
     encode_verdicts,
+    tag_partition,
 )
 from fedsieve.shared.sources import LoadedImages, load_images, stable_ids
 
@@ -199,7 +200,7 @@ class FedSieve:
             data = self._load(samples)
             content = encode_upload(data.images, _ids(data), request, y=data.labels,
                                     layout="NCHW")
-        return Message(content, reply_to=msg)
+        return Message(tag_partition(content, context.node_config), reply_to=msg)
 
     def _local_samples(self, context: Context) -> tuple[np.ndarray, np.ndarray]:
         """The local images (uint8 (N, C, H, W), as they would be uploaded) and their ids."""
@@ -224,7 +225,8 @@ class FedSieve:
         detector = LocalRequest.from_content(msg.content).detector()
         x, ids = self._local_samples(context)
         evidence = detector.score_evidence(x, layout="NCHW")
-        return Message(encode_scores(ids, evidence, len(ids)), reply_to=msg)
+        return Message(tag_partition(encode_scores(ids, evidence, len(ids)),
+                                     context.node_config), reply_to=msg)
 
     def _self_train(self, msg: Message, context: Context) -> Message:
         # Federated self-training: train the shipped BiGAN on the samples it keeps here.

@@ -16,8 +16,8 @@ One JSON object per line in ``<run dir>/audit.jsonl``; ``kind`` says which:
   when nothing was scored;
 - ``{"kind": "client", "round", "node", "decision": "excluded", "code", "reason"}`` for each
   client left out of a round: ``code`` is one of
-  :data:`fedsieve.server.strategy.REASON_CODES`, ``reason`` the human-readable explanation.
-  Clients are kept unless excluded, so only exclusions are written.
+  :data:`fedsieve.server.reasons.REASON_CODES` (the reason's name), ``reason`` the one-line
+  explanation. Clients are kept unless excluded, so only exclusions are written.
 
 The file is only ever appended to, and every write is flushed and fsynced before it returns:
 a screening's sample verdicts are on disk before the train messages carrying them are sent,

@@ -30,6 +30,7 @@ from flwr.app import Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from fedsieve.server.reasons import client_error
 from fedsieve.server.screening import ClientVerdict, Screening
 from fedsieve.shared.local_protocol import (
     SCORE_ACTION,
@@ -43,7 +44,7 @@ from fedsieve.shared.local_protocol import (
     message_type,
     spot_check_request,
 )
-from fedsieve.shared.protocol import ProtocolError
+from fedsieve.shared.protocol import ProtocolError, read_partition
 
 #: Detector parameters local screening sets before adapting on the trusted images: no
 #: self-training on a pool the server does not have, and no reachability graph, whose nodes
@@ -158,9 +159,12 @@ class _Exchange:
                 continue
             if reply.has_error():
                 self.fail(node, f"the client raised an error while {what}: "
-                          f"{reply.error.reason}")
+                          f"{client_error(reply, node)}")
                 continue
             self._count(node, "up", reply.content)
+            partition = read_partition(reply.content)
+            if partition is not None:
+                self.screening.partitions[node] = partition
             try:
                 out[node] = decode(node, reply.content)
             except ProtocolError as err:

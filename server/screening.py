@@ -18,6 +18,7 @@ from flwr.app import Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from fedsieve.server.reasons import client_error
 from fedsieve.shared.images import image_digests
 from fedsieve.shared.protocol import (
     REQUEST_RECORD,
@@ -26,6 +27,7 @@ from fedsieve.shared.protocol import (
     Upload,
     UploadRequest,
     decode_upload,
+    read_partition,
 )
 
 
@@ -38,6 +40,7 @@ class ClientUpload:
     ids: np.ndarray
     num_samples: int
     y: np.ndarray | None = None  # claimed labels, when the client sent them
+    partition: int | None = None  # the partition id the client named, when it named one
 
 
 @dataclass
@@ -98,6 +101,10 @@ class Screening:
         Node id -> ``{"down": bytes, "up": bytes}`` the local screening's messages carried.
     spot_checked : dict
         Node id -> (samples verified, disagreements) of the local screening's spot checks.
+    partitions : dict
+        Node id -> the partition id the node named in its replies (Flower's
+        ``node_config["partition-id"]``, :func:`~fedsieve.shared.protocol.tag_partition`),
+        for the nodes that named one.
     """
 
     server_round: int
@@ -112,6 +119,7 @@ class Screening:
     failure_codes: dict[int, str] = field(default_factory=dict)
     traffic: dict[int, dict[str, int]] = field(default_factory=dict)
     spot_checked: dict[int, tuple[int, int]] = field(default_factory=dict)
+    partitions: dict[int, int] = field(default_factory=dict)
 
     @property
     def seconds(self) -> float:
@@ -153,13 +161,15 @@ def collect_uploads(grid: Grid, node_ids: Iterable[int], *, chunk_size: int, fra
     Returns
     -------
     uploads : dict
-        node id -> :class:`ClientUpload` for the nodes that answered validly.
+        node id -> :class:`ClientUpload` for the nodes that answered validly (with the
+        partition id each named, :attr:`ClientUpload.partition`).
     failures : dict
         node id -> reason, for the nodes that did not.
     """
     next_chunk = {int(n): 0 for n in node_ids}
     parts: dict[int, list[Upload]] = {n: [] for n in next_chunk}
     failures: dict[int, str] = {}
+    partitions: dict[int, int] = {}
     while next_chunk:
         requests = {n: UploadRequest(chunk_index=c, chunk_size=chunk_size, fraction=fraction,
                                      sample_seed=sample_seed + n % 2**31,
@@ -175,6 +185,9 @@ def collect_uploads(grid: Grid, node_ids: Iterable[int], *, chunk_size: int, fra
                 continue
             answered.add(node)
             reason = _check_reply(reply, requests[node], parts[node], max_upload)
+            partition = None if reply.has_error() else read_partition(reply.content)
+            if partition is not None:
+                partitions[node] = partition
             if reason:
                 failures[node] = reason
                 del next_chunk[node]
@@ -195,7 +208,8 @@ def collect_uploads(grid: Grid, node_ids: Iterable[int], *, chunk_size: int, fra
         uploads[node] = ClientUpload(node, np.concatenate([c.x for c in chunks]),
                                      np.concatenate([c.ids for c in chunks]),
                                      chunks[0].num_samples,
-                                     np.concatenate([c.y for c in chunks]) if labelled else None)
+                                     np.concatenate([c.y for c in chunks]) if labelled else None,
+                                     partitions.get(node))
     for node, reason in failures.items():
         log(WARNING, "fedsieve: node %s failed screening: %s", node, reason)
     return uploads, failures
@@ -205,7 +219,8 @@ def _check_reply(reply: Message, request: UploadRequest, previous: list[Upload],
                  max_upload: int) -> str | None:
     """Decode one chunk into ``previous``; the failure reason, or None when it is valid."""
     if reply.has_error():
-        return f"the client raised an error while uploading: {reply.error.reason}"
+        return ("the client raised an error while uploading: "
+                f"{client_error(reply, int(reply.metadata.src_node_id))}")
     try:
         upload = decode_upload(reply.content, request, max_upload=max_upload)
     except ProtocolError as err:

@@ -11,11 +11,19 @@ change, the way Flower's ``DifferentialPrivacyServerSide*`` wrappers do. What it
    contamination exceeds ``max_client_contamination``, or that report more training samples
    than they kept never reach the inner strategy. Clients whose training failed or that
    never replied are recorded too (the inner strategy skips them as usual). Each exclusion is
-   an :class:`Exclusion`: a code of :data:`REASON_CODES` and a human-readable message.
+   an :class:`Exclusion`: a reason name of :data:`REASON_CODES` and a one-line message (a
+   client's exception is condensed to ``Type: message``, :mod:`fedsieve.server.reasons`).
 4. **Audit**: every sample verdict, each screening's pool summary (with the estimated
    pollution share of the pooled uploads and its interval) and every exclusion go to
    ``<run_dir>/audit.jsonl`` (:mod:`fedsieve.server.audit`) when they are decided; per-round
-   figures go to :attr:`history` and into the round's train MetricRecord.
+   figures go to :attr:`history` and into the round's train MetricRecord (every key:
+   ``docs/operator-guide.md``, "Metrics").
+5. **No silent empty model**: a round that aggregates nothing (every client excluded, or no
+   reply the inner strategy could use) is logged at ERROR level with its reasons counted by
+   name, one example each, and the global model stays the last good one. :meth:`start` never
+   returns an empty ``ArrayRecord``: when no round aggregated a model it returns the initial
+   arrays, untrained, with an ERROR naming the run's reasons (:attr:`aggregated_rounds` is
+   then empty, for code that must refuse such a result).
 
 The training-sample count a client reports is read under the inner strategy's
 ``weighted_by_key`` (``"num-examples"`` for a strategy without one), as Flower's
@@ -31,21 +39,28 @@ and excluded otherwise.
 from __future__ import annotations
 
 import math
+import os
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
-from logging import INFO, WARNING
+from collections.abc import Callable, Iterable
+from logging import ERROR, INFO, WARNING
 from pathlib import Path
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy import FedAvg, Result, Strategy
 from sklearn.base import clone
 
 from fedsieve.server.audit import AuditLog
 from fedsieve.server.local import LocalSettings, screen_locally
+from fedsieve.server.reasons import (
+    REASON_CODES,
+    Exclusion,
+    client_error,
+    describe_node,
+    summarize_exclusions,
+)
 from fedsieve.server.screening import (
     DEFAULT_MAX_FIT_SAMPLES,
     Screening,
@@ -54,43 +69,14 @@ from fedsieve.server.screening import (
 )
 from fedsieve.shared.images import check_images, format_shape
 from fedsieve.shared.protocol import VERDICT_RECORD, encode_verdicts
+from fedsieve.shared.trusted import load_trusted_file, warn_if_few_trusted
 
-#: Exclusion reasons, also reported as integer codes in MetricRecords (which hold numbers only).
-REASON_CODES = {"failed-screening": 1, "too-polluted": 2, "over-reported": 3, "not-screened": 4,
-                "nothing-kept": 5, "train-error": 6, "dropped-out": 7, "failed-spot-check": 8}
+__all__ = ["AnomalyFilter", "Exclusion", "MODES", "REASON_CODES"]
+
 #: Where the samples are scored: on the server (the paper's model) or where they live.
 MODES = ("upload", "local")
 #: The metric key Flower's strategies weight by unless told otherwise.
 DEFAULT_WEIGHTED_BY_KEY = "num-examples"
-
-
-@dataclass(frozen=True)
-class Exclusion:
-    """Why a client is left out of a round.
-
-    Attributes
-    ----------
-    code : str
-        A key of :data:`REASON_CODES` (checked).
-    message : str
-        What happened, for people reading logs and reports.
-    """
-
-    code: str
-    message: str
-
-    def __post_init__(self) -> None:
-        if self.code not in REASON_CODES:
-            raise ValueError(f"unknown exclusion code {self.code!r}; one of "
-                             f"{', '.join(REASON_CODES)}")
-
-    @property
-    def number(self) -> int:
-        """The integer code reported in MetricRecords."""
-        return REASON_CODES[self.code]
-
-    def __str__(self) -> str:
-        return f"{self.code}: {self.message}"
 
 
 class AnomalyFilter(Strategy):
@@ -106,12 +92,14 @@ class AnomalyFilter(Strategy):
         An unfitted fedsieve detector (copied fresh for every screening) or a zero-argument
         callable returning one. It must offer ``fit(X, trusted=...)`` and the fitted
         ``decision_scores_``, ``labels_`` and ``threshold_``.
-    trusted_images : numpy.ndarray
+    trusted_images : numpy.ndarray or path
         The server's trusted normal images (5-10), in any form
-        :func:`~fedsieve.shared.images.check_images` reads. Their shape (C, H, W) is the
-        one the federation's uploads must have: it travels in every screening request, and a
-        client that uploads another shape is excluded for the round with a reason naming
-        both.
+        :func:`~fedsieve.shared.images.check_images` reads, or the path of a trusted file
+        (read with :func:`~fedsieve.shared.trusted.load_trusted_file`). Their shape (C, H, W)
+        is the one the federation's uploads must have: it travels in every screening request,
+        and a client that uploads another shape is excluded for the round with a reason
+        naming both. Fewer than 5 draws a warning with the measured cost
+        (:data:`~fedsieve.shared.trusted.FEW_TRUSTED_COST`).
     screen_every : int, default 0
         Screen again every this many rounds (0: only before the first round).
     upload_fraction : float, default 1.0
@@ -162,12 +150,17 @@ class AnomalyFilter(Strategy):
     Attributes
     ----------
     history : list of dict
-        One entry per round: uploads, drops, threshold, per-node estimated contamination
-        (``estimated_contamination``: node -> flagged share), the pool's estimated
-        contamination of the latest screening (``contamination``: ``estimate``, ``low``,
-        ``high``, ``confidence``), exclusions (``excluded``: node -> reason text,
-        ``excluded_codes``: node -> code of :data:`REASON_CODES`) and timings; ``metrics`` holds
-        what goes into the round's train MetricRecord.
+        One entry per round: whether it screened (``screened``), the uploads, drops and label
+        drops of the round's own screening (0 in rounds that did not screen), the threshold,
+        per-node estimated contamination (``estimated_contamination``: node -> flagged share)
+        and the partition each node named (``partitions``: node -> partition id) of the latest
+        screening, the pool's estimated contamination of the latest screening
+        (``contamination``: ``estimate``, ``low``, ``high``, ``confidence``), exclusions
+        (``excluded``: node -> reason text, ``excluded_codes``: node -> reason name of
+        :data:`REASON_CODES`), the clients aggregated (``aggregated``) and timings;
+        ``metrics`` holds what goes into the round's train MetricRecord.
+    aggregated_rounds : list of int
+        The rounds whose replies the inner strategy aggregated into a new global model.
     audit : AuditLog or None
         The audit log, when ``run_dir`` is given.
     """
@@ -200,7 +193,8 @@ class AnomalyFilter(Strategy):
         self.strategy = strategy if strategy is not None else FedAvg()
         self.detector = detector
         # Canonical uint8 (k, C, H, W): their shape is the one every upload must have.
-        self.trusted_images = check_images(trusted_images, "trusted_images", dtype=np.uint8)
+        self.trusted_images = _read_trusted(trusted_images)
+        warn_if_few_trusted(len(self.trusted_images))
         self.screen_every = screen_every
         self.upload_fraction = upload_fraction
         self.max_client_contamination = max_client_contamination
@@ -217,6 +211,8 @@ class AnomalyFilter(Strategy):
         self.max_fit_samples = max_fit_samples
         self.audit = AuditLog(self.run_dir / "audit.jsonl") if self.run_dir else None
         self.history: list[dict] = []
+        self.aggregated_rounds: list[int] = []
+        self._run_exclusions: dict[int, Exclusion] = {}  # node -> its latest, over the run
         self._screening: Screening | None = None
         self._allowed: dict[int, int] = {}  # node -> samples it may train on this round
         self._excluded: dict[int, Exclusion] = {}  # this round's
@@ -251,6 +247,49 @@ class AnomalyFilter(Strategy):
                 self.upload_fraction, self.screen_every or "first round only")
         log(INFO, "\t│\t└── max client contamination: %.2f", self.max_client_contamination)
         self.strategy.summary()
+
+    # ------------------------------------------------------------------ the run
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
+              timeout: float = 3600, train_config: ConfigRecord | None = None,
+              evaluate_config: ConfigRecord | None = None,
+              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+              ) -> Result:
+        """Run Flower's strategy loop (:meth:`flwr.serverapp.strategy.Strategy.start`), and
+        never return an empty model.
+
+        Flower keeps the last aggregated model, and an empty ``ArrayRecord`` when no round
+        aggregated one. A round that aggregates nothing is already an ERROR with its reasons
+        (:meth:`aggregate_train`); when no round aggregated, the result holds
+        ``initial_arrays`` (the initial model, untrained) and an ERROR names the reasons of
+        the whole run (a WARNING when only some rounds failed). It does not raise, so that the
+        run's metrics and history reach the caller; :attr:`aggregated_rounds` says which rounds
+        did aggregate.
+
+        Parameters and Returns are those of Flower's ``Strategy.start``.
+        """
+        self.aggregated_rounds, self._run_exclusions = [], {}
+        result = super().start(grid, initial_arrays, num_rounds=num_rounds, timeout=timeout,
+                               train_config=train_config, evaluate_config=evaluate_config,
+                               evaluate_fn=evaluate_fn)
+        if not self.aggregated_rounds:
+            result.arrays = initial_arrays
+            log(ERROR, "fedsieve: no round of %d aggregated a model, so the result holds the "
+                "INITIAL model, untrained. %s", num_rounds, self._run_reasons())
+        elif len(self.aggregated_rounds) < num_rounds:
+            # Each such round was an ERROR already; the result is a model, if an older one.
+            missed = sorted(set(range(1, num_rounds + 1)) - set(self.aggregated_rounds))
+            log(WARNING, "fedsieve: %s %s aggregated no model; the result holds round %d's "
+                "model. %s", "round" if len(missed) == 1 else "rounds",
+                ", ".join(map(str, missed)), self.aggregated_rounds[-1], self._run_reasons())
+        return result
+
+    def _run_reasons(self) -> str:
+        if not self._run_exclusions:
+            return ("No client was excluded: the inner strategy aggregated nothing (no node "
+                    "was sampled, or none replied in time).")
+        return ("Clients excluded over the run, by their latest reason: "
+                f"{summarize_exclusions(self._run_exclusions, self._partitions())}. Every "
+                "exclusion is in strategy.history and the audit log.")
 
     # ------------------------------------------------------------------ training
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -289,7 +328,7 @@ class AnomalyFilter(Strategy):
             if reply.has_error():
                 self._exclude(server_round, node, Exclusion(
                     "train-error", "the client raised an error while training: "
-                    f"{reply.error.reason}"))
+                    f"{client_error(reply, node)}"))
                 accepted.append(reply)  # the inner strategy logs and skips failures
                 continue
             if node not in self._allowed:
@@ -305,7 +344,9 @@ class AnomalyFilter(Strategy):
             if reported > self._allowed[node]:
                 self._exclude(server_round, node, Exclusion(
                     "over-reported", f"claims {reported} training samples under "
-                    f"{count_key!r} but kept {self._allowed[node]}"))
+                    f"{count_key!r} but kept {self._allowed[node]}; report the samples "
+                    "trained on after the server's drops (sieve.kept / sieve.kept_dataset), "
+                    "not the local dataset's size"))
                 continue
             accepted.append(reply)
         for node in sorted(set(self._allowed) - answered):
@@ -314,12 +355,35 @@ class AnomalyFilter(Strategy):
                 "timed out)"))
         arrays, metrics = (self.strategy.aggregate_train(server_round, accepted)
                            if accepted else (None, None))
+        aggregated = sum(not reply.has_error() for reply in accepted)
+        if arrays is None:
+            self._log_nothing_aggregated(server_round, aggregated)
+        else:
+            self.aggregated_rounds.append(server_round)
         self._round_seconds += time.perf_counter() - started
-        record = self._record_round(server_round)
+        record = self._record_round(server_round, aggregated if arrays is not None else 0)
         merged = MetricRecord(dict(metrics or {}))
         for key, value in record["metrics"].items():
             merged[key] = value
         return arrays, merged
+
+    def _log_nothing_aggregated(self, server_round: int, usable: int) -> None:
+        """The ERROR of a round that produced no model: its exclusions by reason."""
+        last = self.aggregated_rounds[-1] if self.aggregated_rounds else 0
+        keeps = f"round {last}'s model" if last else "the initial (untrained) model"
+        if self._excluded:
+            why = (f"all {len(self._excluded)} clients were excluded: "
+                   if not usable else f"{len(self._excluded)} clients were excluded: ")
+            why += summarize_exclusions(self._excluded, self._partitions())
+        else:
+            why = "no client's update reached the inner strategy (none sampled or replied)"
+        if usable:
+            why += f"; the inner strategy aggregated nothing from {usable} updates"
+        log(ERROR, "fedsieve: round %d aggregated no model: %s. The global model stays %s.",
+            server_round, why, keeps)
+
+    def _partitions(self) -> dict[int, int]:
+        return {} if self._screening is None else self._screening.partitions
 
     # -------------------------------------------------------------- forwarding
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -365,6 +429,8 @@ class AnomalyFilter(Strategy):
             sample_seed=self.random_state + server_round, max_upload=self.max_upload,
             timeout=self.screening_timeout, image_shape=self.image_shape)
         screening.upload_seconds = time.perf_counter() - started
+        screening.partitions = {n: u.partition for n, u in uploads.items()
+                                if u.partition is not None}
         started = time.perf_counter()
         scoring = score_pool(uploads, self.trusted_images, self._make_detector,
                              None if self.label_check is None else self._make_label_check,
@@ -396,7 +462,9 @@ class AnomalyFilter(Strategy):
     def _exclude(self, server_round: int, node: int, exclusion: Exclusion) -> None:
         """Leave ``node`` out of this round: remember, log and audit the decision now."""
         self._excluded[node] = exclusion
-        log(WARNING, "fedsieve: round %d excludes node %s: %s", server_round, node, exclusion)
+        self._run_exclusions[node] = exclusion
+        log(WARNING, "fedsieve: round %d excludes %s: %s", server_round,
+            describe_node(node, self._partitions()), exclusion)
         screening = self._screening
         already_audited = (screening.server_round == server_round
                            and node in screening.failures)  # by _audit_screening
@@ -428,7 +496,7 @@ class AnomalyFilter(Strategy):
             self.audit.write_exclusion(screening.server_round, node, exclusion.code,
                                        str(exclusion))
 
-    def _record_round(self, server_round: int) -> dict:
+    def _record_round(self, server_round: int, aggregated: int) -> dict:
         screening = self._screening
         fresh = screening.server_round == server_round
         verdicts = screening.verdicts
@@ -437,14 +505,17 @@ class AnomalyFilter(Strategy):
         record = {
             "round": server_round,
             "screened": fresh,
-            "uploaded": screening.uploaded,
-            "dropped": screening.flagged,
-            "label_flagged": screening.label_flagged,
+            # Counts are this round's own: a round that did not screen uploaded nothing.
+            "uploaded": screening.uploaded if fresh else 0,
+            "dropped": screening.flagged if fresh else 0,
+            "label_flagged": screening.label_flagged if fresh else 0,
             "threshold": screening.threshold,
             "estimated_contamination": {n: verdicts[n].estimated_contamination for n in nodes},
+            "partitions": dict(sorted(screening.partitions.items())),
             "contamination": dict(screening.contamination),
             "excluded": {n: str(e) for n, e in excluded.items()},
             "excluded_codes": {n: e.code for n, e in excluded.items()},
+            "aggregated": aggregated,
             "screening_seconds": screening.seconds if fresh else 0.0,
             "upload_seconds": screening.upload_seconds if fresh else 0.0,
             "detector_seconds": screening.detector_seconds if fresh else 0.0,
@@ -455,21 +526,52 @@ class AnomalyFilter(Strategy):
             "spot_checked": {n: list(c) for n, c in sorted(screening.spot_checked.items())}
             if fresh else {},
         }
-        record["metrics"] = {
-            "fedsieve-uploaded": record["uploaded"],
-            "fedsieve-dropped": record["dropped"],
-            "fedsieve-label-flagged": record["label_flagged"],
-            "fedsieve-excluded": len(excluded),
-            "fedsieve-excluded-nodes": [int(n) for n in excluded],
-            "fedsieve-excluded-reasons": [e.number for e in excluded.values()],
-            "fedsieve-nodes": nodes,
-            "fedsieve-contamination": [verdicts[n].estimated_contamination for n in nodes],
-            **_pool_metrics(screening.contamination),
-            "fedsieve-screening-s": record["screening_seconds"],
-            "fedsieve-filter-s": record["filter_seconds"],
-        }
+        record["metrics"] = _round_metrics(record, nodes, excluded, screening.partitions)
         self.history.append(record)
         return record
+
+
+#: Where a node named no partition, the partition lists of the metrics hold this.
+NO_PARTITION = -1
+
+
+def _round_metrics(record: dict, nodes: list[int], excluded: dict[int, Exclusion],
+                   partitions: dict[int, int]) -> dict[str, int | float | list]:
+    """The round's train MetricRecord entries (every key: ``docs/operator-guide.md``)."""
+    by_reason: dict[str, int] = {}
+    for exclusion in excluded.values():
+        by_reason[exclusion.code] = by_reason.get(exclusion.code, 0) + 1
+    return {
+        "fedsieve-screened": int(record["screened"]),
+        "fedsieve-uploaded": record["uploaded"],
+        "fedsieve-dropped": record["dropped"],
+        "fedsieve-label-flagged": record["label_flagged"],
+        "fedsieve-aggregated": record["aggregated"],
+        "fedsieve-excluded": len(excluded),
+        # MetricRecords hold numbers only: one count per reason name, present when not 0.
+        **{f"fedsieve-excluded.{code}": count for code, count in sorted(by_reason.items())},
+        "fedsieve-excluded-nodes": [int(n) for n in excluded],
+        "fedsieve-excluded-partitions": [partitions.get(n, NO_PARTITION) for n in excluded],
+        "fedsieve-excluded-reasons": [e.number for e in excluded.values()],
+        "fedsieve-nodes": nodes,
+        "fedsieve-partitions": [partitions.get(n, NO_PARTITION) for n in nodes],
+        "fedsieve-contamination": [record["estimated_contamination"][n] for n in nodes],
+        **_pool_metrics(record["contamination"]),
+        "fedsieve-screening-s": record["screening_seconds"],
+        "fedsieve-filter-s": record["filter_seconds"],
+    }
+
+
+def _read_trusted(trusted: object) -> np.ndarray:
+    """The trusted images as uint8 (k, C, H, W), from images or a trusted file's path."""
+    if isinstance(trusted, str | os.PathLike):
+        return load_trusted_file(trusted)
+    if not isinstance(trusted, np.ndarray) and not hasattr(trusted, "detach"):
+        raise ValueError(
+            f"trusted_images must be a numpy array of images or the path of a trusted file "
+            f"(read with fedsieve.shared.trusted.load_trusted_file), got "
+            f"{type(trusted).__name__}")
+    return check_images(trusted, "trusted_images", dtype=np.uint8)
 
 
 def _check_shippable(detector, label_check, upload_fraction: float) -> None:

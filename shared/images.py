@@ -139,8 +139,8 @@ def check_images(
         out /= 255.0  # in place: one float copy of a large pool, not two
         return out
     if X.dtype != np.float32:
-        raise ValueError(f"{name} has dtype {X.dtype}; {_FORMS} (convert with "
-                         "x.astype(np.float32) / 255 for 0-255 data)")
+        raise ValueError(f"{name} has dtype {X.dtype}{_value_range(X)}; {_FORMS} "
+                         f"({_conversion(X)})")
     if X.size and not np.isfinite(X).all():
         raise ValueError(f"{name} contains NaN or inf values; clean or drop those images")
     if X.size and (X.min() < 0.0 or X.max() > 1.0):
@@ -149,6 +149,31 @@ def check_images(
     if out_dtype == np.uint8:
         return np.ascontiguousarray(np.rint(X * 255.0).astype(np.uint8))
     return np.ascontiguousarray(X)
+
+
+def _finite_range(X: np.ndarray) -> tuple[float, float] | None:
+    """(min, max) of the finite values of a real numeric batch; None when it has none."""
+    if not X.size or not np.issubdtype(X.dtype, np.number) or np.iscomplexobj(X):
+        return None
+    finite = X[np.isfinite(X)] if np.issubdtype(X.dtype, np.floating) else X
+    return (float(finite.min()), float(finite.max())) if finite.size else None
+
+
+def _value_range(X: np.ndarray) -> str:
+    """`` with values in [lo, hi]`` of a numeric batch (empty when it is not one)."""
+    bounds = _finite_range(X)
+    return "" if bounds is None else f" with values in [{bounds[0]:.4g}, {bounds[1]:.4g}]"
+
+
+def _conversion(X: np.ndarray) -> str:
+    """How to convert a batch of another dtype: the fix its values call for."""
+    bounds = _finite_range(X)
+    if bounds is not None and bounds[1] > 1.0:
+        return ("0-255 data: convert with x.astype(np.uint8), or to floats with "
+                "x.astype(np.float32) / 255")
+    if np.issubdtype(X.dtype, np.floating):
+        return "data in [0, 1]: convert with x.astype(np.float32)"
+    return "convert 0-255 data with x.astype(np.uint8), [0, 1] data with x.astype(np.float32)"
 
 
 def image_shape(X: Any, name: str = "X", *, layout: str | None = None) -> tuple[int, int, int]:

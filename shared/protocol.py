@@ -11,7 +11,8 @@ position). The request names the image shape (C, H, W) the server's detector tak
 (``image-shape``, that of its trusted images): a client whose images have another shape fails
 with a message saying so, and an upload of another shape is refused. Verdicts travel back inside
 each client's own ``train`` message as an ``ArrayRecord`` named :data:`VERDICT_RECORD` holding the
-ids to drop.
+ids to drop. A client's screening replies may carry a :data:`NODE_RECORD` naming the partition
+it holds (:func:`tag_partition`), a label the server's logs and metrics use.
 
 Everything a client sends is untrusted: :func:`decode_upload` either returns a valid
 :class:`Upload` or raises :class:`ProtocolError` naming what was wrong; it never raises
@@ -21,6 +22,7 @@ anything else.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +37,11 @@ REQUEST_RECORD = "fedsieve.request"
 UPLOAD_RECORD = "fedsieve.upload"
 UPLOAD_META = "fedsieve.upload_meta"
 VERDICT_RECORD = "fedsieve.verdicts"
+#: A ConfigRecord beside a client's screening replies naming the partition it holds (Flower's
+#: ``node_config["partition-id"]``, which simulations set): the server's logs and metrics
+#: name clients by it, since Flower's node ids are random 64-bit numbers.
+NODE_RECORD = "fedsieve.node"
+PARTITION_KEY = "partition-id"
 #: Local datasets larger than this are refused as absurd.
 MAX_LOCAL_SAMPLES = 10_000_000
 #: Largest class label an upload may claim (labels are class indices).
@@ -259,6 +266,28 @@ def _decode_upload(content: RecordDict, request: UploadRequest, max_upload: int)
         if len(y) and not 0 <= y.min() <= y.max() <= MAX_LABEL:
             raise ProtocolError(f"labels y must lie in 0..{MAX_LABEL}, got {y.min()}..{y.max()}")
     return Upload(x, ids, num_samples, num_selected, chunk_index, num_chunks, y)
+
+
+def tag_partition(content: RecordDict, node_config: Mapping[str, object]) -> RecordDict:
+    """``content`` with the :data:`NODE_RECORD` naming the node's partition, when its
+    ``node_config`` (Flower's ``Context.node_config``) holds a whole ``partition-id``."""
+    partition = node_config.get(PARTITION_KEY)
+    if isinstance(partition, int | np.integer) and not isinstance(partition, bool) \
+            and 0 <= int(partition) < 2**63:
+        content[NODE_RECORD] = ConfigRecord({PARTITION_KEY: int(partition)})
+    return content
+
+
+def read_partition(content: RecordDict) -> int | None:
+    """The partition id a client's reply names (:func:`tag_partition`); None when it names
+    none or an invalid one (a label only: it never fails a reply)."""
+    try:
+        value = content[NODE_RECORD][PARTITION_KEY]
+    except Exception:  # noqa: BLE001 - absent, or not a record: no label
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
 
 
 def encode_verdicts(drop_ids: np.ndarray) -> ArrayRecord:

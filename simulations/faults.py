@@ -169,3 +169,63 @@ def faulty_client_app(fault: str, samples: SampleFn, *,
                        reply_to=msg)
 
     return app
+
+
+#: The two mistakes a newcomer made adding fedsieve to a working Flower app (issue 32), each
+#: of which excluded every client: :func:`newcomer_client_app` makes them.
+NEWCOMER_MISTAKES = {
+    # Images handed to the SDK as float64 in 0-255 (neither uint8 nor float32 in [0, 1]).
+    "float64-0-255": ClientFault(
+        "failed-screening", r"ValueError: local samples has dtype float64 with values in "
+                            r"\[\d+, 255\]"),
+    # num-examples reported as the local dataset's size, not the samples trained on (the
+    # Flower app's own reply, kept when the SDK was added).
+    "count-before-screening": ClientFault(
+        "over-reported", r"claims \d+ training samples under 'num-examples' but kept \d+"),
+}
+
+
+def newcomer_client_app(mistake: str, data_dir: str) -> ClientApp:
+    """A user's ClientApp with the fedsieve SDK that trains the example DigitNet for real on
+    the samples the server kept, but makes ``mistake`` (a key of :data:`NEWCOMER_MISTAKES`).
+
+    Each node reads ``<data_dir>/client_<partition-id>.npz`` (``x`` uint8, ``y``, ``ids``),
+    its ``partition-id`` being Flower's ``node_config`` entry (set in simulation).
+    """
+    if mistake not in NEWCOMER_MISTAKES:
+        raise ValueError(f"unknown mistake {mistake!r}; pick one of "
+                         f"{', '.join(NEWCOMER_MISTAKES)}")
+    from fedsieve.client.sdk import FedSieve
+    from fedsieve.shared.classifier import DigitNet, train_local
+
+    def load(context: Context) -> dict[str, np.ndarray]:
+        partition = int(context.node_config["partition-id"])
+        with np.load(f"{data_dir}/client_{partition}.npz") as data:
+            return {key: data[key] for key in ("x", "y", "ids")}
+
+    def samples(context: Context):
+        data = load(context)
+        x = data["x"].astype(np.float64) if mistake == "float64-0-255" else data["x"]
+        return x, data["ids"]
+
+    app = ClientApp()
+    sieve = FedSieve(app, samples)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        from flwr.app import ArrayRecord
+
+        data = load(context)
+        x, y = sieve.kept(msg, data["ids"], data["x"], data["y"])
+        model = DigitNet()
+        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+        loss = train_local(model, x, y, epochs=1, seed=0)
+        if mistake == "count-before-screening":
+            # The app's reply from before fedsieve, counting the whole local dataset.
+            metrics = MetricRecord({"num-examples": len(data["x"]), "train-loss": loss})
+            return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()),
+                                       "metrics": metrics}), reply_to=msg)
+        return sieve.reply(msg, ArrayRecord(model.state_dict()), num_examples=len(x),
+                           metrics={"train-loss": loss})
+
+    return app

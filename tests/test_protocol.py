@@ -173,3 +173,17 @@ def test_decoder_on_near_valid_uploads(n, chunk_size, chunk, fraction, as_float,
         np.testing.assert_array_equal(upload.x, x[part][:, None])
         if untouched:
             assert upload.num_samples == n and upload.num_selected == len(selected)
+
+
+def test_replies_name_their_partition_and_bad_names_are_ignored():
+    from fedsieve.shared.protocol import NODE_RECORD, read_partition, tag_partition
+
+    assert read_partition(tag_partition(RecordDict(), {"partition-id": 3})) == 3
+    assert read_partition(tag_partition(RecordDict(), {"partition-id": np.int64(0)})) == 0
+    for config in ({}, {"partition-id": "3"}, {"partition-id": -1}, {"partition-id": True}):
+        assert NODE_RECORD not in tag_partition(RecordDict(), config)
+    # A hostile or broken label is no label; it never fails the reply.
+    for record in (ConfigRecord({"partition-id": -5}), ConfigRecord({"partition-id": "x"}),
+                   ConfigRecord({"other": 1})):
+        assert read_partition(RecordDict({NODE_RECORD: record})) is None
+    assert read_partition(RecordDict()) is None

@@ -260,3 +260,17 @@ def test_image_statistics_do_not_depend_on_the_colour(mnist_train):
     plain = image_statistics(check_images(grey))
     for name in colours:
         np.testing.assert_allclose(stats[name], plain, err_msg=name)
+
+
+@pytest.mark.parametrize("x, says", [
+    (np.full((2, 28, 28), 255.0), r"dtype float64 with values in \[255, 255\].*0-255 data: "
+                                  r"convert with x\.astype\(np\.uint8\)"),
+    (np.full((2, 28, 28), 0.5), r"dtype float64 with values in \[0\.5, 0\.5\].*data in "
+                                r"\[0, 1\]: convert with x\.astype\(np\.float32\)"),
+    (np.full((2, 28, 28), 7, np.int64), r"dtype int64 with values in \[7, 7\].*x\.astype\(np\."
+                                        r"uint8\)"),
+    (np.full((2, 28, 28), np.nan), r"dtype float64; .*x\.astype\(np\.float32\)"),
+])
+def test_another_dtype_is_refused_with_its_values_and_the_fix(x, says):
+    with pytest.raises(ValueError, match=says):
+        check_images(x, "local samples")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -62,3 +64,42 @@ def test_missing_and_pickled_trusted_files_refused(tmp_path):
     (tmp_path / "p.npz").write_bytes(pickle.dumps(np.zeros((3, 28, 28))))
     with pytest.raises(TrustedFileError, match="not a readable"):
         load_trusted_file(tmp_path / "p.npz")
+
+
+# -- AnomalyFilter's trusted_images ------------------------------------------------------------
+def _filter(trusted):
+    from fedsieve.server import AnomalyFilter
+    from fedsieve.shared.detectors import make_detector
+
+    return AnomalyFilter(detector=make_detector("iforest"), trusted_images=trusted)
+
+
+def test_the_filter_takes_a_trusted_files_path(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (6, 28, 28), dtype=np.uint8)
+    path = save_trusted_file(tmp_path / "trusted.npz", images)
+    for given in (path, str(path)):
+        np.testing.assert_array_equal(_filter(given).trusted_images, images[:, None])
+    with pytest.raises(TrustedFileError, match="does not exist"):
+        _filter(tmp_path / "missing.npz")
+
+
+def test_other_trusted_inputs_name_both_forms():
+    with pytest.raises(ValueError, match=r"numpy array of images or the path of a trusted file "
+                                         r"\(read with fedsieve.shared.trusted.load_trusted_file"
+                                         r"\), got list"):
+        _filter([[0] * 28] * 28)
+
+
+def test_fewer_than_five_trusted_images_warn_with_the_measured_cost(caplog):
+    from fedsieve.shared.trusted import FEW_TRUSTED_COST, FewTrustedImagesWarning
+
+    images = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    with pytest.warns(FewTrustedImagesWarning, match="only 3 trusted images; give 5-10") as got:
+        _filter(images[:3])
+    assert FEW_TRUSTED_COST in str(got[0].message)
+    assert "test AUC" in FEW_TRUSTED_COST  # the measured figures, not a placeholder
+    caplog.clear()
+    with warnings.catch_warnings(), caplog.at_level(logging.WARNING, logger="flwr"):
+        warnings.simplefilter("error", FewTrustedImagesWarning)
+        _filter(images)  # five: no warning
+    assert not [r for r in caplog.records if "trusted image" in r.getMessage()]
