@@ -32,7 +32,7 @@ ROUNDS = 2
 def run(mistake: str, federation, tmp_path) -> dict:
     """Run the mistake's ClientApps and a filtered FedAvg ServerApp in Flower's simulation
     engine; returns the initial arrays, the strategy and the result ``start`` returned."""
-    from flwr.simulation import run_simulation
+    from fedsieve.simulations.engine import run_apps
 
     for i, client in enumerate(federation.clients):
         np.savez(tmp_path / f"client_{i}.npz", **client.public_arrays())
@@ -51,11 +51,11 @@ def run(mistake: str, federation, tmp_path) -> dict:
         out["result"] = strategy.start(grid=grid, initial_arrays=out["initial"],
                                        num_rounds=ROUNDS)
 
-    run_simulation(server, newcomer_client_app(mistake, str(tmp_path)),
-                   num_supernodes=len(federation.clients),
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                   "init_args": {"include_dashboard": False,
-                                                 "logging_level": "error"}})
+    run_apps(server, newcomer_client_app(mistake, str(tmp_path)),
+             num_supernodes=len(federation.clients),
+             backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                             "init_args": {"include_dashboard": False,
+                                           "logging_level": "error"}})
     assert "result" in out, "the ServerApp did not finish"
     return out
 

@@ -14,7 +14,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg
 
@@ -31,7 +31,8 @@ def user_app(client, *, report_all: bool = False, fail_in_round: int | None = No
     """A user's ClientApp with the SDK: trains DigitNet on the kept samples for real.
 
     ``report_all``: reports the local dataset's size instead of the kept count (the
-    newcomer's mistake); ``fail_in_round``: raises while training in that round.
+    newcomer's mistake, in a reply built by hand: ``sieve.reply`` refuses the count before
+    sending); ``fail_in_round``: raises while training in that round.
     """
     app = ClientApp()
     sieve = FedSieve(app, lambda ctx: (client.x, client.ids))
@@ -44,8 +45,11 @@ def user_app(client, *, report_all: bool = False, fail_in_round: int | None = No
         model = DigitNet()
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
         train_local(model, x, y, epochs=1, seed=0)
-        return sieve.reply(msg, ArrayRecord(model.state_dict()),
-                           num_examples=len(client.x) if report_all else len(x))
+        if report_all:
+            return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()),
+                                       "metrics": MetricRecord({"num-examples": len(client.x)})}),
+                           reply_to=msg)
+        return sieve.reply(msg, ArrayRecord(model.state_dict()), num_examples=len(x))
 
     return app
 
