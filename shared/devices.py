@@ -13,11 +13,13 @@ same batches and latents on every device, and the CPU path is exactly the one it
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-__all__ = ["DEVICE_TYPES", "available_devices", "check_device", "module_device",
-           "resolve_device"]
+__all__ = ["DEVICE_TYPES", "available_devices", "check_device", "context_device",
+           "module_device", "resolve_device"]
 
 #: The kinds of device a ``device`` setting may name (besides ``"auto"``).
 DEVICE_TYPES = ("cpu", "cuda", "mps")
@@ -102,3 +104,25 @@ def module_device(module: nn.Module) -> torch.device:
     the functions that take a trained network move their inputs to."""
     param = next(module.parameters(), None)
     return torch.device("cpu") if param is None else param.device
+
+
+def context_device(context: Any) -> str:
+    """The ``device`` setting of a Flower node: its ``node_config["device"]`` (one node's own
+    hardware, ``flower-supernode --node-config 'device="cuda"'``), else the run config's
+    ``device``, else ``"auto"``. Checked for spelling (:func:`check_device`), resolved by the
+    code that uses it.
+
+    Parameters
+    ----------
+    context : flwr.app.Context
+        The ClientApp's context (anything with ``node_config`` and ``run_config`` mappings).
+
+    Raises
+    ------
+    ValueError
+        A malformed setting.
+    """
+    for config in (getattr(context, "node_config", None), getattr(context, "run_config", None)):
+        if config and config.get("device"):
+            return check_device(str(config["device"]))
+    return "auto"
