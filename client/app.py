@@ -43,7 +43,7 @@ def make_client_app(settings: RunSettings | None = None) -> ClientApp:
         loss = train_local(model, x, y, epochs=task.local_epochs, batch_size=task.batch_size,
                            lr=task.learning_rate,
                            seed=run.seed * 100_003 + server_round * 1_009 + _partition(context),
-                           device=context_device(context))
+                           device=context_device(context, run.filter.device))
         return sieve.reply(msg, ArrayRecord(model.state_dict()), num_examples=len(x),
                            metrics={"train-loss": loss})
 

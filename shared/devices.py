@@ -106,23 +106,29 @@ def module_device(module: nn.Module) -> torch.device:
     return torch.device("cpu") if param is None else param.device
 
 
-def context_device(context: Any) -> str:
+def context_device(context: Any, run_device: str | None = None) -> str:
     """The ``device`` setting of a Flower node: its ``node_config["device"]`` (one node's own
-    hardware, ``flower-supernode --node-config 'device="cuda"'``), else the run config's
-    ``device``, else ``"auto"``. Checked for spelling (:func:`check_device`), resolved by the
-    code that uses it.
+    hardware, ``flower-supernode --node-config 'device="cuda"'``), else ``run_device``, else
+    the run config's ``device``, else ``"auto"``. Checked for spelling (:func:`check_device`),
+    resolved by the code that uses it.
 
     Parameters
     ----------
     context : flwr.app.Context
         The ClientApp's context (anything with ``node_config`` and ``run_config`` mappings).
+    run_device : str, optional
+        The run's setting when the app holds its settings itself rather than in the run
+        config (the example ClientApp built around explicit settings by ``fedsieve
+        simulate``).
 
     Raises
     ------
     ValueError
         A malformed setting.
     """
-    for config in (getattr(context, "node_config", None), getattr(context, "run_config", None)):
-        if config and config.get("device"):
+    node = getattr(context, "node_config", None) or {}
+    run = {"device": run_device} if run_device else getattr(context, "run_config", None) or {}
+    for config in (node, run):
+        if config.get("device"):
             return check_device(str(config["device"]))
     return "auto"

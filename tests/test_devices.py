@@ -84,6 +84,11 @@ def test_run_config_and_node_config_take_the_device():
     assert context_device(node) == "cpu"
     assert context_device(SimpleNamespace(node_config={}, run_config={"device": "mps"})) == "mps"
     assert context_device(SimpleNamespace(node_config={}, run_config={})) == "auto"
+    # An app holding its settings itself (fedsieve simulate's example client): they win over
+    # the run config, a node's own setting over both.
+    assert context_device(SimpleNamespace(node_config={}, run_config={"device": "mps"}),
+                          "cpu") == "cpu"
+    assert context_device(node, "cuda:1") == "cpu"
     with pytest.raises(ValueError):
         context_device(SimpleNamespace(node_config={"device": "tpu"}, run_config={}))
     assert check_device("CUDA:0") == "cuda:0"
