@@ -13,6 +13,7 @@ from fedsieve.client.sdk import FedSieve
 from fedsieve.client.task import load_local_data
 from fedsieve.shared.classifier import train_local
 from fedsieve.shared.config import RunSettings
+from fedsieve.shared.devices import context_device
 from fedsieve.shared.example_data import example_classifier
 
 
@@ -41,7 +42,8 @@ def make_client_app(settings: RunSettings | None = None) -> ClientApp:
         task = run.task
         loss = train_local(model, x, y, epochs=task.local_epochs, batch_size=task.batch_size,
                            lr=task.learning_rate,
-                           seed=run.seed * 100_003 + server_round * 1_009 + _partition(context))
+                           seed=run.seed * 100_003 + server_round * 1_009 + _partition(context),
+                           device=context_device(context, run.filter.device))
         # The SDK reports len(x), the samples kept() returned, under the strategy's key.
         return sieve.reply(msg, ArrayRecord(model.state_dict()), metrics={"train-loss": loss})
 

@@ -85,6 +85,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedsieve.shared.devices import context_device
 from fedsieve.shared.images import check_images
 from fedsieve.shared.local_protocol import (
     SCORE_ACTION,
@@ -222,7 +223,7 @@ class FedSieve:
     def _score(self, msg: Message, context: Context) -> Message:
         # Local screening: score the local samples with the shipped detector; only the ids and
         # each sample's evidence (a few float16 numbers) go back.
-        detector = LocalRequest.from_content(msg.content).detector()
+        detector = LocalRequest.from_content(msg.content).detector(context_device(context))
         x, ids = self._local_samples(context)
         evidence = detector.score_evidence(x, layout="NCHW")
         return Message(tag_partition(encode_scores(ids, evidence, len(ids)),
@@ -233,7 +234,7 @@ class FedSieve:
         from fedsieve.shared.detectors.federated import local_update
 
         request = LocalRequest.from_content(msg.content)
-        detector = request.detector()
+        detector = request.detector(context_device(context))
         x, _ = self._local_samples(context)
         update = local_update(detector, x, steps=int(request.config["steps"]),
                               seed=int(request.config["seed"]),

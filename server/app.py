@@ -103,7 +103,8 @@ def run_server(grid: Grid, settings: RunSettings, run_dir: Path, *,
         round_times[server_round] = now - clock[0]
         clock[0] = now
         model.load_state_dict(arrays.to_torch_state_dict())
-        loss, accuracy, per_class = evaluate_classes(model, test.images, test.labels)
+        loss, accuracy, per_class = evaluate_classes(model, test.images, test.labels,
+                                                     device=settings.filter.device)
         metrics = {"loss": loss, "accuracy": accuracy,
                    **{f"accuracy-class-{k}": float(a) for k, a in enumerate(per_class)}}
         return MetricRecord({**metrics, **(probe(model) if probe else {})})

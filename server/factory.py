@@ -90,8 +90,10 @@ def build_detector(settings: FilterSettings) -> BaseDetector:
     # An empty policy keeps the detector's own default (budget for Rt-BiGAN, gmm for peers).
     policy = {"threshold_policy": settings.threshold_policy} if settings.threshold_policy else {}
     detector = make_detector(settings.detector, random_state=settings.seed, **policy)
-    # alpha and the meta checkpoint only mean something to the GAN detectors.
-    extra = {"alpha": settings.alpha, "meta_checkpoint": settings.checkpoint or "default"}
+    # alpha and the meta checkpoint only mean something to the GAN detectors, the device to
+    # the torch ones (the peers run where their library puts them).
+    extra = {"alpha": settings.alpha, "meta_checkpoint": settings.checkpoint or "default",
+             "device": settings.device}
     params = detector.get_params()
     return detector.set_params(**{k: v for k, v in extra.items() if k in params})
 

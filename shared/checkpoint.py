@@ -57,10 +57,13 @@ def default_meta_checkpoint() -> Path:
 
 def write_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor],
                      header: dict[str, Any]) -> Path:
-    """Write weights and JSON header; returns the JSON path."""
+    """Write weights and JSON header; returns the JSON path.
+
+    The weights are written from CPU copies whatever device they live on, so a checkpoint
+    made on a GPU loads on any machine."""
     wpath, jpath = _pair(path)
     wpath.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(wpath))
+    save_file(cpu_tensors(tensors), str(wpath))
     doc = {"format": FORMAT, "format_version": FORMAT_VERSION, **header,
            "weights_file": wpath.name, "weights_sha256": _sha256(wpath)}
     jpath.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
@@ -125,8 +128,10 @@ def save_meta(model: BiGAN, path: str | Path, info: dict[str, Any],
                             {"kind": "meta", "net": model.cfg.to_dict(), **info})
 
 
-def load_meta(path: str | Path) -> tuple[BiGAN, dict[str, Any]]:
-    """Load a meta-model saved by :func:`save_meta`; returns ``(model, header)``.
+def load_meta(path: str | Path, device: torch.device | None = None
+              ) -> tuple[BiGAN, dict[str, Any]]:
+    """Load a meta-model saved by :func:`save_meta` onto ``device`` (the CPU when None);
+    returns ``(model, header)``.
 
     Raises
     ------
@@ -137,7 +142,8 @@ def load_meta(path: str | Path) -> tuple[BiGAN, dict[str, Any]]:
     tensors, header = read_checkpoint(path)
     if header.get("kind") != "meta":
         raise CheckpointError(f"{path} is a {header.get('kind')!r} checkpoint, not a meta-model")
-    return bigan_from_tensors(tensors, header.get("net")), header
+    model = bigan_from_tensors(tensors, header.get("net"))
+    return (model if device is None else model.to(device)), header
 
 
 def load_meta_atlas(path: str | Path) -> np.ndarray | None:
@@ -151,9 +157,17 @@ def load_meta_atlas(path: str | Path) -> np.ndarray | None:
 
 
 # -- networks <-> tensors -------------------------------------------------------------------
+def cpu_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU versions of ``tensors`` (the tensors themselves where they already
+    are), what safetensors writes: checkpoints and shipped detectors never hold device
+    tensors."""
+    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+
 def model_tensors(model: BiGAN) -> dict[str, torch.Tensor]:
-    """A BiGAN's weights as checkpoint tensors (its ``state_dict`` under ``model.``)."""
-    return {f"model.{k}": v.detach().clone() for k, v in model.state_dict().items()}
+    """A BiGAN's weights as checkpoint tensors (its ``state_dict`` under ``model.``), CPU
+    copies whatever device the model is on."""
+    return {f"model.{k}": v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
 def bigan_from_tensors(tensors: dict[str, torch.Tensor], net: Any) -> BiGAN:

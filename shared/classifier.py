@@ -2,6 +2,11 @@
 
 Clients train it on the samples the server kept; the ServerApp evaluates the global model on
 the clean test split. Both sides need it, so it lives here.
+
+Every function takes ``device`` (:func:`~fedsieve.shared.devices.resolve_device`; ``"auto"``
+is CUDA when torch sees a GPU, else the CPU) and hands the caller's model back where it was:
+the model whose state dict goes into a Flower message stays on the CPU, only the work moves.
+Batch orders are drawn on the CPU, so a seed gives the same training on every device.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fedsieve.shared.devices import module_device, resolve_device
 from fedsieve.shared.images import DEFAULT_IMAGE_SHAPE, check_images
 
 
@@ -64,47 +70,61 @@ def classifier_batch(images: np.ndarray, name: str = "images") -> torch.Tensor:
 
 def train_local(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: int = 1,
                 batch_size: int = 32, lr: float = 0.05, seed: int = 0,
-                label_smoothing: float = 0.0) -> float:
+                label_smoothing: float = 0.0, device: str = "auto") -> float:
     """Train ``model`` in place with SGD (momentum 0.9); returns the mean training loss.
 
     ``label_smoothing`` (cross-entropy's) keeps a model trained on noisy labels from betting
-    everything on them."""
+    everything on them. The training runs on ``device``; the model ends on the device it
+    came on.
+
+    Raises
+    ------
+    ValueError
+        ``device`` is malformed or not available here.
+    """
+    dev = resolve_device(device)
     if len(images) == 0:
         return float("nan")
     generator = torch.Generator().manual_seed(seed)
     x, y = classifier_batch(images), torch.tensor(np.asarray(labels), dtype=torch.long)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    model.train()
-    total, count = 0.0, 0
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(x), batch_size):
-            idx = order[start:start + batch_size]
-            optimizer.zero_grad()
-            loss = F.cross_entropy(model(x[idx]), y[idx], label_smoothing=label_smoothing)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(idx)
-            count += len(idx)
+    origin = module_device(model)
+    model.to(dev)
+    try:
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+        model.train()
+        total, count = 0.0, 0
+        for _ in range(epochs):
+            order = torch.randperm(len(x), generator=generator)
+            for start in range(0, len(x), batch_size):
+                idx = order[start:start + batch_size]
+                optimizer.zero_grad()
+                loss = F.cross_entropy(model(x[idx].to(dev)), y[idx].to(dev),
+                                       label_smoothing=label_smoothing)
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * len(idx)
+                count += len(idx)
+    finally:
+        model.to(origin)
     return total / count
 
 
 def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray,
-             batch_size: int = 1000) -> tuple[float, float]:
+             batch_size: int = 1000, *, device: str = "auto") -> tuple[float, float]:
     """(mean cross-entropy loss, accuracy) of ``model`` on the given images."""
-    loss, accuracy, _ = evaluate_classes(model, images, labels, batch_size)
+    loss, accuracy, _ = evaluate_classes(model, images, labels, batch_size, device=device)
     return loss, accuracy
 
 
 @torch.no_grad()
 def evaluate_classes(model: nn.Module, images: np.ndarray, labels: np.ndarray,
-                     batch_size: int = 1000, num_classes: int = 10,
+                     batch_size: int = 1000, num_classes: int = 10, *, device: str = "auto",
                      ) -> tuple[float, float, np.ndarray]:
     """(mean cross-entropy loss, accuracy, accuracy per class) of ``model`` from one forward
     pass over the images (the server evaluates every round: one pass, not two)."""
     y = torch.tensor(np.asarray(labels), dtype=torch.long)
     loss, predicted = 0.0, []
-    for start, logits in _batched_logits(model, images, batch_size):
+    for start, logits in _batched_logits(model, images, batch_size, device):
         loss += F.cross_entropy(logits, y[start:start + batch_size], reduction="sum").item()
         predicted.append(logits.argmax(1))
     if not predicted:
@@ -115,17 +135,20 @@ def evaluate_classes(model: nn.Module, images: np.ndarray, labels: np.ndarray,
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+def predict(model: nn.Module, images: np.ndarray, batch_size: int = 1000, *,
+            device: str = "auto") -> np.ndarray:
     """The class ``model`` predicts for each image, int64 (N,)."""
-    out = [logits.argmax(1) for _, logits in _batched_logits(model, images, batch_size)]
+    out = [logits.argmax(1)
+           for _, logits in _batched_logits(model, images, batch_size, device)]
     return torch.cat(out).numpy().astype(np.int64) if out else np.empty(0, np.int64)
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+def predict_proba(model: nn.Module, images: np.ndarray, batch_size: int = 1000, *,
+                  device: str = "auto") -> np.ndarray:
     """Class probabilities (softmax) ``model`` gives each image, float64 (N, classes)."""
     out = [F.softmax(logits, dim=1).double()
-           for _, logits in _batched_logits(model, images, batch_size)]
+           for _, logits in _batched_logits(model, images, batch_size, device)]
     return torch.cat(out).numpy() if out else np.empty((0, model.fc2.out_features))
 
 
@@ -139,11 +162,14 @@ def class_accuracy(predicted: np.ndarray, labels: np.ndarray,
         return np.where(counts > 0, hits / np.maximum(counts, 1), np.nan)
 
 
-def _batched_logits(model: nn.Module, images: np.ndarray, batch_size: int):
-    """(start, logits) of each batch of ``images``, from an eval-mode copy of ``model`` in
-    channels-last layout: the server's per-round test passes run twice as fast on CPU, and the
-    caller's model (whose state dict is sent to the clients) keeps its layout."""
-    model = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
+def _batched_logits(model: nn.Module, images: np.ndarray, batch_size: int,
+                    device: str = "auto"):
+    """(start, CPU logits) of each batch of ``images``, from an eval-mode copy of ``model``
+    on ``device`` in channels-last layout: the server's per-round test passes run twice as
+    fast on CPU, and the caller's model (whose state dict is sent to the clients) keeps its
+    layout and device."""
+    dev = resolve_device(device)
+    model = copy.deepcopy(model).eval().to(memory_format=torch.channels_last).to(dev)
     for start in range(0, len(images), batch_size):
         batch = classifier_batch(images[start:start + batch_size])
-        yield start, model(batch.contiguous(memory_format=torch.channels_last))
+        yield start, model(batch.contiguous(memory_format=torch.channels_last).to(dev)).cpu()

@@ -1,4 +1,5 @@
-"""What every ``fedsieve`` command shares: the console, the error exit, the data-root option.
+"""What every ``fedsieve`` command shares: the console, the error exit, the data-root and
+device options.
 
 Each domain keeps its own commands beside its code (``shared.data_cli``, ``shared.detector_cli``,
 ``simulations.pollution_cli``, ``simulations.simulate_cli``, ``simulations.sweep_cli``);
@@ -18,6 +19,13 @@ console = Console()
 RootOption = Annotated[
     Path | None,
     typer.Option(help="Data folder searched first (IDX files, or torchvision layout)."),
+]
+
+
+DeviceOption = Annotated[
+    str,
+    typer.Option(help="Where torch runs: auto (a CUDA GPU when torch sees one, else the CPU), "
+                      "cpu, cuda, cuda:1, mps."),
 ]
 
 

@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Self
 
+from fedsieve.shared.devices import check_device
+
 #: Detector name meaning: no data filter, the inner aggregator alone.
 DETECTORS_NONE = "none"
 #: Inner strategies :func:`fedsieve.server.factory.make_aggregator` builds.
@@ -104,6 +106,13 @@ class FilterSettings(_RunConfigPart):
     seed : int
         Seed of everything random in the run (detector, client sampling, and in the example
         app the training and the simulated federation).
+    device : str
+        Where fedsieve's torch work runs: the server's detector, local mode's scoring and
+        self-training on each client, and the example classifier's training and evaluation.
+        ``auto`` (CUDA where torch sees a GPU, else the CPU; each node decides for itself),
+        ``cpu``, ``cuda``, ``cuda:<index>`` or ``mps``
+        (:func:`fedsieve.shared.devices.resolve_device`). A node's ``node-config`` key
+        ``device`` overrides it on that node (local mode and the example client).
     run_dir : str
         Where the audit log and results go; empty: ``runs/run-<run id>``.
     """
@@ -124,6 +133,7 @@ class FilterSettings(_RunConfigPart):
     spot_check_rate: float = 0.0
     min_nodes: int = 2
     seed: int = 0
+    device: str = "auto"
     run_dir: str = ""
 
     @property
@@ -143,6 +153,8 @@ class FilterSettings(_RunConfigPart):
             raise ValueError(f"spot-check-rate must be in [0, 1], got {self.spot_check_rate}")
         if self.local_rounds < 0 or self.local_steps < 0:
             raise ValueError("local-rounds and local-steps must be >= 0")
+        # Only the spelling here: whether the device exists is for the node that uses it.
+        check_device(self.device)
         return self
 
 

@@ -19,6 +19,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
+from fedsieve.shared.cli_common import DeviceOption
 from fedsieve.shared.images import check_images, display_rgb, format_shape, images_sha256
 
 #: Pool images that stand in for trusted images when ``detect`` runs without ``--trusted``.
@@ -94,6 +95,7 @@ def meta_train_cmd(
     ] = 1.0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 1,
+    device: DeviceOption = "auto",
 ) -> None:
     """Reptile meta-training of the Rt-BiGAN networks (paper Algorithm 1).
 
@@ -120,8 +122,13 @@ def meta_train_cmd(
         meta_train,
     )
     from fedsieve.shared.detectors.reachability import atlas_sample
+    from fedsieve.shared.devices import resolve_device
 
     _threads(threads)
+    try:  # before any image is read: a device this machine lacks stops the command at once
+        torch_device = resolve_device(device)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--device") from exc
     if tasks not in TASK_KINDS:
         raise typer.BadParameter(f"choose one of {', '.join(TASK_KINDS)}", param_hint="--tasks")
     try:
@@ -179,6 +186,7 @@ def meta_train_cmd(
             cfg,
             on_iteration=lambda i, s: bar.update(task, completed=i + 1),
             layout="NCHW",
+            device=device,
         )
     info = {
         "command": "fedsieve meta-train " + shlex.join(_args_after("meta-train")),
@@ -189,6 +197,7 @@ def meta_train_cmd(
         "train_seconds": round(time.perf_counter() - t0, 1),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "device": str(torch_device),
         "machine": platform.processor() or platform.machine(),
     }
     # A sample of the normal images travels with the weights: Rt-BiGAN's reachability
@@ -252,6 +261,9 @@ def detect_cmd(
     threshold_value: Annotated[float | None, typer.Option(help="Parameter of the policy.")] = None,
     random_state: Annotated[int, typer.Option("--random-state", help="Random seed.")] = 0,
     threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 1,
+    device: Annotated[str, typer.Option(
+        help="Where a torch detector runs: auto (a CUDA GPU when torch sees one, else the "
+             "CPU), cpu, cuda, cuda:1, mps. iforest and deepsvdd run on the CPU.")] = "auto",
 ) -> None:
     """Score a pool of uploads, flag anomalies and write scores, verdicts, report and figures.
 
@@ -281,6 +293,8 @@ def detect_cmd(
             trusted_source = "iforest-lowest"
     try:
         det = make_detector(detector, **kw)
+        if "device" in det.get_params(deep=False):  # the torch detectors
+            det.set_params(device=device)
         t0 = time.perf_counter()
         det.fit(x_pool, trusted_x)
         fit_s = time.perf_counter() - t0
@@ -297,6 +311,7 @@ def detect_cmd(
             for k, v in det.get_params().items()
         },
         "threshold": float(det.threshold_),
+        "device": str(getattr(det, "device_", "cpu")),
         "trusted_source": trusted_source,
         "n_pool": len(x_pool),
         "n_flagged": int(verdicts.sum()),

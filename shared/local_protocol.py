@@ -83,19 +83,22 @@ class LocalRequest:
     header: str
     config: ConfigRecord
 
-    def detector(self):
-        """The shipped detector, ready to score.
+    def detector(self, device: str | None = None):
+        """The shipped detector, ready to score on ``device`` (this node's: see
+        :func:`~fedsieve.shared.devices.context_device`; None keeps the server's setting).
 
         Raises
         ------
         ProtocolError
             The detector cannot be read (the message names why).
+        ValueError
+            ``device`` is not available on this node.
         """
         from fedsieve.shared.checkpoint import CheckpointError
         from fedsieve.shared.detectors.persist import detector_from_bytes
 
         try:
-            return detector_from_bytes(self.weights, self.header)
+            return detector_from_bytes(self.weights, self.header, device=device)
         except CheckpointError as exc:
             raise ProtocolError(str(exc)) from exc
 

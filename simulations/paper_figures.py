@@ -133,8 +133,9 @@ def fig3_adaptation(settings: RunSettings, out: Path, budget: float = 1.0) -> di
     held_train = np.flatnonzero(train.labels == HELD_OUT_CLASS)
     shots = train.images[rng.choice(held_train, 10, replace=False)]
     queries = test.images[np.flatnonzero(test.labels == HELD_OUT_CLASS)[:10]]
+    # On the CPU: the figure reads the networks directly, beside the CPU meta-model phi.
     adapted = RtBiGAN(meta_checkpoint=path, self_training_rounds=0,
-                      random_state=settings.seed).fit(queries, shots)
+                      random_state=settings.seed, device="cpu").fit(queries, shots)
     x = as_batch(check_images(queries, "held-out queries"))  # uint8 digits -> [0, 1]
     z = torch.randn(10, adapted.model_.cfg.z_dim,
                     generator=torch.Generator().manual_seed(settings.seed))

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from fedsieve.shared.cli_common import RootOption, console, fail
+from fedsieve.shared.cli_common import DeviceOption, RootOption, console, fail
 from fedsieve.shared.config import FilterSettings, HarnessSettings, RunSettings, TaskSettings
 from fedsieve.simulations.pollution_cli import (
     LabelPolicyOption,
@@ -65,6 +65,7 @@ def simulate(
         min=0, help="Local mode: rounds of federated self-training of the detector.")] = 1,
     local_steps: Annotated[int, typer.Option(
         min=0, help="Local mode: training steps each client runs per round.")] = 500,
+    device: DeviceOption = "auto",
     spot_check_rate: Annotated[float, typer.Option(
         min=0.0, max=1.0, help="Local mode: share of each client's samples uploaded to "
         "verify its report (0: no image leaves a client).")] = 0.0,
@@ -85,7 +86,8 @@ def simulate(
                                   max_client_contamination=max_client_contamination,
                                   threshold_policy=threshold_policy, checkpoint=checkpoint,
                                   seed=seed, mode=mode, local_rounds=local_rounds,
-                                  local_steps=local_steps, spot_check_rate=spot_check_rate),
+                                  local_steps=local_steps, spot_check_rate=spot_check_rate,
+                                  device=device),
             task=TaskSettings(num_server_rounds=rounds, local_epochs=local_epochs,
                               data_root=str(root) if root else "", dataset=dataset,
                               test_dataset=test_dataset),

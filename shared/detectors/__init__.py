@@ -14,7 +14,7 @@ from __future__ import annotations
 from fedsieve.shared.detectors.adegan import ADeGAN
 from fedsieve.shared.detectors.agad import AGAD
 from fedsieve.shared.detectors.anoean import AnoEAN
-from fedsieve.shared.detectors.base import BaseDetector, RoundRecorder
+from fedsieve.shared.detectors.base import BaseDetector, RoundRecorder, TorchDetector
 from fedsieve.shared.detectors.baselines import EGBAD, AnoGAN, PoolGAN
 from fedsieve.shared.detectors.gan import GANDetector
 from fedsieve.shared.detectors.peers import PeerAdapter
@@ -26,6 +26,7 @@ from fedsieve.shared.detectors.threshold import POLICIES, compute_threshold, gmm
 __all__ = [
     "BaseDetector",
     "RoundRecorder",
+    "TorchDetector",
     "GANDetector",
     "PoolGAN",
     "RtBiGAN",

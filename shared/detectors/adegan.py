@@ -21,7 +21,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 
 from fedsieve.shared.checkpoint import CheckpointError
-from fedsieve.shared.detectors.base import BaseDetector
+from fedsieve.shared.detectors.base import TorchDetector
 from fedsieve.shared.detectors.bigan import SCORE_BATCH, as_batch
 from fedsieve.shared.networks import Encoder, Generator, NetConfig
 
@@ -182,7 +182,7 @@ def _cross_pattern(n: int, n_patterns: int, noise_dim: int, std: float,
 
 
 # -- the detector -------------------------------------------------------------------------------
-class ADeGAN(BaseDetector):
+class ADeGAN(TorchDetector):
     """ADe-GAN: anomaly detection with a pattern-related self-supervised task (Chai et al.).
 
     Trains on the pool ``X`` as normal data (as EGBAD does; trusted images, when given, only
@@ -257,11 +257,17 @@ class ADeGAN(BaseDetector):
         Parameter of the policy.
     random_state : int, optional, default=0
         Seeds the initialisation, the batches and every latent and interpolation draw.
+    device : str, default="auto"
+        Where the networks train and score: ``"auto"`` (CUDA when available, else the CPU),
+        ``"cpu"``, ``"cuda"``, ``"cuda:<index>"``, ``"mps"``; resolved when ``fit`` starts.
+        The draws are made on the CPU and moved, so they do not depend on it.
 
     Attributes
     ----------
     nets_ : ADeGANNets
-        The trained G, D and E (in eval mode).
+        The trained G, D and E (in eval mode), on ``device_``.
+    device_ : torch.device
+        The resolved ``device``.
     recon_mean_, recon_std_ : float
         Mean and standard deviation of the pool's reconstruction errors ``||x - G(E(x))||_2``:
         the normal distribution of eq. (9).
@@ -288,7 +294,7 @@ class ADeGAN(BaseDetector):
     """
 
     _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
-        **BaseDetector._parameter_constraints,
+        **TorchDetector._parameter_constraints,
         "steps": [Interval(Integral, 0, None, closed="left")],
         "batch_size": [Interval(Integral, 2, None, closed="left")],
         "n_patterns": [Interval(Integral, 2, None, closed="left")],
@@ -319,7 +325,9 @@ class ADeGAN(BaseDetector):
         threshold_policy: str = "gmm",
         threshold_value: float | None = None,
         random_state: int | None = 0,
+        device: str = "auto",
     ) -> None:
+        self.device = device
         self.steps = steps
         self.batch_size = batch_size
         self.n_patterns = n_patterns
@@ -345,8 +353,9 @@ class ADeGAN(BaseDetector):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # initialisation depends on the seed only
             nets = ADeGANNets(self.n_patterns, self.noise_dim, self.width, X.shape[1:])
-        gen = torch.Generator().manual_seed(seed * 1000 + 1)
-        data = as_batch(X)
+        nets = nets.to(self.device_)
+        gen = torch.Generator().manual_seed(seed * 1000 + 1)  # CPU: the same draws anywhere
+        data = as_batch(X)  # the pool stays on the CPU; each batch is moved
         betas = (0.5, 0.999)
         opt_d = torch.optim.Adam(nets.D.parameters(), lr=self.lr, betas=betas)
         opt_g = torch.optim.Adam(nets.G.parameters(), lr=self.lr, betas=betas)
@@ -367,8 +376,9 @@ class ADeGAN(BaseDetector):
               opt_ge: torch.optim.Optimizer) -> None:
         b, k, d, std = int(self.batch_size), int(self.n_patterns), int(self.noise_dim), \
             float(self.noise_std)
-        x = data[torch.randint(len(data), (b,), generator=gen)]
-        zc, zn = _same_pattern(b, k, d, std, gen)
+        dev = self.device_
+        x = data[torch.randint(len(data), (b,), generator=gen)].to(dev)
+        zc, zn = (t.to(dev) for t in _same_pattern(b, k, d, std, gen))
         # Stage 1: D, then G, on eq. (1).
         fake = nets.generate(zc, zn)
         loss_d = discriminator_loss(nets.D(x).squeeze(1), nets.D(fake.detach()).squeeze(1))
@@ -382,7 +392,7 @@ class ADeGAN(BaseDetector):
         # Stage 2: G and E on eq. (8).
         logits, zn_hat = nets.extract(nets.generate(zc, zn))
         l_sl = self_supervised_loss(logits, zn_hat, zc, zn)
-        zc_ip, zn_ip = _cross_pattern(max(1, b // 2), k, d, std, gen)
+        zc_ip, zn_ip = (t.to(dev) for t in _cross_pattern(max(1, b // 2), k, d, std, gen))
         l_ip = interpolation_loss(nets.extract(nets.generate(zc_ip, zn_ip))[0])
         l_recon = reconstruction_loss(x, nets.reconstruct(x, self._one_hot)[0])
         loss = self.alpha * l_ip + self.beta * l_sl + self.gamma * l_recon
@@ -396,10 +406,10 @@ class ADeGAN(BaseDetector):
         errors, confidence = [], []
         with torch.no_grad():
             for i in range(0, len(X), SCORE_BATCH):
-                x = as_batch(X[i:i + SCORE_BATCH])
+                x = as_batch(X[i:i + SCORE_BATCH], self.device_)
                 x_hat, probs = self.nets_.reconstruct(x, self._one_hot)
-                errors.append(_l2(x - x_hat).double().numpy())
-                confidence.append(probs.max(dim=1).values.double().numpy())
+                errors.append(_l2(x - x_hat).double().cpu().numpy())
+                confidence.append(probs.max(dim=1).values.double().cpu().numpy())
         return np.concatenate(errors), np.concatenate(confidence)
 
     def _score(self, X: np.ndarray) -> np.ndarray:
@@ -424,7 +434,7 @@ class ADeGAN(BaseDetector):
         except RuntimeError as exc:
             raise CheckpointError(f"checkpoint weights do not fit the recorded networks: "
                                   f"{exc}") from exc
-        self.nets_ = nets.eval()
+        self.nets_ = nets.to(self.device_).eval()
         self.recon_mean_ = float(header["recon_mean"])
         self.recon_std_ = float(header["recon_std"])
         self.image_shape_ = nets.image_shape

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 
-from fedsieve.shared.detectors.base import BaseDetector, RoundRecorder
+from fedsieve.shared.detectors.base import RoundRecorder, TorchDetector
 
 __all__ = [
     "AGAD",
@@ -254,13 +254,22 @@ def _init_weights(net: nn.Module, gen: torch.Generator) -> None:
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-                m.weight.normal_(0.0, 0.02, generator=gen)
+                _normal_(m.weight, 0.0, gen)
                 if m.bias is not None:
                     m.bias.zero_()
             elif isinstance(m, nn.BatchNorm2d):
-                m.weight.normal_(1.0, 0.02, generator=gen)
+                _normal_(m.weight, 1.0, gen)
                 m.bias.zero_()
                 m.reset_running_stats()
+
+
+def _normal_(weight: torch.Tensor, mean: float, gen: torch.Generator) -> None:
+    """Fill ``weight`` with N(mean, 0.02) draws of the CPU generator ``gen``, on whatever
+    device it lives (a CPU generator cannot fill a GPU tensor: drawn, then copied)."""
+    if weight.device.type == "cpu":
+        weight.normal_(mean, 0.02, generator=gen)
+    else:
+        weight.copy_(torch.empty(weight.shape).normal_(mean, 0.02, generator=gen))
 
 
 # -- the detector ---------------------------------------------------------------------------
@@ -275,7 +284,7 @@ class _Run(NamedTuple):
     rng: np.random.Generator
 
 
-class AGAD(BaseDetector):
+class AGAD(TorchDetector):
     """AGAD, Adversarial Generative Anomaly Detection (Shi & Zhang, arXiv 2304.04211).
 
     A generator reconstructs each image and a discriminator tells images from reconstructions
@@ -364,11 +373,17 @@ class AGAD(BaseDetector):
         Parameter of the policy.
     random_state : int, optional, default=0
         Seeds initialisation, batches and re-initialisations of D.
+    device : str, default="auto"
+        Where the networks train and score: ``"auto"`` (CUDA when available, else the CPU),
+        ``"cpu"``, ``"cuda"``, ``"cuda:<index>"``, ``"mps"``; resolved when ``fit`` starts.
+        Initial weights and batches are drawn on the CPU, so they do not depend on it.
 
     Attributes
     ----------
     generator_ : torch.nn.Module
-        The trained generator, in eval mode (scores use it).
+        The trained generator, in eval mode (scores use it), on ``device_``.
+    device_ : torch.device
+        The resolved ``device``.
     discriminator_ : torch.nn.Module
         The trained discriminator (training only; not saved in checkpoints).
     net_ : dict
@@ -402,7 +417,7 @@ class AGAD(BaseDetector):
     accepts_anomalies: ClassVar[bool] = True
 
     _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
-        **BaseDetector._parameter_constraints,
+        **TorchDetector._parameter_constraints,
         "generator": [StrOptions(set(GENERATORS))],
         "width": [Interval(Integral, 1, None, closed="left")],
         "latent_dim": [Interval(Integral, 1, None, closed="left")],
@@ -439,7 +454,9 @@ class AGAD(BaseDetector):
         threshold_policy: str = "gmm",
         threshold_value: float | None = None,
         random_state: int | None = 0,
+        device: str = "auto",
     ) -> None:
+        self.device = device
         self.generator = generator
         self.width = width
         self.latent_dim = latent_dim
@@ -471,11 +488,14 @@ class AGAD(BaseDetector):
         self.discriminator_ = Discriminator(int(c), self.net_["work_size"], int(self.width))
         _init_weights(self.generator_, torch_gen)
         _init_weights(self.discriminator_, torch_gen)
+        self.generator_.to(self.device_)
+        self.discriminator_.to(self.device_)
         betas = (0.5, 0.999)
         run = _Run(torch.optim.Adam(self.generator_.parameters(), lr=self.lr, betas=betas),
                    torch.optim.Adam(self.discriminator_.parameters(), lr=self.lr, betas=betas),
                    torch_gen, np.random.default_rng(seed))
         self.n_d_resets_ = 0
+        # On the CPU: the steps draw their batches from it and move them to the device.
         pool = self._prepare(X)
         known = None if anomalies is None else self._prepare(anomalies)
         try:
@@ -509,10 +529,11 @@ class AGAD(BaseDetector):
         G.train()
         D.train()
         weights = self._weights()
+        dev = self.device_
         for _ in range(steps):
-            x = self._draw(run.rng, normal, min(int(self.batch_size), len(normal)))
-            a = None if anomalies is None else self._draw(run.rng, anomalies,
-                                                          int(self.anomaly_batch_size))
+            x = self._draw(run.rng, normal, min(int(self.batch_size), len(normal))).to(dev)
+            a = None if anomalies is None else self._draw(
+                run.rng, anomalies, int(self.anomaly_batch_size)).to(dev)
             # -- G step (Algorithm 1, lines 3-6 and 9)
             set_route(G, "main")
             set_route(D, "main")
@@ -568,10 +589,10 @@ class AGAD(BaseDetector):
         out = []
         with torch.no_grad():
             for i in range(0, len(X), batch):
-                x = self._prepare(X[i:i + batch])
+                x = self._prepare(X[i:i + batch]).to(self.device_)
                 out.append(reconstruction_score(x, G(x)))
         G.train(was_training)
-        return torch.cat(out).double().numpy()
+        return torch.cat(out).double().cpu().numpy()
 
     # -- the state a checkpoint holds (see fedsieve.shared.detectors.persist) ----------------
     def _state_tensors(self) -> dict[str, torch.Tensor]:
@@ -593,7 +614,7 @@ class AGAD(BaseDetector):
             self.generator_.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise ValueError(f"the weights do not fit the recorded generator: {exc}") from exc
-        self.generator_.eval()
+        self.generator_.to(self.device_).eval()
         self.n_d_resets_ = int(header.get("n_d_resets", 0))
         self.image_shape_ = tuple(int(s) for s in self.net_["image_shape"])
         self.n_features_in_ = int(np.prod(self.image_shape_))

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from sklearn.utils._param_validation import Interval
 from torch import nn
 
-from fedsieve.shared.detectors.base import BaseDetector, RoundRecorder
+from fedsieve.shared.detectors.base import RoundRecorder, TorchDetector
 from fedsieve.shared.detectors.bigan import SCORE_BATCH, RowSet, as_batch
 
 __all__ = [
@@ -108,7 +108,7 @@ def mahalanobis(codes: np.ndarray, center: np.ndarray, precision: np.ndarray) ->
     return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, precision, d), 0.0))
 
 
-class AnoEAN(BaseDetector):
+class AnoEAN(TorchDetector):
     """AnoEAN: Anomaly detection by an Encoding Adversarial Network (Gherbi et al., 2019).
 
     An encoder projects images into a ``z_dim``-dimensional decision space; a discriminator on
@@ -184,11 +184,16 @@ class AnoEAN(BaseDetector):
         Parameter of the policy.
     random_state : int, optional, default=0
         Seeds the initial weights, the batches and the draws of ``N(0, I)``.
+    device : str, default="auto"
+        Where the networks train and score: ``"auto"`` (CUDA when available, else the CPU),
+        ``"cpu"``, ``"cuda"``, ``"cuda:<index>"``, ``"mps"``; resolved when ``fit`` starts.
 
     Attributes
     ----------
     encoder_ : AnoEANEncoder
-        The trained encoder ``E``.
+        The trained encoder ``E``, on ``device_``.
+    device_ : torch.device
+        The resolved ``device``.
     discriminator_ : torch.nn.Module
         The trained latent discriminator ``D(z)`` (not needed to score).
     center_ : ndarray of shape (z_dim,)
@@ -223,7 +228,7 @@ class AnoEAN(BaseDetector):
     accepts_anomalies: ClassVar[bool] = True
 
     _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
-        **BaseDetector._parameter_constraints,
+        **TorchDetector._parameter_constraints,
         "steps": [Interval(Integral, 0, None, closed="left")],
         "batch_size": [Interval(Integral, 2, None, closed="left")],
         "anomaly_share": [Interval(Real, 0, 1, closed="neither"), None],
@@ -250,7 +255,9 @@ class AnoEAN(BaseDetector):
         threshold_policy: str = "gmm",
         threshold_value: float | None = None,
         random_state: int | None = 0,
+        device: str = "auto",
     ) -> None:
+        self.device = device
         self.steps = steps
         self.batch_size = batch_size
         self.anomaly_share = anomaly_share
@@ -273,6 +280,9 @@ class AnoEAN(BaseDetector):
             torch.manual_seed(seed)
             self.encoder_ = AnoEANEncoder(X.shape[1:], int(self.z_dim), int(self.width))
             self.discriminator_ = latent_discriminator(int(self.z_dim))
+        # Initialised on the CPU (the same weights everywhere), then moved.
+        self.encoder_.to(self.device_)
+        self.discriminator_.to(self.device_)
         betas = (float(self.beta1), 0.999)
         opts = (torch.optim.Adam(self.discriminator_.parameters(), float(self.lr), betas=betas),
                 torch.optim.Adam(self.encoder_.parameters(), float(self.lr), betas=betas))
@@ -308,11 +318,13 @@ class AnoEAN(BaseDetector):
         opt_d, opt_e = opts
         enc, disc = self.encoder_, self.discriminator_
         enc.train()
+        dev = self.device_
         for _ in range(int(self.steps)):
-            xn = normal[torch.randint(len(normal), (n_n,), generator=gen).numpy()]
+            # Drawn on the CPU generator, then moved: the same draws on every device.
+            xn = normal[torch.randint(len(normal), (n_n,), generator=gen).numpy()].to(dev)
             xa = (anomalous[torch.randint(len(anomalous), (n_a,), generator=gen).numpy()]
-                  if n_a else None)
-            z = torch.randn(m, int(self.z_dim), generator=gen)
+                  .to(dev) if n_a else None)
+            z = torch.randn(m, int(self.z_dim), generator=gen).to(dev)
             # Discriminator steps (Eq. 1) with the encoder frozen.
             with torch.no_grad():
                 zn = enc(xn)
@@ -346,7 +358,7 @@ class AnoEAN(BaseDetector):
     # -- score -------------------------------------------------------------------------------
     @torch.no_grad()
     def _encode(self, batches: Any) -> np.ndarray:
-        parts = [self.encoder_(x).double().numpy() for x in batches]
+        parts = [self.encoder_(x.to(self.device_)).double().cpu().numpy() for x in batches]
         return np.concatenate(parts) if parts else np.empty((0, int(self.z_dim)))
 
     def _score(self, X: np.ndarray) -> np.ndarray:
@@ -383,7 +395,7 @@ class AnoEAN(BaseDetector):
             except RuntimeError as exc:  # missing or mis-shaped weights
                 raise ValueError(f"the {prefix[:-1]} weights do not fit the header: {exc}") \
                     from exc
-            module.eval()
+            module.to(self.device_).eval()
         self.center_ = tensors["center"].double().numpy()
         self.precision_ = tensors["precision"].double().numpy()
         self.labelled_anomalies_ = [int(n) for n in net.get("labelled_anomalies", [])]

@@ -20,6 +20,7 @@ from numbers import Integral, Real
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 from sklearn.base import BaseEstimator
 from sklearn.metrics import roc_auc_score
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -32,6 +33,7 @@ from fedsieve.shared.detectors.threshold import (
     compute_threshold,
     estimate_contamination,
 )
+from fedsieve.shared.devices import resolve_device
 from fedsieve.shared.images import check_images, format_shape, images_sha256
 
 #: ``callback(detector, round)``, called at the end of every round of a fit.
@@ -147,6 +149,7 @@ class BaseDetector(BaseEstimator):
         """
         self._validate_params()
         check_policy_value(self.threshold_policy, self.threshold_value)
+        self._start_fit()
         pool = check_images(X, "X", layout=layout)
         trusted_x = None if trusted is None else check_images(trusted, "trusted", layout=layout)
         if self.requires_trusted and trusted_x is None:
@@ -272,6 +275,10 @@ class BaseDetector(BaseEstimator):
         return self._scores_from_evidence(np.asarray(evidence, dtype=np.float64))
 
     # -- what subclasses implement ----------------------------------------------------------
+    def _start_fit(self) -> None:
+        """Resolve what the fit needs from the hyper-parameters beyond their validation (the
+        torch detectors' device); nothing by default."""
+
     def _fit(self, X: np.ndarray, trusted: np.ndarray | None, rounds: RoundRecorder) -> None:
         """Train, ending each round with ``rounds.end_round(pool scores)``.
 
@@ -357,6 +364,43 @@ class BaseDetector(BaseEstimator):
             self.threshold_value,
             random_state=0 if self.random_state is None else int(self.random_state),
         )
+
+
+class TorchDetector(BaseDetector):
+    """Base of the detectors that train torch networks: the ``device`` they run on.
+
+    Not used directly. ``device`` is stored as given and resolved when ``fit`` starts
+    (:func:`~fedsieve.shared.devices.resolve_device`; ``"auto"`` is CUDA when torch sees a
+    GPU, else the CPU) into ``device_``, where the networks train and score. Images go in and
+    scores come out as numpy arrays on every device; seeded draws stay on the CPU, so a seed
+    gives the same batches and latents everywhere and CPU results are unchanged. A
+    checkpoint holds CPU tensors and loads onto the device of the loading side.
+
+    Parameters
+    ----------
+    device : str, default "auto"
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:<index>"`` or ``"mps"``.
+
+    Attributes
+    ----------
+    device_ : torch.device
+        Where the fitted (or loaded) networks live.
+    """
+
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        **BaseDetector._parameter_constraints,
+        "device": [str, torch.device],
+    }
+
+    device: str
+
+    def _start_fit(self) -> None:
+        super()._start_fit()
+        self.device_ = resolve_device(self.device)
+
+    def _restore_state(self, tensors: dict[str, Any], header: dict[str, Any]) -> None:
+        self.device_ = resolve_device(self.device)
+        super()._restore_state(tensors, header)
 
 
 class RoundRecorder:

@@ -36,6 +36,8 @@ class PoolGAN(GANDetector):
         As for :class:`~fedsieve.shared.detectors.gan.GANDetector`.
     threshold_policy, threshold_value, random_state
         As for every detector.
+    device : str
+        Where the networks train and score (see GANDetector).
 
     Attributes
     ----------
@@ -55,8 +57,10 @@ class PoolGAN(GANDetector):
 
     def _train(self, X: np.ndarray, trusted: np.ndarray | None) -> None:
         self.model_ = init_model(NetConfig(self.z_dim, self.width, self.d_hidden,
-                                           image_shape=X.shape[1:]), self.random_state)
+                                           image_shape=X.shape[1:]), self.random_state,
+                                self.device_)
         cfg = self._loop_config()
+        # The pool stays on the CPU; the loop moves each batch to the model's device.
         train_loop(self.model_, batch_sampler(as_batch(X), cfg.batch_size), int(self.steps),
                    cfg, self._generator())
 
@@ -89,11 +93,16 @@ class EGBAD(PoolGAN):
         Parameter of the policy.
     random_state : int, optional, default=0
         Seeds initialisation, batches and latent draws.
+    device : str, default="auto"
+        Where the networks train and score: ``"auto"`` (CUDA when available, else the CPU),
+        ``"cpu"``, ``"cuda"``, ``"cuda:<index>"``, ``"mps"``; resolved when ``fit`` starts.
 
     Attributes
     ----------
     model_ : fedsieve.shared.networks.BiGAN
         The trained networks.
+    device_ : torch.device
+        The resolved ``device``, where ``model_`` lives.
     decision_scores_ : ndarray of shape (n_pool,)
         Scores of the pool (float64, higher = more anomalous).
     trusted_scores_ : ndarray of shape (n_trusted,) or None
@@ -136,7 +145,9 @@ class EGBAD(PoolGAN):
         threshold_policy: str = "gmm",
         threshold_value: float | None = None,
         random_state: int | None = 0,
+        device: str = "auto",
     ) -> None:
+        self.device = device
         self.steps = steps
         self.alpha = alpha
         self.recon_weight = recon_weight
@@ -185,11 +196,15 @@ class AnoGAN(PoolGAN):
         Parameter of the policy.
     random_state : int, optional, default=0
         Seeds initialisation, batches, latent draws and the latent search's starting points.
+    device : str, default="auto"
+        Where the networks train and score (and the latent search runs), as for EGBAD.
 
     Attributes
     ----------
     model_ : fedsieve.shared.networks.BiGAN
         The trained networks (E untrained).
+    device_ : torch.device
+        The resolved ``device``, where ``model_`` lives.
     decision_scores_ : ndarray of shape (n_pool,)
         Scores of the pool (float64, higher = more anomalous).
     trusted_scores_ : ndarray of shape (n_trusted,) or None
@@ -236,7 +251,9 @@ class AnoGAN(PoolGAN):
         threshold_policy: str = "gmm",
         threshold_value: float | None = None,
         random_state: int | None = 0,
+        device: str = "auto",
     ) -> None:
+        self.device = device
         self.steps = steps
         self.latent_steps = latent_steps
         self.latent_lr = latent_lr

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from fedsieve.shared.detectors.evidence import local_residual
+from fedsieve.shared.devices import module_device
 from fedsieve.shared.networks import BiGAN, NetConfig
 
 __all__ = [
@@ -71,22 +72,25 @@ class LoopConfig:
         return asdict(self)
 
 
-def as_batch(X: np.ndarray) -> torch.Tensor:
-    """float32 (N, C, H, W) images -> an (N, C, H, W) tensor of the same values (no scaling);
-    (N, H, W) is taken as grey (C = 1).
+def as_batch(X: np.ndarray, device: torch.device | None = None) -> torch.Tensor:
+    """float32 (N, C, H, W) images -> an (N, C, H, W) tensor of the same values (no scaling)
+    on ``device`` (the CPU when None); (N, H, W) is taken as grey (C = 1).
 
     A copy, so the array may be read-only; the images must already be validated floats in
     [0, 1] (:func:`fedsieve.shared.images.check_images`).
     """
     out = torch.from_numpy(np.array(X, dtype=np.float32, copy=True))
-    return out.unsqueeze(1) if out.ndim == 3 else out
+    out = out.unsqueeze(1) if out.ndim == 3 else out
+    return out if device is None else out.to(device)
 
 
-def init_model(net: NetConfig, seed: int | None) -> BiGAN:
-    """A freshly initialised BiGAN; the initialisation depends only on ``seed``."""
+def init_model(net: NetConfig, seed: int | None, device: torch.device | None = None) -> BiGAN:
+    """A freshly initialised BiGAN on ``device`` (the CPU when None); the initialisation
+    depends only on ``seed`` (drawn on the CPU, then moved: the same weights everywhere)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0 if seed is None else int(seed))
-        return BiGAN(net)
+        model = BiGAN(net)
+    return model if device is None else model.to(device)
 
 
 def make_optimizers(model: BiGAN, cfg: LoopConfig) -> tuple[torch.optim.Adam, torch.optim.Adam]:
@@ -181,15 +185,17 @@ def train_loop(
     Parameters
     ----------
     model : BiGAN
-        Trained in place.
+        Trained in place, on the device its parameters live on.
     sample : callable
-        ``sample(gen) -> (B, C, H, W)`` tensor of real images.
+        ``sample(gen) -> (B, C, H, W)`` tensor of real images (on any device: batches are
+        moved to the model's).
     steps : int
         Number of batches.
     cfg : LoopConfig
         Learning rates, reconstruction weight, joint (BiGAN) or image-only (GAN) mode.
     gen : torch.Generator
-        Source of every random number of the loop (batches and latent draws).
+        Source of every random number of the loop (batches and latent draws): a CPU
+        generator whatever the model's device, so a seed draws the same numbers everywhere.
     optimizers : (Adam, Adam), optional
         Optimisers of D and E+G to continue with; fresh ones are made when omitted.
     on_step : callable, optional
@@ -203,9 +209,10 @@ def train_loop(
     opt_d, opt_eg = optimizers or make_optimizers(model, cfg)
     model.train()
     z_dim = model.cfg.z_dim
+    device = module_device(model)
     for step in range(steps):
-        x = sample(gen)
-        z = torch.randn(len(x), z_dim, generator=gen)
+        x = sample(gen).to(device)
+        z = torch.randn(len(x), z_dim, generator=gen).to(device)
         if cfg.joint:
             ex = model.E(x)
             z_real = ex
@@ -256,9 +263,12 @@ def bigan_losses(
     so a patch the pollution carries everywhere would be weighted away).
     """
     model.eval()
+    device = module_device(model)
+    if pixel_weight is not None:
+        pixel_weight = pixel_weight.to(device)
     lg, ld, loc = [], [], []
     for i in range(0, len(X), batch_size):
-        x = as_batch(X[i : i + batch_size])
+        x = as_batch(X[i : i + batch_size], device)
         z = model.E(x)
         r = model.G(z)
         res = (x - r).abs()
@@ -268,10 +278,15 @@ def bigan_losses(
             res = res * pixel_weight
         lg.append(res.flatten(1).sum(1))
         ld.append((model.D.features(x, z) - model.D.features(r, z)).abs().sum(1))
-    out = [torch.cat(lg).double().numpy(), torch.cat(ld).double().numpy()]
+    out = [_numpy(lg), _numpy(ld)]
     if local_window:
-        out.append(torch.cat(loc).double().numpy())
+        out.append(_numpy(loc))
     return tuple(out)
+
+
+def _numpy(parts: list[torch.Tensor]) -> np.ndarray:
+    """Per-batch score tensors (on any device) -> one float64 numpy array."""
+    return torch.cat(parts).double().cpu().numpy()
 
 
 @torch.no_grad()
@@ -285,14 +300,17 @@ def residual_maps(
     the score before it is summed over pixels, summed over channels: float32 of shape
     (N, H, W)."""
     model.eval()
+    device = module_device(model)
+    if pixel_weight is not None:
+        pixel_weight = pixel_weight.to(device)
     maps = []
     for i in range(0, len(X), batch_size):
-        x = as_batch(X[i : i + batch_size])
+        x = as_batch(X[i : i + batch_size], device)
         res = (x - model.G(model.E(x))).abs()
         if pixel_weight is not None:
             res = res * pixel_weight
         maps.append(res.sum(1))
-    return torch.cat(maps).numpy() if maps else np.empty((0, *X.shape[-2:]), np.float32)
+    return torch.cat(maps).cpu().numpy() if maps else np.empty((0, *X.shape[-2:]), np.float32)
 
 
 def latent_search_losses(
@@ -307,15 +325,19 @@ def latent_search_losses(
     """AnoGAN scoring: per image, search ``z`` minimising ``alpha*L_G + (1-alpha)*L_D`` of
     ``G(z)`` by Adam (batched, one independent ``z`` per image), then report both losses."""
     model.eval()
+    device = module_device(model)
     for p in model.parameters():
         p.requires_grad_(False)
     lg, ld = [], []
     try:
         for i in range(0, len(X), batch_size):
-            x = as_batch(X[i : i + batch_size])
-            zero = torch.zeros(len(x), model.cfg.z_dim)
+            x = as_batch(X[i : i + batch_size], device)
+            zero = torch.zeros(len(x), model.cfg.z_dim, device=device)
             fx = model.D.features(x, zero)
-            z = torch.randn(len(x), model.cfg.z_dim, generator=gen).requires_grad_(True)
+            # Drawn on the CPU generator, then moved: the leaf that Adam updates is the
+            # moved tensor.
+            z = torch.randn(len(x), model.cfg.z_dim, generator=gen).to(device)
+            z.requires_grad_(True)
             opt = torch.optim.Adam([z], lr=lr)
             for _ in range(steps):
                 r = model.G(z)
@@ -332,4 +354,4 @@ def latent_search_losses(
     finally:
         for p in model.parameters():
             p.requires_grad_(True)
-    return torch.cat(lg).double().numpy(), torch.cat(ld).double().numpy()
+    return _numpy(lg), _numpy(ld)

@@ -22,6 +22,7 @@ import torch
 from fedsieve.shared.checkpoint import model_tensors
 from fedsieve.shared.detectors.bigan import SCORE_BATCH, RowSet, batch_sampler, train_loop
 from fedsieve.shared.detectors.gan import GANDetector
+from fedsieve.shared.devices import module_device
 from fedsieve.shared.images import check_images
 
 #: A client trains (and sends a residual sum) only with at least this many pseudo-normal
@@ -58,7 +59,9 @@ def local_update(detector: GANDetector, X: np.ndarray, *, steps: int, seed: int,
     Parameters
     ----------
     detector : GANDetector
-        A fitted BiGAN detector (as shipped by the server), trained in place.
+        A fitted BiGAN detector (as shipped by the server), trained in place on its device
+        (``device_``: where the client loaded it, see
+        :func:`~fedsieve.shared.detectors.persist.detector_from_bytes`).
     X : array-like
         The client's images, of the detector's shape.
     steps : int
@@ -73,7 +76,8 @@ def local_update(detector: GANDetector, X: np.ndarray, *, steps: int, seed: int,
     Returns
     -------
     LocalUpdate
-        With ``num_normal`` 0 and the shipped weights when fewer than
+        CPU tensors whatever the device (they go into a Flower message). With
+        ``num_normal`` 0 and the shipped weights when fewer than
         :data:`MIN_LOCAL_SAMPLES` images are kept.
     """
     images = detector._check_shape(check_images(X, "X"))
@@ -87,18 +91,23 @@ def local_update(detector: GANDetector, X: np.ndarray, *, steps: int, seed: int,
         return LocalUpdate(model_tensors(model), 0, None)
     cfg = detector._loop_config()
     sampler = batch_sampler(RowSet(images, rows), cfg.batch_size)
+    # A CPU generator on every device: the same batches and latents wherever it trains.
     train_loop(model, sampler, int(steps), cfg, torch.Generator().manual_seed(int(seed)))
-    total = torch.zeros(model.cfg.image_shape)
+    device = module_device(model)
+    total = torch.zeros(model.cfg.image_shape, device=device)
     with torch.no_grad():
         for x in RowSet(images, rows).chunks(SCORE_BATCH):
+            x = x.to(device)
             total += (x - model.G(model.E(x))).abs().sum(0)
-    return LocalUpdate(model_tensors(model), len(rows), total)
+    return LocalUpdate(model_tensors(model), len(rows), total.cpu())
 
 
 def merge_updates(detector: GANDetector, updates: Sequence[LocalUpdate],
                   trusted: np.ndarray | None) -> int:
     """FedAvg the clients' networks into ``detector`` (weighted by their pseudo-normal
     counts) and rebuild the score state a fit derives from the pseudo-normal set.
+
+    The updates are CPU tensors; ``load_state_dict`` copies them onto the detector's device.
 
     Returns
     -------

@@ -11,12 +11,12 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from fedsieve.shared.checkpoint import bigan_from_tensors, model_tensors
-from fedsieve.shared.detectors.base import BaseDetector
+from fedsieve.shared.detectors.base import TorchDetector
 from fedsieve.shared.detectors.bigan import LoopConfig, bigan_losses, residual_maps
 from fedsieve.shared.images import check_images
 
 
-class GANDetector(BaseDetector):
+class GANDetector(TorchDetector):
     """Base of RtBiGAN, EGBAD and AnoGAN: a BiGAN ``model_`` and the score
     ``A(x) = alpha L_G + (1 - alpha) L_D`` (paper eq. 2).
 
@@ -33,11 +33,16 @@ class GANDetector(BaseDetector):
         Network sizes.
     threshold_policy, threshold_value, random_state
         As for every detector (:class:`~fedsieve.shared.detectors.base.BaseDetector`).
+    device : str
+        Where the networks train and score (:class:`~fedsieve.shared.detectors.base.
+        TorchDetector`): ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:<index>"``, ``"mps"``.
 
     Attributes
     ----------
     model_ : fedsieve.shared.networks.BiGAN
-        The trained networks E, G and D.
+        The trained networks E, G and D, on ``device_``.
+    device_ : torch.device
+        The resolved ``device``.
     decision_scores_, trusted_scores_, threshold_, labels_, contamination_, history_
         See BaseDetector.
         Scores, threshold and verdicts of the fitted pool; one history entry per round.
@@ -53,7 +58,7 @@ class GANDetector(BaseDetector):
     _joint: ClassVar[bool] = True
 
     _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
-        **BaseDetector._parameter_constraints,
+        **TorchDetector._parameter_constraints,
         "alpha": [Interval(Real, 0, 1, closed="both")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "lr_d": [Interval(Real, 0, None, closed="neither")],
@@ -84,6 +89,7 @@ class GANDetector(BaseDetector):
         )
 
     def _generator(self, offset: int = 0) -> torch.Generator:
+        # A CPU generator on every device: the draws (then moved) are the same everywhere.
         seed = 0 if self.random_state is None else int(self.random_state)
         return torch.Generator().manual_seed(seed * 1000 + offset)
 
@@ -141,6 +147,6 @@ class GANDetector(BaseDetector):
 
     def _restore_state(self, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> None:
         super()._restore_state(tensors, header)
-        self.model_ = bigan_from_tensors(tensors, header.get("net"))
+        self.model_ = bigan_from_tensors(tensors, header.get("net")).to(self.device_)
         self.image_shape_ = tuple(self.model_.cfg.image_shape)
         self.n_features_in_ = int(np.prod(self.image_shape_))

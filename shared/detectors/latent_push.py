@@ -29,6 +29,7 @@ from torch import nn
 
 from fedsieve.shared.detectors.anoean import mahalanobis
 from fedsieve.shared.detectors.bigan import SCORE_BATCH, RowSet, as_batch
+from fedsieve.shared.devices import module_device
 from fedsieve.shared.networks import Encoder
 
 __all__ = ["LatentPush", "latent_discriminator"]
@@ -53,7 +54,8 @@ class LatentPush:
     Parameters
     ----------
     encoder : Encoder
-        The encoder to train (trained in place; pass a copy to keep the original).
+        The encoder to train (trained in place; pass a copy to keep the original). Training
+        and scoring run on its device; the discriminator joins it there.
     seed : int, default=0
         Seeds the discriminator's initial weights.
     """
@@ -62,7 +64,8 @@ class LatentPush:
         self.encoder = encoder
         with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG alone
             torch.manual_seed(seed)
-            self.discriminator = latent_discriminator(encoder.head.out_features)
+            self.discriminator = latent_discriminator(encoder.head.out_features).to(
+                module_device(encoder))
         self.center: np.ndarray | None = None
         self.precision: np.ndarray | None = None
         self._optimizers: tuple[torch.optim.Adam, torch.optim.Adam] | None = None
@@ -82,11 +85,13 @@ class LatentPush:
                 torch.optim.Adam(self.encoder.parameters(), 2e-4, betas=(0.5, 0.999)))
         opt_d, opt_e = self._optimizers
         z_dim = self.encoder.head.out_features
+        device = module_device(self.encoder)
         self.encoder.train()
         for _ in range(steps):
-            xn = normal[torch.randint(len(normal), (batch_size,), generator=gen)]
-            xa = anomalies[torch.randint(len(anomalies), (batch_size,), generator=gen)]
-            z = torch.randn(2 * batch_size, z_dim, generator=gen)
+            # Drawn on the CPU generator, then moved: the same draws on every device.
+            xn = normal[torch.randint(len(normal), (batch_size,), generator=gen)].to(device)
+            xa = anomalies[torch.randint(len(anomalies), (batch_size,), generator=gen)].to(device)
+            z = torch.randn(2 * batch_size, z_dim, generator=gen).to(device)
             zn, za = self.encoder(xn), self.encoder(xa)
             # Eq. 1: D tells N(0, I) from every code, normal or not.
             loss_d = (_bce(self.discriminator(z), 1.0) + _bce(self.discriminator(zn.detach()), 0.0)
@@ -115,7 +120,8 @@ class LatentPush:
 
     @torch.no_grad()
     def _encode(self, batches) -> np.ndarray:
-        parts = [self.encoder(x).double().numpy() for x in batches]
+        device = module_device(self.encoder)
+        parts = [self.encoder(x.to(device)).double().cpu().numpy() for x in batches]
         return np.concatenate(parts) if parts else np.empty((0, self.encoder.head.out_features))
 
     def _fit_gaussian(self, normal: RowSet, gen: torch.Generator) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from fedsieve.shared.detectors.bigan import LoopConfig, as_batch, init_model, train_loop
+from fedsieve.shared.devices import resolve_device
 from fedsieve.shared.images import check_images
 from fedsieve.shared.networks import BiGAN, NetConfig
 
@@ -129,8 +130,9 @@ def meta_train(
     on_iteration: Callable[[int, float], None] | None = None,
     *,
     layout: str | None = None,
+    device: str = "auto",
 ) -> BiGAN:
-    """Reptile meta-training (Algorithm 1); returns the meta-model Phi.
+    """Reptile meta-training (Algorithm 1); returns the meta-model Phi, on the CPU.
 
     Parameters
     ----------
@@ -147,16 +149,26 @@ def meta_train(
         ``on_iteration(i, seconds)`` after each outer iteration (progress bars).
     layout : {"NCHW", "NHWC"}, optional
         Layout of 4-D ``images`` when their shape leaves it ambiguous.
+    device : str, default "auto"
+        Where to train (:func:`~fedsieve.shared.devices.resolve_device`): the images and
+        networks move there; tasks, batches and latents are drawn on the CPU as always, so
+        the device changes no draw. Not part of ``cfg``: it does not change what is learned.
+
+    Raises
+    ------
+    ValueError
+        ``device`` is malformed or not available here.
     """
     cfg = cfg or MetaConfig()
-    X = as_batch(check_images(images, "images", layout=layout))
+    dev = resolve_device(device)
+    X = as_batch(check_images(images, "images", layout=layout), dev)
     labels = np.asarray(labels)
     if len(labels) != len(X):
         raise ValueError("labels must have one entry per image")
     tasks = class_tasks(labels, cfg.holdout_classes)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    phi = init_model(replace(cfg.net, image_shape=tuple(X.shape[1:])), cfg.seed)
+    phi = init_model(replace(cfg.net, image_shape=tuple(X.shape[1:])), cfg.seed, dev)
     outer = torch.optim.Adam(phi.parameters(), lr=cfg.meta_lr, betas=(0.5, 0.999))
     t0 = time.perf_counter()
     for it in range(cfg.iterations):
@@ -173,6 +185,6 @@ def meta_train(
         outer.step()
         if on_iteration is not None:
             on_iteration(it, time.perf_counter() - t0)
-    phi.eval()
-    return phi
+    # Handed back on the CPU, as save_meta writes it and every caller before used it.
+    return phi.cpu().eval()
 

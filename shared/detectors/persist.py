@@ -23,13 +23,19 @@ from safetensors.torch import save as save_tensors
 from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.validation import check_is_fitted
 
-from fedsieve.shared.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from fedsieve.shared.checkpoint import (
+    CheckpointError,
+    cpu_tensors,
+    read_checkpoint,
+    write_checkpoint,
+)
 from fedsieve.shared.detectors.adegan import ADeGAN
 from fedsieve.shared.detectors.agad import AGAD
 from fedsieve.shared.detectors.anoean import AnoEAN
 from fedsieve.shared.detectors.base import BaseDetector
 from fedsieve.shared.detectors.baselines import EGBAD, AnoGAN
 from fedsieve.shared.detectors.rtbigan import RtBiGAN
+from fedsieve.shared.devices import resolve_device
 
 #: The detectors a checkpoint can hold, by the class name its header records.
 SAVABLE: dict[str, type[BaseDetector]] = {
@@ -66,14 +72,18 @@ def detector_to_bytes(detector: BaseDetector) -> tuple[bytes, str]:
         As :func:`save_detector`.
     """
     tensors, header = _payload(detector)
-    weights = save_tensors({k: v.contiguous() for k, v in tensors.items()})
+    weights = save_tensors(cpu_tensors(tensors))
     return weights, json.dumps(header, sort_keys=True, default=str)
 
 
 def detector_from_bytes(weights: bytes, header: str,
-                        expected: type[BaseDetector] = BaseDetector) -> BaseDetector:
+                        expected: type[BaseDetector] = BaseDetector, *,
+                        device: str | None = None) -> BaseDetector:
     """Load a detector from :func:`detector_to_bytes`' output, ready to score. Untrusted
     input is read as safetensors and JSON only (never unpickled).
+
+    ``device`` as in :func:`load_detector`: a client scores the shipped detector on its own
+    device, whatever the server's was.
 
     Raises
     ------
@@ -88,7 +98,7 @@ def detector_from_bytes(weights: bytes, header: str,
     if not isinstance(doc, dict) or not all(isinstance(t, torch.Tensor)
                                             for t in tensors.values()):
         raise CheckpointError("the shipped detector's header is not a JSON object")
-    return _restore(tensors, doc, "the shipped detector", expected)
+    return _restore(tensors, doc, "the shipped detector", expected, device)
 
 
 def _payload(detector: BaseDetector) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -108,8 +118,8 @@ def _payload(detector: BaseDetector) -> tuple[dict[str, torch.Tensor], dict[str,
     return detector._state_tensors(), header
 
 
-def load_detector(path: str | Path, expected: type[BaseDetector] = BaseDetector
-                  ) -> BaseDetector:
+def load_detector(path: str | Path, expected: type[BaseDetector] = BaseDetector, *,
+                  device: str | None = None) -> BaseDetector:
     """Load a detector written by :func:`save_detector`, ready to score.
 
     Parameters
@@ -118,6 +128,11 @@ def load_detector(path: str | Path, expected: type[BaseDetector] = BaseDetector
         The checkpoint (either file of the pair, or the path without suffix).
     expected : type, optional
         The class the caller needs, e.g. ``RtBiGAN``; any savable detector by default.
+    device : str, optional
+        Where the loaded detector scores (its ``device`` parameter; see
+        :func:`~fedsieve.shared.devices.resolve_device`). The weights are stored as CPU
+        tensors, so a detector fitted on a GPU loads on a CPU with ``"cpu"`` or ``"auto"``.
+        None keeps the ``device`` it was saved with.
 
     Raises
     ------
@@ -125,13 +140,16 @@ def load_detector(path: str | Path, expected: type[BaseDetector] = BaseDetector
         As :func:`fedsieve.shared.checkpoint.read_checkpoint`, or the file holds no detector,
         another class than ``expected``, parameters this version does not accept, or weights
         that do not fit the recorded networks.
+    ValueError
+        ``device`` (or, without one, the saved ``device``) is not available here; the message
+        lists the devices that are.
     """
     tensors, header = read_checkpoint(path)
-    return _restore(tensors, header, str(path), expected)
+    return _restore(tensors, header, str(path), expected, device)
 
 
 def _restore(tensors: dict[str, torch.Tensor], header: dict[str, Any], source: str,
-             expected: type[BaseDetector]) -> BaseDetector:
+             expected: type[BaseDetector], device: str | None = None) -> BaseDetector:
     name = header.get("detector")
     if header.get("kind") != "detector" or name not in SAVABLE:
         raise CheckpointError(f"{source} is not a saved {'/'.join(SAVABLE)} detector")
@@ -140,10 +158,15 @@ def _restore(tensors: dict[str, torch.Tensor], header: dict[str, Any], source: s
         raise CheckpointError(f"{source} holds a {name}, not a {expected.__name__}")
     try:
         detector = cls(**header["params"])
+        if device is not None:
+            detector.set_params(device=device)
         detector._validate_params()
     except (KeyError, TypeError, InvalidParameterError) as exc:
         raise CheckpointError(f"{source} has parameters this version does not accept: {exc}") \
             from exc
+    # Where it scores is the loading side's business: a device it lacks is said as such,
+    # never as a broken checkpoint.
+    resolve_device(detector.device)
     try:
         detector._restore_state(tensors, header)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:

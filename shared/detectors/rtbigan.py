@@ -192,11 +192,20 @@ class RtBiGAN(GANDetector):
         Parameter of the policy.
     random_state : int, optional, default=0
         Seeds every random draw (batches, latents, initialisation).
+    device : str, default="auto"
+        Where the networks train and score: ``"auto"`` (CUDA when torch sees a GPU, else
+        the CPU), ``"cpu"``, ``"cuda"``, ``"cuda:<index>"`` or ``"mps"``; resolved when
+        ``fit`` starts (:func:`~fedsieve.shared.devices.resolve_device`). The random draws
+        are the same on every device; on the CPU the scores are exactly those of earlier
+        versions. The image statistics and the reachability graph are numpy work on the
+        CPU wherever the networks run.
 
     Attributes
     ----------
     model_ : fedsieve.shared.networks.BiGAN
-        The adapted and self-trained networks.
+        The adapted and self-trained networks, on ``device_``.
+    device_ : torch.device
+        The resolved ``device``.
     meta_info_ : dict
         Header of the meta checkpoint the fit started from (empty without one); a loaded
         detector keeps only its ``weights_sha256``.
@@ -299,6 +308,7 @@ class RtBiGAN(GANDetector):
         threshold_policy: str = "budget",
         threshold_value: float | None = None,
         random_state: int | None = 0,
+        device: str = "auto",
     ) -> None:
         self.meta_checkpoint = meta_checkpoint
         self.adapt_steps = adapt_steps
@@ -328,6 +338,7 @@ class RtBiGAN(GANDetector):
         self.threshold_policy = threshold_policy
         self.threshold_value = threshold_value
         self.random_state = random_state
+        self.device = device
 
     # -- the algorithm -----------------------------------------------------------------------
     def _fit(self, X: np.ndarray, trusted: np.ndarray | None, rounds: RoundRecorder) -> None:
@@ -340,10 +351,11 @@ class RtBiGAN(GANDetector):
         meta_path = self._init_weights(tuple(X.shape[1:]))
         gen = self._generator()
         cfg = self._loop_config()
-        trusted_t = as_batch(trusted)
+        trusted_t = as_batch(trusted)  # on the CPU, as the pool batches it anchors
+        adapt_batch = trusted_t.to(self.device_)  # moved once: it is every adaptation batch
 
         # Algorithm 2: K adversarial steps on the trusted images (all of them in every step).
-        train_loop(self.model_, lambda g: trusted_t, int(self.adapt_steps), cfg, gen)
+        train_loop(self.model_, lambda g: adapt_batch, int(self.adapt_steps), cfg, gen)
         self.pixel_weight_ = None
         self.latent_push_: LatentPush | None = None
         self._set_norm(trusted)
@@ -384,7 +396,7 @@ class RtBiGAN(GANDetector):
             return
         if self.latent_push_ is None:
             seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
-            self.latent_push_ = LatentPush.from_encoder(self.model_.E, seed)
+            self.latent_push_ = LatentPush.from_encoder(self.model_.E, seed)  # model_'s device
         self.latent_push_.train(normal, RowSet(X, flagged),
                                 min(PUSH_STEPS, int(self.steps_per_round)), gen)
 
@@ -409,10 +421,11 @@ class RtBiGAN(GANDetector):
                 stacklevel=4)
         if self.meta_checkpoint is None or (default and shape != DEFAULT_IMAGE_SHAPE):
             self.model_ = init_model(NetConfig(self.z_dim, self.width, self.d_hidden,
-                                               image_shape=shape), self.random_state)
+                                               image_shape=shape), self.random_state,
+                                     self.device_)
             return None
         path = default_meta_checkpoint() if default else Path(self.meta_checkpoint)
-        self.model_, self.meta_info_ = load_meta(path)
+        self.model_, self.meta_info_ = load_meta(path, self.device_)
         made_for = tuple(self.model_.cfg.image_shape)
         if made_for != shape:
             raise ValueError(
@@ -586,13 +599,14 @@ class RtBiGAN(GANDetector):
         self.pixel_weight_ = None
         if not self.pixel_weighting:
             return
-        total = torch.zeros(self.model_.cfg.image_shape)
+        total = torch.zeros(self.model_.cfg.image_shape, device=self.device_)
         for x in reference.chunks(SCORE_BATCH):
+            x = x.to(self.device_)
             total += (x - self.model_.G(self.model_.E(x))).abs().sum(0)
         self._weigh_pixels(total / len(reference))
 
     def _weigh_pixels(self, mean_residual: torch.Tensor) -> None:
-        w = 1.0 / (mean_residual + PIXEL_EPS)
+        w = 1.0 / (mean_residual.to(self.device_) + PIXEL_EPS)
         self.pixel_weight_ = w / w.mean()
 
     def _local_core(self, evidence: np.ndarray) -> np.ndarray:
@@ -642,7 +656,8 @@ class RtBiGAN(GANDetector):
         model = self.model_
         sha = header.get("meta_checkpoint")
         self.meta_info_ = {} if sha is None else {"weights_sha256": sha}
-        self.pixel_weight_ = tensors.get("score.pixel_weight")
+        weight = tensors.get("score.pixel_weight")
+        self.pixel_weight_ = None if weight is None else weight.to(self.device_)
         norm = tensors.get("score.norm")
         self.score_norm_ = None if norm is None else norm.numpy().astype(np.float64)
         cal = tensors.get("score.calibration")
@@ -662,6 +677,6 @@ class RtBiGAN(GANDetector):
             encoder = Encoder(model.cfg)
             encoder.load_state_dict({k.removeprefix("push.encoder."): v for k, v in tensors.items()
                                      if k.startswith("push.encoder.")})
-            self.latent_push_ = LatentPush(encoder.eval())
+            self.latent_push_ = LatentPush(encoder.to(self.device_).eval())
             self.latent_push_.center = tensors["push.center"].numpy().astype(np.float64)
             self.latent_push_.precision = tensors["push.precision"].numpy().astype(np.float64)
