@@ -539,6 +539,7 @@ KINDS: dict[str, type[PollutionKind]] = {
                         Blurred, LowContrast, Occluded, Trigger, HeldOutClass, Relabelled)
 }
 
+
 def _with_content_kinds() -> None:
     """Add the content kinds (defined on top of this module's base classes) to ``KINDS``."""
     from fedsieve.simulations.content_kinds import CONTENT_KINDS
@@ -547,6 +548,7 @@ def _with_content_kinds() -> None:
 
 
 _with_content_kinds()
+
 #: Short names for common settings.
 ALIASES = {"black": "constant:value=0", "white": "constant:value=255",
            "grey": "constant:value=128", "gray": "constant:value=128"}
