@@ -27,17 +27,13 @@ from fedsieve.simulations.tables import format_mean_std, format_value, mean_std
 
 REPO = Path(__file__).resolve().parents[1]
 ABLATIONS = {
-    "rtbigan-no-norm": {"normalize_scores": False},
-    "rtbigan-no-anchors": {"trusted_anchors": False},
-    "rtbigan+recon": {"recon_weight": 1.0},
-    "rtbigan-no-pixelweight": {"pixel_weighting": False},
+    "rtbigan-no-norm": {"training": {"normalize_scores": False}},
+    "rtbigan-no-anchors": {"training": {"trusted_anchors": False}},
+    "rtbigan+recon": {"training": {"recon_weight": 1.0}},
+    "rtbigan-no-pixelweight": {"training": {"pixel_weighting": False}},
     "rtbigan-no-meta": {"meta_checkpoint": None},
-    "rtbigan-paper": {
-        "normalize_scores": False,
-        "trusted_anchors": False,
-        "recon_weight": 0.0,
-        "pixel_weighting": False,
-    },
+    "rtbigan-paper": {"training": {"normalize_scores": False, "trusted_anchors": False,
+                                   "recon_weight": 0.0, "pixel_weighting": False}},
 }
 BASELINES = PEER_SETTINGS
 

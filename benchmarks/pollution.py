@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedsieve.shared.detectors.evidence import DEFAULT_EVIDENCE
 from fedsieve.simulations.benchmark import PEER_SETTINGS
 from fedsieve.simulations.machine import machine_info
 from fedsieve.simulations.tables import format_mean_std, format_value, mean_std
@@ -47,7 +48,7 @@ KINDS = ("fashion", "ink-fashion", "black", "white", "grey", "noise", "salt-pepp
 RATES = (0.0, 0.1, 0.2, 0.4, 0.6)
 DETECTORS = {"rtbigan": {}, **PEER_SETTINGS}
 #: Rt-BiGAN's switches that are off by default, measured only when named in --detectors.
-ABLATIONS = {"rtbigan+push": {"latent_push": True}}
+ABLATIONS = {"rtbigan+push": {"evidence": [*DEFAULT_EVIDENCE, "latent-push"]}}
 
 
 def make_pool(kind: str, rate: float, seed: int, claimed: bool = False):

@@ -36,7 +36,8 @@ DETECTORS = {
     "rtbigan/default": ("rtbigan", {}),
     "rtbigan/scratch": ("rtbigan", {"meta_checkpoint": None}),
     "rtbigan/own-meta": ("rtbigan", {"meta_checkpoint": "OWN"}),
-    "rtbigan/own-meta+two-sided": ("rtbigan", {"meta_checkpoint": "OWN", "two_sided": True}),
+    "rtbigan/own-meta+two-sided": ("rtbigan", {"meta_checkpoint": "OWN", "evidence": [
+        "global", "global-from-below", "typicality", "detached-ink", "reachability"]}),
     **{name: (name, params) for name, params in PEER_SETTINGS.items()},
 }
 PIECES = ("global", "global-from-below", "typicality", "detached-ink", "reachability")
@@ -49,8 +50,8 @@ def run_task(task_name: str, seed: int, threads: int, out: Path, say,
 
     from fedsieve.shared.checkpoint import save_meta
     from fedsieve.shared.detectors import RtBiGAN, make_detector
+    from fedsieve.shared.detectors.evidence.reachability import atlas_sample
     from fedsieve.shared.detectors.metatrain import MetaConfig, meta_train
-    from fedsieve.shared.detectors.reachability import atlas_sample
     from fedsieve.simulations.image_tasks import make_task
 
     torch.set_num_threads(threads)

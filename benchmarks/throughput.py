@@ -23,7 +23,7 @@ from fedsieve.simulations.machine import machine_info
 
 REPO = Path(__file__).resolve().parents[1]
 #: The 0.1 configuration: the paper's score A(x) alone, the gmm cut, no normal core.
-PAPER_SCORE = {"typicality": False, "detached_ink": False, "core_width": None,
+PAPER_SCORE = {"evidence": ["global"], "training": {"core_width": None},
                "threshold_policy": "gmm"}
 
 
@@ -36,8 +36,8 @@ def colour_throughput(threads: int = 2, work: Path = REPO / "benchmarks/results/
 
     from fedsieve.shared.checkpoint import save_meta
     from fedsieve.shared.detectors import RtBiGAN
+    from fedsieve.shared.detectors.evidence.reachability import atlas_sample
     from fedsieve.shared.detectors.metatrain import MetaConfig, meta_train
-    from fedsieve.shared.detectors.reachability import atlas_sample
     from fedsieve.simulations.image_tasks import make_task
 
     torch.set_num_threads(threads)

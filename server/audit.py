@@ -6,11 +6,15 @@ One JSON object per line in ``<run dir>/audit.jsonl``; ``kind`` says which:
   deciding (the details name the detector and the number of trusted images);
 - ``{"kind": "sample", "round", "node", "id", "score", "verdict", "threshold"}`` for each
   uploaded sample (verdict 1 = dropped as an anomaly, 0 = kept), with ``label_flag`` (1 when
-  the label check alone dropped it) where a label check ran on the node's labels;
-- ``{"kind": "pool", "round", "uploaded", "flagged", "label_flagged", "threshold",
-  "contamination", "contamination_low", "contamination_high", "confidence"}`` once per
-  screening, after its sample entries: how many samples were scored and flagged (by the
-  label check alone: ``label_flagged``), and the estimated pollution share of the pooled
+  the label check alone dropped it) where a label check ran on the node's labels; a sample
+  the detector dropped also names why: ``piece`` (the piece of evidence that decided),
+  its ``value`` and its ``cut`` (on the piece's log scale; ``"score"`` and the threshold
+  for a detector scored by one number);
+- ``{"kind": "pool", "round", "uploaded", "flagged", "label_flagged", "flagged_by",
+  "threshold", "contamination", "contamination_low", "contamination_high", "confidence"}``
+  once per screening, after its sample entries: how many samples were scored and flagged
+  (by the label check alone: ``label_flagged``; by each piece of evidence:
+  ``flagged_by``), and the estimated pollution share of the pooled
   uploads with its ``confidence`` (0.95) Clopper-Pearson interval
   (:func:`fedsieve.shared.detectors.threshold.estimate_contamination`); ``threshold`` is null
   when nothing was scored;
@@ -36,9 +40,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from logging import WARNING
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from flwr.common.logger import log
+
+if TYPE_CHECKING:  # the detectors package loads torch
+    from fedsieve.shared.detectors.explanation import Explanation
 
 #: The entry kinds an audit log holds.
 KINDS = ("start", "sample", "pool", "client")
@@ -101,20 +109,27 @@ class AuditLog:
 
     def write_samples(self, server_round: int, node_id: int, ids: np.ndarray,
                       scores: np.ndarray, verdicts: np.ndarray, threshold: float,
-                      label_flags: np.ndarray | None = None) -> None:
+                      label_flags: np.ndarray | None = None,
+                      explanation: Explanation | None = None) -> None:
         """Record one node's sample verdicts (1 = dropped) of a screening; with
         ``label_flags`` (the label check ran on this node's labels) each entry also says
-        whether its label was what dropped it (``label_flag``)."""
-        entries = ({"kind": "sample", "round": server_round, "node": node_id, "id": int(i),
+        whether its label was what dropped it (``label_flag``); with ``explanation`` (the
+        detector's, of these samples) each sample the detector dropped names the deciding
+        piece of evidence, its value and its cut."""
+        entries = [{"kind": "sample", "round": server_round, "node": node_id, "id": int(i),
                     "score": float(s), "verdict": int(v), "threshold": float(threshold)}
-                   for i, s, v in zip(ids, scores, verdicts))
+                   for i, s, v in zip(ids, scores, verdicts)]
         if label_flags is not None:
-            entries = ({**entry, "label_flag": int(flag)}
-                       for entry, flag in zip(entries, label_flags))
+            for entry, flag in zip(entries, label_flags):
+                entry["label_flag"] = int(flag)
+        if explanation is not None:
+            for row in np.flatnonzero(explanation.flagged):
+                entries[row] |= explanation.deciding_row(int(row))
         self._append(entries)
 
     def write_pool(self, server_round: int, uploaded: int, flagged: int, threshold: float,
-                   contamination: Mapping[str, float], *, label_flagged: int = 0) -> None:
+                   contamination: Mapping[str, float], *, label_flagged: int = 0,
+                   flagged_by: Mapping[str, int] | None = None) -> None:
         """Record a screening's pool: its size, what was flagged and the estimated pollution.
 
         Parameters
@@ -132,10 +147,13 @@ class AuditLog:
             ``contamination_``.
         label_flagged : int
             Of ``flagged``, the samples only the label check dropped.
+        flagged_by : mapping, optional
+            Piece of evidence -> samples it decided to drop (empty when unknown).
         """
         threshold = float(threshold)
         self._append([{"kind": "pool", "round": server_round, "uploaded": int(uploaded),
                        "flagged": int(flagged), "label_flagged": int(label_flagged),
+                       "flagged_by": {k: int(v) for k, v in (flagged_by or {}).items()},
                        "threshold": threshold if math.isfinite(threshold) else None,
                        "contamination": float(contamination["estimate"]),
                        "contamination_low": float(contamination["low"]),

@@ -31,7 +31,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from fedsieve.server.reasons import client_error
-from fedsieve.server.screening import ClientVerdict, Screening
+from fedsieve.server.screening import ClientVerdict, Screening, pool_contamination
 from fedsieve.shared.local_protocol import (
     SCORE_ACTION,
     SELF_TRAIN_ACTION,
@@ -45,11 +45,6 @@ from fedsieve.shared.local_protocol import (
     spot_check_request,
 )
 from fedsieve.shared.protocol import ProtocolError, read_partition
-
-#: Detector parameters local screening sets before adapting on the trusted images: no
-#: self-training on a pool the server does not have, and no reachability graph, whose nodes
-#: are pool images (shipping it would hand every client the others' images' features).
-LOCAL_FIT_PARAMS = {"self_training_rounds": 0, "reachability": False}
 
 
 @dataclass(frozen=True)
@@ -110,8 +105,9 @@ def screen_locally(grid: Grid, nodes: list[int], detector, trusted: np.ndarray,
     screening = Screening(server_round, mode="local")
     run = _Exchange(grid, settings.timeout, screening)
     started = time.perf_counter()
-    params = detector.get_params()
-    detector.set_params(**{k: v for k, v in LOCAL_FIT_PARAMS.items() if k in params})
+    # No self-training on a pool the server does not have, and no evidence that keeps pool
+    # images' features (it is shipped to every client): the detector says which parameters.
+    detector.set_params(**detector.local_screening_params())
     detector.fit(trusted, trusted=trusted)
     live = list(nodes)
     reports = _score(run, live, detector, settings)
@@ -126,12 +122,16 @@ def screen_locally(grid: Grid, nodes: list[int], detector, trusted: np.ndarray,
         reports = _score(run, live, detector, settings)
         detector.fit_cut(_pooled(reports), trusted)
     screening.detector_seconds = time.perf_counter() - started
-    scores, labels = _verdicts(detector, reports)
+    scores = {}
     for node, report in reports.items():
-        screening.verdicts[node] = ClientVerdict(node, report.ids, scores[node], labels[node],
-                                                 report.num_samples)
+        explanation = detector.explain_evidence(report.evidence)
+        scores[node] = explanation.scores
+        labels = (explanation.scores > detector.threshold_).astype(np.int64)
+        screening.verdicts[node] = ClientVerdict(node, report.ids, explanation.scores, labels,
+                                                 report.num_samples, explanation=explanation)
     screening.threshold = float(detector.threshold_)
-    screening.contamination = {k: float(v) for k, v in detector.contamination_.items()}
+    screening.contamination = pool_contamination(detector, np.concatenate(
+        [v.verdicts for v in screening.verdicts.values()] or [np.zeros(0, np.int64)]))
     if settings.spot_check_rate > 0:
         _spot_check(run, detector, reports, scores, settings, server_round)
     log(INFO, "fedsieve: local screening of %d nodes: %d samples, %d flagged, %s",
@@ -208,7 +208,7 @@ def _detector_content(detector, **config) -> RecordDict:
 def _score(run: _Exchange, nodes: list[int], detector, settings: LocalSettings
            ) -> dict[int, ScoreReport]:
     content = _detector_content(detector)
-    width = detector._evidence_width()
+    width = detector.evidence_width
     return run.send({n: content for n in nodes}, SCORE_ACTION,
                     lambda node, reply: decode_scores(reply, width,
                                                       max_samples=settings.max_samples),
@@ -241,16 +241,6 @@ def _pooled(reports: Mapping[int, ScoreReport]) -> np.ndarray:
     ids = np.concatenate([reports[n].ids for n in nodes])
     evidence = np.concatenate([reports[n].evidence for n in nodes])
     return evidence[np.lexsort((*evidence.T[::-1], ids))]
-
-
-def _verdicts(detector, reports: Mapping[int, ScoreReport]
-              ) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
-    """Each node's scores and verdicts under the detector's fitted cut."""
-    scores, labels = {}, {}
-    for node, report in reports.items():
-        scores[node] = detector.scores_from_evidence(report.evidence)
-        labels[node] = (scores[node] > detector.threshold_).astype(np.int64)
-    return scores, labels
 
 
 def _spot_check(run: _Exchange, detector, reports: Mapping[int, ScoreReport],

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 from flwr.app import Message, RecordDict
@@ -29,6 +29,9 @@ from fedsieve.shared.protocol import (
     decode_upload,
     read_partition,
 )
+
+if TYPE_CHECKING:  # the detectors package loads torch, which a server needs only to fit one
+    from fedsieve.shared.detectors.explanation import Explanation
 
 
 @dataclass
@@ -54,6 +57,9 @@ class ClientVerdict:
     num_samples: int
     #: 1 where the label check dropped a sample whose image passed (None: not checked).
     label_flags: np.ndarray | None = None
+    #: Why each sample got its verdict (the deciding piece of evidence, its value and cut);
+    #: None for a detector that does not explain itself.
+    explanation: Explanation | None = None
 
     @property
     def drop_ids(self) -> np.ndarray:
@@ -134,6 +140,18 @@ class Screening:
     def flagged(self) -> int:
         """Samples the detector flagged (verdict 1) in this screening, over all nodes."""
         return int(sum(int(v.verdicts.sum()) for v in self.verdicts.values()))
+
+    @property
+    def flagged_by(self) -> dict[str, int]:
+        """How many samples each piece of evidence decided to drop, over all nodes (empty
+        when the detector does not explain itself; the label check's drops are
+        ``label_flagged``)."""
+        counts: dict[str, int] = {}
+        for verdict in self.verdicts.values():
+            if verdict.explanation is not None:
+                for piece, n in verdict.explanation.flagged_by().items():
+                    counts[piece] = counts.get(piece, 0) + n
+        return counts
 
 
 class PoolScoring(NamedTuple):
@@ -258,22 +276,26 @@ def score_pool(uploads: dict[int, ClientUpload], trusted_images: np.ndarray,
     """Fit a fresh detector on the pooled uploads (or a bounded sample of them) and split its
     verdicts by node.
 
-    The detector is anchored by ``trusted_images``. The pool is ordered by sample id (then
-    image content), not by node: node ids are random in Flower, and a detector that draws
-    batches by position would otherwise give other verdicts for the same uploads on every run.
+    One pipeline, in six steps:
 
-    Without ``max_fit_samples``, or when the pool holds at most that many uploads, the
-    detector is fitted on the whole pool and its fitted ``decision_scores_`` and ``labels_``
-    are the verdicts. A self-training detector scores its whole fitting pool in every round
-    (Rt-BiGAN: 4 times) and holds it as float32, so the server's time and memory grow with
-    every upload several times over. With a larger pool the fit is bounded: the detector is
-    fitted on ``max_fit_samples`` uploads drawn without replacement (a copy of just those
-    images), then every upload, the fitted ones included, is scored once with
-    ``decision_function``, node by node in batches of ``score_batch`` images, and an upload is
-    dropped when its score exceeds the detector's ``threshold_``. The server's work then grows
-    with scoring alone (which torch spreads over its threads, ``torch.set_num_threads``), and
-    its memory with the uploads themselves: the pool is never gathered, nor converted to
-    float32, as a whole.
+    1. **order** the pool by sample id (then image content), not by node: node ids are random
+       in Flower, and a detector that draws batches by position would otherwise give other
+       verdicts for the same uploads on every run;
+    2. **choose the fit rows**: every upload, or, when the pool holds more than
+       ``max_fit_samples``, a seeded sample of that many;
+    3. **fit** the detector on them, anchored by ``trusted_images`` (a copy of just those
+       images);
+    4. **score every upload**: a fit on the whole pool has scored it already
+       (``decision_scores_``); after a bounded fit every upload, the fitted ones included, is
+       scored once, node by node in batches of ``score_batch`` images;
+    5. **label check** (optional) on the labelled uploads whose image passed;
+    6. **verdicts**: an upload is dropped when its score exceeds the detector's ``threshold_``
+       or the label check flags it.
+
+    A self-training detector scores its whole fitting pool in every round (Rt-BiGAN: 4
+    times) and holds it as float32, so a bounded fit keeps the server's time growing with
+    scoring alone (which torch spreads over its threads, ``torch.set_num_threads``), and its
+    memory with the uploads themselves: the pool is never converted to float32 as a whole.
 
     Parameters
     ----------
@@ -283,8 +305,9 @@ def score_pool(uploads: dict[int, ClientUpload], trusted_images: np.ndarray,
         The server's trusted normal images.
     make_detector : callable
         Returns an unfitted detector offering ``fit(X, trusted=...)`` and the fitted
-        ``decision_scores_``, ``labels_``, ``threshold_`` and, usually, ``contamination_``; a
-        bounded fit also needs ``decision_function(X)`` (higher = more anomalous).
+        ``decision_scores_`` and ``threshold_``; a bounded fit also needs
+        ``decision_function(X)`` (higher = more anomalous). A fedsieve detector also explains
+        each verdict (``explain``: the deciding piece of evidence, kept in the verdicts).
     make_label_check : callable, optional
         Returns an unfitted label check offering ``fit(X, y)`` and ``labels_``
         (:class:`~fedsieve.shared.detectors.labels.LabelCheck`). It is fitted on the labelled
@@ -300,19 +323,18 @@ def score_pool(uploads: dict[int, ClientUpload], trusted_images: np.ndarray,
         run with the same ``sample_seed``. :data:`DEFAULT_MAX_FIT_SAMPLES` is the measured
         recommendation.
     score_batch : int, default 4096
-        Images per ``decision_function`` call when the fit is bounded: only this many are
-        ever converted to float32 at once.
+        Images per scoring call when the fit is bounded: only this many are ever converted
+        to float32 at once.
     sample_seed : int, default 0
         Seed of the bounded fit's sample (:func:`numpy.random.default_rng`).
 
     Returns
     -------
     PoolScoring
-        The per-node verdicts, the detector's threshold and the pool's estimated contamination
-        (the detector's ``contamination_`` as plain floats; for a detector without one, or
-        after a bounded fit, :func:`~fedsieve.shared.detectors.threshold.estimate_contamination`
-        of its verdicts on the whole pool with the detector's false-drop budget, the default
-        one when it has none).
+        The per-node verdicts, the detector's threshold and the pool's estimated
+        contamination (:func:`~fedsieve.shared.detectors.threshold.estimate_contamination`
+        of the detector's verdicts on the whole pool, with its false-drop budget, the
+        default one when it has none).
 
     Raises
     ------
@@ -321,115 +343,49 @@ def score_pool(uploads: dict[int, ClientUpload], trusted_images: np.ndarray,
     TypeError
         A bounded fit whose detector has no ``decision_function``.
     """
-    # Imported here: the detectors package loads torch, which a server needs only to fit one.
-    from fedsieve.shared.detectors.threshold import DEFAULT_BUDGET, estimate_contamination
-
     if max_fit_samples is not None and int(max_fit_samples) < 1:
         raise ValueError(f"max_fit_samples must be at least 1 (or None), got {max_fit_samples}")
     if int(score_batch) < 1:
         raise ValueError(f"score_batch must be at least 1, got {score_batch}")
     nodes = sorted(uploads)
     if not nodes:
-        return PoolScoring({}, float("nan"), _plain(estimate_contamination(0, 0, DEFAULT_BUDGET)))
-    total = sum(len(uploads[n].ids) for n in nodes)
-    if max_fit_samples is not None and total > int(max_fit_samples):
-        return _score_pool_bounded(uploads, nodes, trusted_images, make_detector,
-                                   make_label_check, int(max_fit_samples), int(score_batch),
-                                   sample_seed)
-    ids = np.concatenate([uploads[n].ids for n in nodes])
-    pool = np.concatenate([uploads[n].x for n in nodes])
-    order = np.lexsort((_content_keys(pool), ids))
-    pool = pool[order]
-    started = time.perf_counter()
-    detector = make_detector().fit(pool, trusted=trusted_images)
-    log(INFO, "fedsieve: detector fitted on a pool of %d uploads in %.1f s", len(pool),
-        time.perf_counter() - started)
-    scores = np.empty(len(order), np.float64)
-    labels = np.empty(len(order), np.int64)
-    scores[order] = np.asarray(detector.decision_scores_, dtype=np.float64)
-    labels[order] = np.asarray(detector.labels_, dtype=np.int64)
-    contamination = getattr(detector, "contamination_", None)
-    if not contamination:
-        contamination = estimate_contamination(int(labels.sum()), len(labels), DEFAULT_BUDGET)
-    label_flags = None
-    if make_label_check is not None:
-        label_flags = _label_flags(uploads, nodes, pool, order, labels, make_label_check)
-        labels = labels | label_flags
-    bounds = np.cumsum([0] + [len(uploads[n].ids) for n in nodes])
-    verdicts = {
-        n: ClientVerdict(n, uploads[n].ids, scores[a:b], labels[a:b], uploads[n].num_samples,
-                         None if label_flags is None or uploads[n].y is None
-                         else label_flags[a:b])
-        for n, a, b in zip(nodes, bounds[:-1], bounds[1:])
-    }
-    contamination = _plain(contamination)
-    log(INFO, "fedsieve: estimated pollution of the pool %.1f %% [%.1f %%, %.1f %%]",
-        100 * contamination["estimate"], 100 * contamination["low"],
-        100 * contamination["high"])
-    flagged_by_labels = 0 if label_flags is None else int(label_flags.sum())
-    return PoolScoring(verdicts, float(detector.threshold_), contamination, flagged_by_labels)
-
-
-def _score_pool_bounded(uploads: dict[int, ClientUpload], nodes: list[int],
-                        trusted_images: np.ndarray, make_detector: Callable[[], object],
-                        make_label_check: Callable[[], object] | None, max_fit_samples: int,
-                        score_batch: int, sample_seed: int) -> PoolScoring:
-    """:func:`score_pool` when the pool holds more than ``max_fit_samples`` uploads: fit on a
-    seeded sample, score every upload in batches. Rows are numbered in node order (the
-    uploads of ``nodes`` one after the other), as in the verdicts; the pool order is an index
-    array over them, never a gathered copy of the images."""
-    import torch
-
-    from fedsieve.shared.detectors.threshold import DEFAULT_BUDGET, estimate_contamination
-
+        return PoolScoring({}, float("nan"), pool_contamination(None, np.zeros(0, np.int64)))
+    # Rows are numbered in node order (the uploads of ``nodes`` one after the other), as in
+    # the verdicts; the pool order is an index array over them.
     bounds = np.cumsum([0] + [len(uploads[n].ids) for n in nodes])
     total = int(bounds[-1])
-    ids = np.concatenate([uploads[n].ids for n in nodes])
-    keys = np.concatenate([_content_keys(uploads[n].x) for n in nodes])
-    order = np.lexsort((keys, ids))  # pool position -> row
-    del ids, keys
-    # Positions in the pool's (id, content) order, kept in that order: the sample depends on
-    # what was uploaded, not on node ids or arrival.
-    positions = np.sort(np.random.default_rng(sample_seed).choice(
-        total, max_fit_samples, replace=False))
-    sample = _gather_rows(uploads, nodes, bounds, order[positions])
-    del positions
+    order = _pool_order(uploads, nodes)
+    bounded = max_fit_samples is not None and total > int(max_fit_samples)
+    fit_rows = order
+    if bounded:
+        fit_rows = order[np.sort(np.random.default_rng(sample_seed).choice(
+            total, int(max_fit_samples), replace=False))]
     detector = make_detector()
-    if not callable(getattr(detector, "decision_function", None)):
+    if bounded and not callable(getattr(detector, "decision_function", None)):
         raise TypeError(f"{type(detector).__name__} has no decision_function: a bounded fit "
                         "(max_fit_samples) scores the uploads it was not fitted on with it")
     started = time.perf_counter()
-    detector = detector.fit(sample, trusted=trusted_images)
-    fitted = time.perf_counter() - started
-    del sample
-    log(INFO, "fedsieve: detector fitted on a sample of %d of %d uploads (seed %d) in %.1f s",
-        max_fit_samples, total, sample_seed, fitted)
+    detector = detector.fit(_gather_rows(uploads, nodes, bounds, fit_rows),
+                            trusted=trusted_images)
+    log(INFO, "fedsieve: detector fitted on %s in %.1f s",
+        f"a sample of {len(fit_rows)} of {total} uploads (seed {sample_seed})" if bounded
+        else f"a pool of {total} uploads", time.perf_counter() - started)
+    if bounded:
+        scores, explanation = _score_rows(detector, uploads, nodes, int(score_batch))
+    else:
+        scores, explanation = _fitted_rows(detector, order)
     threshold = float(detector.threshold_)
-    scores = np.empty(total, np.float64)
-    started = time.perf_counter()
-    for node, start in zip(nodes, bounds[:-1]):
-        x = uploads[node].x
-        for a in range(0, len(x), score_batch):
-            batch = x[a:a + score_batch]
-            scores[start + a:start + a + len(batch)] = np.asarray(
-                detector.decision_function(batch), dtype=np.float64)
-    scored = time.perf_counter() - started
-    log(INFO, "fedsieve: scored %d uploads in %.1f s (%.0f uploads/s, batches of %d, %d torch "
-        "threads)", total, scored, total / max(scored, 1e-9), score_batch,
-        torch.get_num_threads())
-    labels = (scores > threshold).astype(np.int64)
-    budget_of = getattr(detector, "_budget", None)
-    budget = float(budget_of()) if callable(budget_of) else DEFAULT_BUDGET
-    contamination = _plain(estimate_contamination(int(labels.sum()), total, budget))
+    labels = (scores > threshold).astype(np.int64)  # the one verdict rule
+    contamination = pool_contamination(detector, labels)
     label_flags = None
     if make_label_check is not None:
-        label_flags = _bounded_label_flags(uploads, nodes, bounds, order, labels,
-                                           make_label_check)
+        label_flags = _label_flags(uploads, nodes, bounds, order, labels, make_label_check)
         labels = labels | label_flags
     verdicts = {
         n: ClientVerdict(n, uploads[n].ids, scores[a:b], labels[a:b], uploads[n].num_samples,
                          None if label_flags is None or uploads[n].y is None
-                         else label_flags[a:b])
+                         else label_flags[a:b],
+                         None if explanation is None else explanation.take(slice(a, b)))
         for n, a, b in zip(nodes, bounds[:-1], bounds[1:])
     }
     log(INFO, "fedsieve: estimated pollution of the pool %.1f %% [%.1f %%, %.1f %%]",
@@ -437,6 +393,64 @@ def _score_pool_bounded(uploads: dict[int, ClientUpload], nodes: list[int],
         100 * contamination["high"])
     flagged_by_labels = 0 if label_flags is None else int(label_flags.sum())
     return PoolScoring(verdicts, threshold, contamination, flagged_by_labels)
+
+
+def pool_contamination(detector: object | None, labels: np.ndarray) -> dict[str, float]:
+    """The pool's estimated pollution share from its verdicts (1 = dropped), corrected for the
+    detector's false-drop budget (``false_drop_budget``; the default one for a detector
+    without it), as plain floats: ``estimate``, ``low``, ``high``, ``confidence``."""
+    # Imported here: the detectors package loads torch, which a server needs only to fit one.
+    from fedsieve.shared.detectors.threshold import DEFAULT_BUDGET, estimate_contamination
+
+    budget = float(getattr(detector, "false_drop_budget", DEFAULT_BUDGET))
+    return _plain(estimate_contamination(int(np.sum(labels)), len(labels), budget))
+
+
+def _pool_order(uploads: dict[int, ClientUpload], nodes: list[int]) -> np.ndarray:
+    """Pool position -> node-order row: by sample id, then image content."""
+    ids = np.concatenate([uploads[n].ids for n in nodes])
+    keys = np.concatenate([_content_keys(uploads[n].x) for n in nodes])
+    return np.lexsort((keys, ids))
+
+
+def _fitted_rows(detector, order: np.ndarray) -> tuple[np.ndarray, Explanation | None]:
+    """The scores (node order) a fit on the whole pool (in ``order``) already gave, and
+    their explanation when the detector explains itself."""
+    scores = np.empty(len(order), np.float64)
+    scores[order] = np.asarray(detector.decision_scores_, dtype=np.float64)
+    explain = getattr(detector, "explain_fitted", None)
+    if not callable(explain):
+        return scores, None
+    back = np.empty_like(order)
+    back[order] = np.arange(len(order))
+    return scores, explain().take(back)
+
+
+def _score_rows(detector, uploads: dict[int, ClientUpload], nodes: list[int],
+                score_batch: int) -> tuple[np.ndarray, Explanation | None]:
+    """Score every upload (node order) in batches of ``score_batch`` images, with the
+    explanation when the detector explains itself."""
+    import torch
+
+    from fedsieve.shared.detectors.explanation import Explanation
+
+    explain = getattr(detector, "explain", None)
+    started = time.perf_counter()
+    parts = []
+    for node in nodes:
+        x = uploads[node].x
+        for a in range(0, len(x), score_batch):
+            batch = x[a:a + score_batch]
+            parts.append(explain(batch) if callable(explain)
+                         else np.asarray(detector.decision_function(batch), dtype=np.float64))
+    total = sum(len(uploads[n].x) for n in nodes)
+    log(INFO, "fedsieve: scored %d uploads in %.1f s (%.0f uploads/s, batches of %d, %d torch "
+        "threads)", total, time.perf_counter() - started,
+        total / max(time.perf_counter() - started, 1e-9), score_batch, torch.get_num_threads())
+    if not callable(explain):
+        return np.concatenate(parts), None
+    explanation = Explanation.concatenate(parts)
+    return explanation.scores, explanation
 
 
 def _gather_rows(uploads: dict[int, ClientUpload], nodes: list[int], bounds: np.ndarray,
@@ -453,12 +467,12 @@ def _gather_rows(uploads: dict[int, ClientUpload], nodes: list[int], bounds: np.
     return out
 
 
-def _bounded_label_flags(uploads: dict[int, ClientUpload], nodes: list[int],
-                         bounds: np.ndarray, order: np.ndarray, image_labels: np.ndarray,
-                         make_label_check: Callable[[], object]) -> np.ndarray:
-    """:func:`_label_flags` without the gathered pool: the check sees the labelled uploads
-    whose image passed, in the pool's order (``order``: pool position -> node-order row),
-    gathered from the nodes' own arrays."""
+def _label_flags(uploads: dict[int, ClientUpload], nodes: list[int], bounds: np.ndarray,
+                 order: np.ndarray, image_labels: np.ndarray,
+                 make_label_check: Callable[[], object]) -> np.ndarray:
+    """1 for the labelled samples whose image passed but whose label the check contradicts
+    (node order, like ``image_labels``). The check sees them in the pool's order (``order``:
+    pool position -> node-order row), gathered from the nodes' own arrays."""
     claimed = np.concatenate([uploads[n].y if uploads[n].y is not None
                               else np.full(len(uploads[n].ids), -1) for n in nodes])
     rows = order[(claimed[order] >= 0) & (image_labels[order] == 0)]
@@ -470,25 +484,6 @@ def _bounded_label_flags(uploads: dict[int, ClientUpload], nodes: list[int],
         flags[rows] = np.asarray(check.labels_, dtype=np.int64)
         log(INFO, "fedsieve: label check on %d labelled uploads flagged %d in %.1f s",
             len(rows), int(flags.sum()), time.perf_counter() - started)
-    return flags
-
-
-def _label_flags(uploads: dict[int, ClientUpload], nodes: list[int], pool: np.ndarray,
-                 order: np.ndarray, image_labels: np.ndarray,
-                 make_label_check: Callable[[], object]) -> np.ndarray:
-    """1 for the labelled samples whose image passed but whose label the check contradicts
-    (node order, like ``image_labels``); the check sees them in ``pool``'s sample-id order
-    (``pool`` is the node-order uploads taken in ``order``)."""
-    claimed = np.concatenate([uploads[n].y if uploads[n].y is not None
-                              else np.full(len(uploads[n].ids), -1) for n in nodes])
-    checked = (claimed[order] >= 0) & (image_labels[order] == 0)  # in pool order
-    flags = np.zeros(len(claimed), np.int64)
-    if checked.any():
-        started = time.perf_counter()
-        check = make_label_check().fit(pool[checked], claimed[order][checked])
-        flags[order[checked]] = np.asarray(check.labels_, dtype=np.int64)
-        log(INFO, "fedsieve: label check on %d labelled uploads flagged %d in %.1f s",
-            int(checked.sum()), int(flags.sum()), time.perf_counter() - started)
     return flags
 
 

@@ -486,10 +486,12 @@ class AnomalyFilter(Strategy):
             return
         for node, verdict in sorted(screening.verdicts.items()):
             self.audit.write_samples(screening.server_round, node, verdict.ids, verdict.scores,
-                                     verdict.verdicts, screening.threshold, verdict.label_flags)
+                                     verdict.verdicts, screening.threshold, verdict.label_flags,
+                                     verdict.explanation)
         self.audit.write_pool(screening.server_round, screening.uploaded, screening.flagged,
                               screening.threshold, screening.contamination,
-                              label_flagged=screening.label_flagged)
+                              label_flagged=screening.label_flagged,
+                              flagged_by=screening.flagged_by)
         # Every node that failed is recorded at once, sampled for training this round or not.
         for node, reason in sorted(screening.failures.items()):
             exclusion = Exclusion(screening.failure_codes.get(node, "failed-screening"), reason)
@@ -509,6 +511,7 @@ class AnomalyFilter(Strategy):
             "uploaded": screening.uploaded if fresh else 0,
             "dropped": screening.flagged if fresh else 0,
             "label_flagged": screening.label_flagged if fresh else 0,
+            "flagged_by": screening.flagged_by if fresh else {},
             "threshold": screening.threshold,
             "estimated_contamination": {n: verdicts[n].estimated_contamination for n in nodes},
             "partitions": dict(sorted(screening.partitions.items())),
@@ -546,6 +549,9 @@ def _round_metrics(record: dict, nodes: list[int], excluded: dict[int, Exclusion
         "fedsieve-uploaded": record["uploaded"],
         "fedsieve-dropped": record["dropped"],
         "fedsieve-label-flagged": record["label_flagged"],
+        # Which piece of evidence decided each drop: one count per piece that decided any.
+        **{f"fedsieve-flagged-by.{piece}": count
+           for piece, count in sorted(record["flagged_by"].items()) if count},
         "fedsieve-aggregated": record["aggregated"],
         "fedsieve-excluded": len(excluded),
         # MetricRecords hold numbers only: one count per reason name, present when not 0.

@@ -31,6 +31,12 @@ FORMAT_VERSION = 1
 DEFAULT_META_NAME = "rtbigan-meta"
 
 
+class MetaModelWarning(UserWarning):
+    """The meta-model does not fit the images: Rt-BiGAN starts from random weights (no
+    meta-model of their shape), or leaves the reachability evidence out (its atlas does not
+    look like the trusted images)."""
+
+
 class CheckpointError(ValueError):
     """A checkpoint is missing, corrupt, truncated, of another format version, or unsafe."""
 
@@ -115,7 +121,7 @@ def save_meta(model: BiGAN, path: str | Path, info: dict[str, Any],
 
     ``atlas``: a sample of the normal images it was trained on, uint8 (N, C, H, W), kept
     beside the weights for Rt-BiGAN's reachability evidence
-    (:mod:`fedsieve.shared.detectors.reachability`).
+    (:mod:`fedsieve.shared.detectors.evidence.reachability`).
     """
     tensors = model_tensors(model)
     if atlas is not None:

@@ -115,13 +115,13 @@ def meta_train_cmd(
     from fedsieve.shared.checkpoint import save_meta
     from fedsieve.shared.cli_common import console
     from fedsieve.shared.detectors.bigan import LoopConfig
+    from fedsieve.shared.detectors.evidence.reachability import atlas_sample
     from fedsieve.shared.detectors.metatrain import (
         MetaConfig,
         class_tasks,
         cluster_tasks,
         meta_train,
     )
-    from fedsieve.shared.detectors.reachability import atlas_sample
     from fedsieve.shared.devices import resolve_device
 
     _threads(threads)
@@ -201,7 +201,7 @@ def meta_train_cmd(
         "machine": platform.processor() or platform.machine(),
     }
     # A sample of the normal images travels with the weights: Rt-BiGAN's reachability
-    # evidence walks from it (fedsieve.shared.detectors.reachability).
+    # evidence walks from it (fedsieve.shared.detectors.evidence.reachability).
     atlas = atlas_sample(images, labels, holdout, seed=seed)
     info["atlas"] = {"count": len(atlas), "seed": seed}
     path = save_meta(model, out, info, atlas=atlas)
@@ -302,8 +302,11 @@ def detect_cmd(
         raise typer.BadParameter(str(exc)) from exc
     out.mkdir(parents=True, exist_ok=True)
     scores, verdicts = det.decision_scores_, det.labels_
+    explanation = det.explain_fitted()
     np.save(out / "scores.npy", scores)
     np.save(out / "verdicts.npy", verdicts)
+    # Which piece of evidence decided each verdict ("score" for a one-number detector).
+    np.save(out / "deciding_piece.npy", explanation.deciding_names().astype(str))
     report: dict[str, object] = {
         "detector": detector,
         "params": {
@@ -315,6 +318,7 @@ def detect_cmd(
         "trusted_source": trusted_source,
         "n_pool": len(x_pool),
         "n_flagged": int(verdicts.sum()),
+        "flagged_by": explanation.flagged_by(),
         "contamination": det.contamination_,
         "timings": {"fit_s": round(fit_s, 3)},
         "data": {
@@ -340,7 +344,8 @@ def detect_cmd(
             )
     _figures(out, check_images(x_pool), scores, y_pool, det)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    typer.echo(f"flagged {int(verdicts.sum())}/{len(x_pool)}; wrote {out}")
+    by_piece = ", ".join(f"{piece} {n}" for piece, n in explanation.flagged_by().items())
+    typer.echo(f"flagged {int(verdicts.sum())}/{len(x_pool)} (by {by_piece}); wrote {out}")
 
 
 def _args_after(command: str) -> list[str]:

@@ -21,6 +21,15 @@ def read_sample_verdicts(audit_path: Path) -> dict[int, tuple[float, int, int]]:
             for e in read_audit(audit_path, "sample")}
 
 
+def read_deciding_pieces(audit_path: Path) -> dict[int, str]:
+    """Sample id -> the piece of evidence that decided its drop, from the latest screening
+    (only the samples the detector dropped; an older log names none)."""
+    if not audit_path.is_file():
+        return {}
+    latest = {int(e["id"]): e.get("piece") for e in read_audit(audit_path, "sample")}
+    return {i: piece for i, piece in latest.items() if piece is not None}
+
+
 def read_exclusions(audit_path: Path) -> dict[int, str]:
     """Node -> the reason of its latest exclusion."""
     if not audit_path.is_file():
@@ -107,6 +116,7 @@ def detection_report(federation: Federation, audit_path: Path) -> dict:
         "normal_dropped": float(dropped[~polluted].mean()) if (~polluted).any() else None,
         "estimated_contamination": estimated_contamination(federation, audit_path),
         "by_kind": _dropped_by_kind(federation, ids, dropped),
+        "by_piece": _dropped_by_piece(read_deciding_pieces(audit_path), truth),
         "clients": [],
     }
     client_of = ids // ID_STRIDE
@@ -125,6 +135,17 @@ def detection_report(federation: Federation, audit_path: Path) -> dict:
         })
     report["roc"] = _roc_points(polluted, scores)
     return report
+
+
+def _dropped_by_piece(pieces: dict[int, str], truth: dict[int, int]
+                      ) -> dict[str, dict[str, int]]:
+    """Per piece of evidence: the samples it decided to drop, and how many were pollution."""
+    out: dict[str, dict[str, int]] = {}
+    for sample, piece in pieces.items():
+        counts = out.setdefault(piece, {"dropped": 0, "polluted": 0})
+        counts["dropped"] += 1
+        counts["polluted"] += int(truth[sample])
+    return dict(sorted(out.items()))
 
 
 def _dropped_by_kind(federation: Federation, ids: np.ndarray,
@@ -278,6 +299,10 @@ def simulation_markdown(report: dict, plots: list[str]) -> str:
             *(f"| `{k}` | {v['uploaded']} | {v['dropped']:.2%} |"
               for k, v in d.get("by_kind", {}).items()),
             "",
+            *(["| piece of evidence that decided | dropped | of them pollution |",
+               "|---|---|---|",
+               *(f"| `{k}` | {v['dropped']} | {v['polluted']} |"
+                 for k, v in d["by_piece"].items()), ""] if d.get("by_piece") else []),
             "| client | samples | polluted | dropped polluted | dropped normal | excluded |",
             "|---|---|---|---|---|---|",
         ]

@@ -18,12 +18,13 @@ def test_pool_entry_round_trips_and_filters_by_kind(tmp_path):
     log.write_start(1, detector="iforest")
     log.write_samples(1, 7, np.arange(3), np.array([0.1, 0.9, 0.2]), np.array([0, 1, 0]), 0.5)
     log.write_pool(1, np.int64(3), np.int64(1), np.float32(0.5),
-                   {k: np.float64(v) for k, v in ESTIMATE.items()})
+                   {k: np.float64(v) for k, v in ESTIMATE.items()},
+                   flagged_by={"typicality": np.int64(1), "global": 0})
     log.write_exclusion(1, 8, "failed-screening", "failed-screening: no reply")
     assert "pool" in KINDS
     [pool] = read_audit(tmp_path / "audit.jsonl", "pool")
     assert pool == {"kind": "pool", "round": 1, "uploaded": 3, "flagged": 1, "label_flagged": 0,
-                    "threshold": 0.5,
+                    "flagged_by": {"typicality": 1, "global": 0}, "threshold": 0.5,
                     "contamination": 0.2, "contamination_low": 0.15,
                     "contamination_high": 0.26, "confidence": 0.95}
     # The other kinds read as before, and all entries in the order written.

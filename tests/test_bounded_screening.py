@@ -44,8 +44,7 @@ class Brightness:
         self.batches.append(len(X))
         return X.reshape(len(X), -1).mean(1).astype(np.float64)
 
-    def _budget(self) -> float:
-        return 0.05
+    false_drop_budget = 0.05
 
 
 def split(x: np.ndarray, nodes: list[int], cuts: list[int], ids: np.ndarray | None = None,
@@ -94,7 +93,7 @@ def test_bounded_fit_sees_the_sample_only_and_scores_every_upload(detector_data)
         flagged += int(verdict.verdicts.sum())
     assert scoring.threshold == detector.threshold_
     assert scoring.contamination == pytest.approx(
-        estimate_contamination(flagged, 500, detector._budget()))
+        estimate_contamination(flagged, 500, detector.false_drop_budget))
     scores = np.concatenate([scoring.verdicts[n].scores for n in (4, 8, 2)])
     assert roc_auc_score(detector_data.y, scores) > 0.8  # the fit still separates the pool
 

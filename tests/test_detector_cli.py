@@ -54,6 +54,10 @@ def test_detect_writes_all_outputs(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["pool_metrics"]["auc"] > 0.8
     assert np.load(out / "verdicts.npy").shape == (200,)
+    # One number decides IsolationForest's verdicts: every drop is the score's.
+    assert report["flagged_by"] == {"score": report["n_flagged"]}
+    assert set(np.load(out / "deciding_piece.npy")) == {"score"}
+    assert f"by score {report['n_flagged']}" in res.output
 
 
 def test_detect_takes_its_detectors_from_the_registry(tmp_path):

@@ -23,6 +23,7 @@ from fedsieve.shared.detectors import (
     PeerAdapter,
     PoolGAN,
     RtBiGAN,
+    Training,
     compute_threshold,
     gmm_threshold,
     make_detector,
@@ -189,7 +190,7 @@ def test_callback_sees_each_round_as_it_scores(detector_data):
     def record(det, rnd):
         seen.append((rnd, det.threshold_, det.decision_function(d.x_test[:20])))
 
-    det = tiny("rtbigan", self_training_rounds=2, stop_tol=0.0).fit(d.x, d.trusted,
+    det = tiny("rtbigan", self_training_rounds=2, training={"stop_tol": 0.0}).fit(d.x, d.trusted,
                                                                      callback=record)
     assert [r for r, _, _ in seen] == [0, 1, 2]
     assert seen[-1][1] == det.threshold_
@@ -206,9 +207,9 @@ class _CountingRtBiGAN(RtBiGAN):
             self.events.append(("score", len(X)))
         return super()._score(X)
 
-    def _evidence(self, X, stats=None, reach=None):
+    def _evidence(self, X):
         self.events.append(("score", len(X)))
-        return super()._evidence(X, stats, reach)
+        return super()._evidence(X)
 
 
 class _CountingEGBAD(EGBAD):
@@ -377,8 +378,7 @@ def test_self_training_beats_an_untrained_model(detector_data):
         meta_checkpoint=None,
         adapt_steps=0,
         self_training_rounds=0,
-        normalize_scores=False,
-        pixel_weighting=False,
+        training=Training(normalize_scores=False, pixel_weighting=False),
     ).fit(d.x, d.trusted)
     auc0 = roc_auc_score(d.y_test, untrained.decision_function(d.x_test))
     det = RtBiGAN(self_training_rounds=1, steps_per_round=150, random_state=0)

@@ -1,5 +1,5 @@
 """AnoEAN's latent push: the pushed encoder separates what it was shown, and Rt-BiGAN's
-``latent_push`` switch adds it as evidence that survives a save/load round trip."""
+``latent-push`` piece adds it as evidence that survives a save/load round trip."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from sklearn.metrics import roc_auc_score
 
 from fedsieve.shared.detectors import RtBiGAN, load_detector, save_detector
 from fedsieve.shared.detectors.bigan import RowSet
-from fedsieve.shared.detectors.latent_push import LatentPush
+from fedsieve.shared.detectors.evidence import DEFAULT_EVIDENCE, LatentPush
 from fedsieve.shared.images import check_images
 from fedsieve.shared.networks import Encoder, NetConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+PUSHED = (*DEFAULT_EVIDENCE, "latent-push")
 
 
 def test_push_maps_flagged_kind_out_of_the_normal_codes(mnist_train, fashion_train,
@@ -37,14 +38,15 @@ def test_rtbigan_latent_push_is_one_more_piece_and_round_trips(detector_data, tm
     d = detector_data
     kw = {"self_training_rounds": 1, "steps_per_round": 20, "random_state": 0}
     plain = RtBiGAN(**kw).fit(d.x, d.trusted)
-    det = RtBiGAN(latent_push=True, **kw).fit(d.x, d.trusted)
-    assert plain.latent_push_ is None and det.latent_push_ is not None
+    det = RtBiGAN(evidence=PUSHED, **kw).fit(d.x, d.trusted)
+    assert "latent-push" not in plain.evidence_ and det.evidence_names_[-1] == "latent-push"
     x = check_images(d.x_test, "x")
     assert det._evidence(x).shape[1] == plain._evidence(x).shape[1] + 1
     back = load_detector(save_detector(det, tmp_path / "det"), RtBiGAN)
     np.testing.assert_array_equal(back.decision_function(d.x_test), det.decision_function(d.x_test))
-    np.testing.assert_array_equal(back.latent_push_.center, det.latent_push_.center)
+    np.testing.assert_array_equal(back.evidence_["latent-push"].push_.center,
+                                  det.evidence_["latent-push"].push_.center)
     # The push's random draws all come from random_state: a refit whatever the global RNG.
     torch.manual_seed(123)
-    again = RtBiGAN(latent_push=True, **kw).fit(d.x, d.trusted)
+    again = RtBiGAN(evidence=PUSHED, **kw).fit(d.x, d.trusted)
     np.testing.assert_array_equal(again.decision_scores_, det.decision_scores_)

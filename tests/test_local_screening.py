@@ -106,7 +106,7 @@ def test_cut_fitted_on_pooled_evidence_gives_the_fit_verdicts(fitted_rtbigan, de
     det = fitted_rtbigan
     labels, scores = det.labels_.copy(), det.decision_scores_.copy()
     evidence = det.score_evidence(detector_data.x)
-    assert evidence.shape == (len(detector_data.x), len(det._evidence_names()))
+    assert evidence.shape == (len(detector_data.x), len(det.evidence_names_))
     # As the clients send it: float16, split over clients, in another order.
     order = np.random.default_rng(0).permutation(len(evidence))
     refit = detector_from_bytes(*detector_to_bytes(det))

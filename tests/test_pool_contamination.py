@@ -1,4 +1,4 @@
-"""The screening's pool contamination estimate: from the detector, or from its verdicts."""
+"""The screening's pool contamination estimate: one estimator, from the verdicts."""
 
 from __future__ import annotations
 
@@ -43,13 +43,19 @@ def test_detector_without_an_estimate_gets_one_from_its_verdicts():
     assert low <= estimate <= high and estimate == pytest.approx((10 / 80 - 0.01) / 0.99)
 
 
-def test_detector_estimate_is_copied_as_plain_floats():
-    given = {"estimate": np.float64(0.2), "low": np.float32(0.1), "high": np.float64(0.3),
-             "confidence": 0.95}
+def test_the_estimate_is_the_verdicts_with_the_detectors_budget():
+    # A detector's own contamination_ is not copied: every path (whole pool, bounded fit,
+    # local screening) estimates from the verdicts with the detector's false-drop budget.
     scoring = score_pool(uploads(), np.zeros((2, 28, 28), np.uint8),
-                         lambda: FlagBright(given))
-    assert scoring.contamination == pytest.approx({"estimate": 0.2, "low": 0.1, "high": 0.3,
-                                                   "confidence": 0.95})
+                         lambda: FlagBright({"estimate": 0.9, "low": 0.8, "high": 1.0,
+                                             "confidence": 0.95}))
+    assert scoring.contamination == estimate_contamination(10, 80, DEFAULT_BUDGET)
+
+    class Budgeted(FlagBright):
+        false_drop_budget = 0.05
+
+    scoring = score_pool(uploads(), np.zeros((2, 28, 28), np.uint8), Budgeted)
+    assert scoring.contamination == pytest.approx(estimate_contamination(10, 80, 0.05))
     assert all(type(v) is float for v in scoring.contamination.values())
     assert set(scoring.verdicts) == {5, 9}
 

@@ -16,7 +16,7 @@ from fedsieve.shared.checkpoint import (
     save_meta,
 )
 from fedsieve.shared.detectors import RtBiGAN, load_detector, save_detector
-from fedsieve.shared.detectors.reachability import (
+from fedsieve.shared.detectors.evidence.reachability import (
     ATLAS_SIZE,
     MAX_SIDE,
     Reachability,
@@ -121,15 +121,16 @@ def test_rtbigan_leaves_the_piece_out_without_a_fitting_atlas(reverse, tmp_path,
     # The atlas is read and checked before self-training: adapting alone shows the choice.
     adapted = {**SHORT, "self_training_rounds": 0}
     det = RtBiGAN(**adapted).fit(t["pool"], t["trusted"])  # the shipped meta-model: no atlas
-    assert det.reachability_ is None and det.atlas_fit_ is None
+    assert det.left_out_["reachability"].atlas_fit_ is None
+    assert "reachability" not in det.evidence_names_
     model, _ = load_meta(default_meta_checkpoint())
     digits = save_meta(model, tmp_path / "digits", {}, atlas=check_images(
         mnist_train.images[:ATLAS_SIZE], dtype=np.uint8))
     det = RtBiGAN(meta_checkpoint=str(digits), **adapted)
     with pytest.warns(MetaModelWarning, match="reachability evidence is left out"):
         det.fit(t["pool"], t["trusted"])  # clothes, but an atlas of digits
-    assert det.reachability_ is None and det.atlas_fit_["fits"] is False
-    assert "reachability" not in det._evidence_names()
+    assert det.left_out_["reachability"].atlas_fit_["fits"] is False
+    assert "reachability" not in det.evidence_names_
 
 
 def test_rtbigan_with_an_atlas_of_its_data(reverse, tmp_path):
@@ -142,10 +143,11 @@ def test_rtbigan_with_an_atlas_of_its_data(reverse, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", MetaModelWarning)
         det.fit(t["pool"], t["trusted"])
-    names = det._evidence_names()
+    names = det.evidence_names_
     assert names[-1] == "reachability" and det.calibration_.cuts.shape == (len(names),)
     assert roc_auc_score(t["test_y"], det.decision_function(t["test"])) > 0.9
-    plain = RtBiGAN(meta_checkpoint=str(meta), reachability=False, **SHORT)
+    plain = RtBiGAN(meta_checkpoint=str(meta), evidence=["global", "typicality", "detached-ink"],
+                    **SHORT)
     plain.fit(t["pool"], t["trusted"])
     assert roc_auc_score(t["test_y"], plain.decision_function(t["test"])) < 0.6
     digits = t["pool_y"] == 1
@@ -155,4 +157,5 @@ def test_rtbigan_with_an_atlas_of_its_data(reverse, tmp_path):
     loaded = load_detector(tmp_path / "det")
     np.testing.assert_array_equal(loaded.decision_function(t["test"]),
                                   det.decision_function(t["test"]))
-    assert loaded.atlas_fit_ == det.atlas_fit_
+    assert (loaded.evidence_["reachability"].atlas_fit_
+            == det.evidence_["reachability"].atlas_fit_)

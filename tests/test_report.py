@@ -6,6 +6,7 @@ import numpy as np
 
 from fedsieve.server.audit import AuditLog
 from fedsieve.shared.config import RunSettings
+from fedsieve.shared.detectors import Explanation
 from fedsieve.simulations.report import detection_report, estimate_line, simulation_markdown
 
 
@@ -14,8 +15,13 @@ def test_detection_report_breaks_drops_down_by_pollution_kind(federation_builder
     log = AuditLog(tmp_path / "audit.jsonl")
     for client in federation.clients:  # a screen that catches black frames and triggers only
         drop = np.isin(client.kinds, ["constant", "trigger"]).astype(int)
-        log.write_samples(1, 50 + client.client_id, client.ids, drop + 0.1 * client.polluted,
-                          drop, 0.5)
+        score = drop + 0.1 * client.polluted
+        # Typicality decides the black frames, detached ink the triggers.
+        values = np.stack([score, np.where(client.kinds == "trigger", 2.0, 0.0)], axis=1)
+        explanation = Explanation(["typicality", "detached-ink"], values,
+                                  np.array([0.5, 1.0]), values - [0.5, 1.0], score, 0.5)
+        log.write_samples(1, 50 + client.client_id, client.ids, score, drop, 0.5,
+                          explanation=explanation)
     uploads = sum(len(c) for c in federation.clients)
     log.write_pool(1, uploads, 123, 0.5, {"estimate": 0.198, "low": 0.189, "high": 0.208,
                                           "confidence": 0.95})
@@ -26,6 +32,10 @@ def test_detection_report_breaks_drops_down_by_pollution_kind(federation_builder
     assert by_kind["ink-fashion"]["dropped"] == 0.0
     assert sum(v["uploaded"] for v in by_kind.values()) == report["polluted"]
     assert report["normal_dropped"] == 0.0
+    n_black, n_trigger = (sum(int((c.kinds == k).sum()) for c in federation.clients)
+                          for k in ("constant", "trigger"))
+    assert report["by_piece"] == {"detached-ink": {"dropped": n_trigger, "polluted": n_trigger},
+                                  "typicality": {"dropped": n_black, "polluted": n_black}}
     # The server's pool estimate, with its interval, next to the true share of the uploads.
     truth = federation.ground_truth()
     assert report["estimated_contamination"] == {
@@ -38,6 +48,7 @@ def test_detection_report_breaks_drops_down_by_pollution_kind(federation_builder
          "final_accuracy": 0.9, "wall_seconds": 1.0, "detection": report,
          "data_sources": {}}, [])
     assert "| `ink-fashion` | " in markdown and "| 0.00% |" in markdown
+    assert f"| `detached-ink` | {n_trigger} | {n_trigger} |" in markdown
     assert "30% pollution (`constant,trigger,ink-fashion`)" in markdown
     true = 100 * report["estimated_contamination"]["true"]
     assert (f"Estimated pollution of the uploads (round 1): 19.8 % [18.9 %, 20.8 %] "

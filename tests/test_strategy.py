@@ -141,6 +141,10 @@ def test_audit_log_matches_the_drops(clean_round, compact_federation):
     assert audit(clean_round.run_dir, "client") == []  # nobody was excluded
     [pool] = audit(clean_round.run_dir, "pool")  # one per screening
     estimate = clean_round.strategy.history[-1]["contamination"]
+    dropped = [e for e in entries if e["verdict"] == 1]
+    by_piece = {p: sum(e["piece"] == p for e in dropped) for p in {e["piece"] for e in dropped}}
+    assert all(e["value"] > e["cut"] for e in dropped)  # the deciding piece is past its cut
+    assert {p: n for p, n in pool.pop("flagged_by").items() if n} == by_piece
     assert pool == {"kind": "pool", "round": 1, "uploaded": len(entries),
                     "flagged": sum(e["verdict"] for e in entries), "label_flagged": 0,
                     "threshold": entries[0]["threshold"],

@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from fedsieve.shared.detectors import load_detector, make_detector, save_detector
+from fedsieve.shared.detectors import RtBiGAN, load_detector, make_detector, save_detector
+from fedsieve.shared.detectors.evidence import DEFAULT_EVIDENCE
 from fedsieve.shared.images import check_images
 
 #: Two real fits (~30 s): in CI and --run-slow, out of the quick suite.
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 SHORT = {"self_training_rounds": 1, "steps_per_round": 60, "random_state": 0}
+EVIDENCE = {False: DEFAULT_EVIDENCE,
+            True: ("global", "global-from-below", *DEFAULT_EVIDENCE[1:])}
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +36,8 @@ def reverse_task(mnist_train, mnist_test, fashion_train, fashion_test):
 @pytest.fixture(scope="module")
 def fitted_pair(reverse_task):
     t = reverse_task
-    return {two: make_detector("rtbigan", two_sided=two, **SHORT).fit(t["pool"], t["trusted"])
-            for two in (False, True)}
+    return {two: make_detector("rtbigan", evidence=EVIDENCE[two], **SHORT)
+            .fit(t["pool"], t["trusted"]) for two in (False, True)}
 
 
 def test_the_negated_global_score_is_one_more_piece(fitted_pair, reverse_task):
@@ -55,19 +58,32 @@ def test_simpler_pollution_ranks_as_anomalous_only_when_two_sided(fitted_pair, r
     assert auc[True] > 0.6 and auc[True] > auc[False] + 0.2
 
 
-def test_checkpoints_keep_the_piece_and_older_ones_load_without_it(fitted_pair, reverse_task,
-                                                                    tmp_path):
+def test_checkpoints_keep_the_piece_and_0_2_ones_load(fitted_pair, reverse_task, tmp_path):
     test = reverse_task["test"][:50]
     two = fitted_pair[True]
     path = save_detector(two, tmp_path / "two")
     np.testing.assert_array_equal(load_detector(path).decision_function(test),
                                   two.decision_function(test))
-    # A checkpoint written before the parameter existed scores as it did (one-sided).
-    one = fitted_pair[False]
-    path = save_detector(one, tmp_path / "old")
+    # A fedsieve 0.2 checkpoint named its pieces by switches and kept the atlas check at the
+    # header's top level: it loads, and scores as it did.
+    path = save_detector(two, tmp_path / "old")
     header = json.loads(path.read_text())
-    del header["params"]["two_sided"]
+    params = header["params"]
+    del params["evidence"], params["training"]
+    params |= {"two_sided": True, "local_window": 0, "typicality": True,
+               "detached_ink": True, "reachability": True, "latent_push": False,
+               "core_width": 1.0, "batch_size": 32}
+    header["atlas_fit"] = header.pop("evidence")["reachability"]["atlas_fit"]
     path.write_text(json.dumps(header))
-    old = load_detector(path)
-    assert old.two_sided is False
-    np.testing.assert_array_equal(old.decision_function(test), one.decision_function(test))
+    old = load_detector(path, RtBiGAN)
+    assert old.evidence_names_ == ["global", "global-from-below", "typicality", "detached-ink"]
+    np.testing.assert_array_equal(old.decision_function(test), two.decision_function(test))
+
+
+def test_the_0_2_keywords_still_work_with_a_warning(fitted_pair):
+    with pytest.warns(FutureWarning, match="evidence="):
+        old = RtBiGAN(two_sided=True, core_width=0.5, **SHORT)
+    assert list(old.evidence) == list(EVIDENCE[True])
+    assert old.training.core_width == 0.5 and old.training.batch_size == 32
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        RtBiGAN(two_side=True)

@@ -16,12 +16,14 @@ from fedsieve.shared.detectors.agad import AGAD
 from fedsieve.shared.detectors.anoean import AnoEAN
 from fedsieve.shared.detectors.base import BaseDetector, RoundRecorder, TorchDetector
 from fedsieve.shared.detectors.baselines import EGBAD, AnoGAN, PoolGAN
+from fedsieve.shared.detectors.explanation import Explanation
 from fedsieve.shared.detectors.gan import GANDetector
 from fedsieve.shared.detectors.peers import PeerAdapter
 from fedsieve.shared.detectors.persist import load_detector, save_detector
 from fedsieve.shared.detectors.registry import DETECTORS, make_detector
 from fedsieve.shared.detectors.rtbigan import MetaModelWarning, RtBiGAN
 from fedsieve.shared.detectors.threshold import POLICIES, compute_threshold, gmm_threshold
+from fedsieve.shared.detectors.training import Training
 
 __all__ = [
     "BaseDetector",
@@ -30,6 +32,8 @@ __all__ = [
     "GANDetector",
     "PoolGAN",
     "RtBiGAN",
+    "Training",
+    "Explanation",
     "MetaModelWarning",
     "EGBAD",
     "AnoGAN",

@@ -26,6 +26,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from fedsieve.shared.detectors.explanation import Explanation
 from fedsieve.shared.detectors.threshold import (
     DEFAULT_BUDGET,
     POLICIES,
@@ -267,12 +268,71 @@ class BaseDetector(BaseEstimator):
             check_images(trusted, "trusted", layout=layout))
         self._fit_cut(ev, trusted_x)
         RoundRecorder(self, trusted_x, None, None).end_round(self._scores_from_evidence(ev))
+        if getattr(self, "decision_evidence_", None) is not None:
+            self.decision_evidence_ = ev
         return self
+
+    def explain(self, X: Any, *, layout: str | None = None) -> Explanation:
+        """Why each image gets its verdict: every piece of evidence's value and cut, and the
+        piece that decided (:class:`~fedsieve.shared.detectors.explanation.Explanation`).
+
+        A detector scored by one number explains itself with one piece, ``"score"``, cut at
+        its threshold; Rt-BiGAN names its pieces (``explanation.flagged_by()`` counts the
+        flagged images each piece decided).
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            The detector is not fitted.
+        """
+        return self.explain_evidence(self.score_evidence(X, layout=layout))
+
+    def explain_fitted(self) -> Explanation:
+        """:meth:`explain` for the fitted pool (its ``decision_scores_``), without scoring it
+        again: from the evidence of the last round where the detector keeps it
+        (``decision_evidence_``)."""
+        check_is_fitted(self, "threshold_")
+        evidence = getattr(self, "decision_evidence_", None)
+        if evidence is None:
+            return Explanation.single(self.decision_scores_, self.threshold_)
+        return self._explain_evidence(evidence)
+
+    def explain_evidence(self, evidence: Any) -> Explanation:
+        """:meth:`explain` for :meth:`score_evidence` rows (local screening's server side,
+        which sees the evidence and never the images)."""
+        check_is_fitted(self, "threshold_")
+        return self._explain_evidence(np.asarray(evidence, dtype=np.float64))
+
+    @property
+    def evidence_width(self) -> int:
+        """K, the columns of :meth:`score_evidence` (what a client's report must hold)."""
+        check_is_fitted(self, "threshold_")
+        return self._evidence_width()
+
+    def check_images(self, X: Any, *, layout: str | None = None) -> np.ndarray:
+        """``X`` as float32 (N, C, H, W) in [0, 1] when its images have the fitted shape;
+        else a ``ValueError`` naming both shapes."""
+        check_is_fitted(self, "threshold_")
+        return self._check_shape(check_images(X, "X", layout=layout))
 
     def scores_from_evidence(self, evidence: Any) -> np.ndarray:
         """The anomaly scores (as :meth:`decision_function`) of :meth:`score_evidence` rows."""
         check_is_fitted(self, "threshold_")
         return self._scores_from_evidence(np.asarray(evidence, dtype=np.float64))
+
+    @property
+    def false_drop_budget(self) -> float:
+        """The share of normal images the verdicts may drop (``threshold_value`` of the
+        ``"budget"`` policy, else the default); it also corrects the pollution estimate
+        (:func:`~fedsieve.shared.detectors.threshold.estimate_contamination`)."""
+        return self._budget()
+
+    def local_screening_params(self) -> dict[str, Any]:
+        """The parameters local screening sets before the server fits this detector on the
+        trusted images alone and ships it to the clients (none by default). Rt-BiGAN's:
+        no self-training (the server has no pool) and no evidence that would carry pool
+        images' features to every client."""
+        return {}
 
     # -- what subclasses implement ----------------------------------------------------------
     def _start_fit(self) -> None:
@@ -307,6 +367,9 @@ class BaseDetector(BaseEstimator):
 
     def _scores_from_evidence(self, evidence: np.ndarray) -> np.ndarray:
         return evidence[:, 0]
+
+    def _explain_evidence(self, evidence: np.ndarray) -> Explanation:
+        return Explanation.single(self._scores_from_evidence(evidence), self.threshold_)
 
     # -- the state a checkpoint holds (see fedsieve.shared.detectors.persist) ----------------
     def _state_tensors(self) -> dict[str, Any]:

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fedsieve.shared.detectors.evidence import local_residual
 from fedsieve.shared.devices import module_device
 from fedsieve.shared.networks import BiGAN, NetConfig
 
@@ -245,6 +244,12 @@ def train_loop(
             on_step(step, float(loss_d), float(loss_eg))
     model.eval()
     return opt_d, opt_eg
+
+
+def local_residual(residual: torch.Tensor, window: int) -> torch.Tensor:
+    """Largest mean of ``residual`` (B, C, H, W), summed over channels, over any ``window`` x
+    ``window`` patch."""
+    return F.avg_pool2d(residual.sum(1, keepdim=True), window, stride=1).flatten(1).max(1).values
 
 
 @torch.no_grad()

@@ -3,7 +3,7 @@ pseudo-normal images, the server averages the networks (FedAvg over E, G and D).
 
 It is the self-training of Rt-BiGAN (section V.B of the paper) with the pool split between
 the clients: a client takes its images that the current detector keeps (in the first round
-only their normal core, as ``core_width`` does in a fit), runs a few adversarial steps on
+only their normal core, as ``Training.core_width`` does in a fit), runs a few adversarial steps on
 them from the shipped weights, and returns the weights, how many images it trained on and
 the sum of their reconstruction residuals. The server averages the weights by those counts
 and rebuilds what a fit derives from the pseudo-normal set (Rt-BiGAN's per-pixel weight from
@@ -23,7 +23,6 @@ from fedsieve.shared.checkpoint import model_tensors
 from fedsieve.shared.detectors.bigan import SCORE_BATCH, RowSet, batch_sampler, train_loop
 from fedsieve.shared.detectors.gan import GANDetector
 from fedsieve.shared.devices import module_device
-from fedsieve.shared.images import check_images
 
 #: A client trains (and sends a residual sum) only with at least this many pseudo-normal
 #: images: a sum of residuals over one or two images would all but show them.
@@ -69,7 +68,7 @@ def local_update(detector: GANDetector, X: np.ndarray, *, steps: int, seed: int,
     seed : int
         Seed of the batches and latent draws.
     first_round : bool
-        Train only on the pseudo-normal images' core (Rt-BiGAN's ``core_width``): the
+        Train only on the pseudo-normal images' core (``Training.core_width``): the
         shipped model has seen only the trusted images and cannot yet tell pollution that
         scores between the normal mode and the cut.
 
@@ -80,16 +79,12 @@ def local_update(detector: GANDetector, X: np.ndarray, *, steps: int, seed: int,
         ``num_normal`` 0 and the shipped weights when fewer than
         :data:`MIN_LOCAL_SAMPLES` images are kept.
     """
-    images = detector._check_shape(check_images(X, "X"))
-    evidence = detector._score_evidence(images)
-    normal = detector._scores_from_evidence(evidence) <= detector.threshold_
-    if first_round:
-        normal &= detector._local_core(evidence)
-    rows = np.flatnonzero(normal)
+    images = detector.check_images(X)
+    rows = detector.pseudo_normal_rows(images, first_round=first_round)
     model = detector.model_
     if len(rows) < MIN_LOCAL_SAMPLES or steps <= 0:
         return LocalUpdate(model_tensors(model), 0, None)
-    cfg = detector._loop_config()
+    cfg = detector.loop_config()
     sampler = batch_sampler(RowSet(images, rows), cfg.batch_size)
     # A CPU generator on every device: the same batches and latents wherever it trains.
     train_loop(model, sampler, int(steps), cfg, torch.Generator().manual_seed(int(seed)))
@@ -129,7 +124,6 @@ def merge_updates(detector: GANDetector, updates: Sequence[LocalUpdate],
                                     strict=True)
     detector.model_.eval()
     residual = sum(u.residual_sum for u in updates) / total
-    trusted_x = None if trusted is None else detector._check_shape(
-        check_images(trusted, "trusted"))
-    detector._merged(residual, trusted_x)
+    trusted_x = None if trusted is None else detector.check_images(trusted)
+    detector.rebuild_score_state(residual, trusted_x)
     return total

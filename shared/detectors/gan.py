@@ -124,6 +124,29 @@ class GANDetector(TorchDetector):
         return residual_maps(self.model_, images, self._pixel_weight())
 
     # -- federated self-training (fedsieve.shared.detectors.federated) -----------------------
+    def loop_config(self) -> LoopConfig:
+        """The adversarial loop's settings (batch size, learning rates, ...) a round of
+        training uses, here or on a client."""
+        return self._loop_config()
+
+    def pseudo_normal_rows(self, X: np.ndarray, *, first_round: bool = False) -> np.ndarray:
+        """Rows of ``X`` (validated images, :meth:`check_images`) that a round of
+        self-training learns from: those the current cut keeps, and in the first round only
+        their normal core (the adapted model cannot yet tell pollution that scores between
+        the normal mode and the cut)."""
+        evidence = self._score_evidence(X)
+        normal = self._scores_from_evidence(evidence) <= self.threshold_
+        if first_round:
+            normal &= self._local_core(evidence)
+        return np.flatnonzero(normal)
+
+    def rebuild_score_state(self, mean_residual: torch.Tensor,
+                            trusted: np.ndarray | None) -> None:
+        """After the networks were averaged from the clients' (``model_`` loaded), rebuild
+        what the score derives from the pseudo-normal set; ``mean_residual`` is those
+        images' mean residual (C, H, W)."""
+        self._merged(mean_residual, trusted)
+
     def _local_core(self, evidence: np.ndarray) -> np.ndarray:
         """Which images of a client's :meth:`score_evidence` rows the first round of
         federated self-training learns from, besides the cut (all of them by default)."""

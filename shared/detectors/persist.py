@@ -12,7 +12,9 @@ savable by joining :data:`SAVABLE`.
 
 from __future__ import annotations
 
+import inspect
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
+from sklearn.base import BaseEstimator
 from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.validation import check_is_fitted
 
@@ -34,6 +37,7 @@ from fedsieve.shared.detectors.agad import AGAD
 from fedsieve.shared.detectors.anoean import AnoEAN
 from fedsieve.shared.detectors.base import BaseDetector
 from fedsieve.shared.detectors.baselines import EGBAD, AnoGAN
+from fedsieve.shared.detectors.evidence import EvidencePiece
 from fedsieve.shared.detectors.rtbigan import RtBiGAN
 from fedsieve.shared.devices import resolve_device
 
@@ -107,8 +111,7 @@ def _payload(detector: BaseDetector) -> tuple[dict[str, torch.Tensor], dict[str,
         raise TypeError(f"cannot save a {type(detector).__name__}; savable detectors: "
                         f"{', '.join(SAVABLE)}")
     check_is_fitted(detector, "threshold_")
-    params = {k: (str(v) if isinstance(v, Path) else v)
-              for k, v in detector.get_params(deep=False).items()}
+    params = {k: _jsonable(v) for k, v in detector.get_params(deep=False).items()}
     header: dict[str, Any] = {
         "kind": "detector",
         "detector": type(detector).__name__,
@@ -116,6 +119,28 @@ def _payload(detector: BaseDetector) -> tuple[dict[str, torch.Tensor], dict[str,
         **detector._state_header(),
     }
     return detector._state_tensors(), header
+
+
+def _jsonable(value: Any) -> Any:
+    """A constructor parameter as JSON: paths as text, evidence pieces as their spec,
+    settings objects (Rt-BiGAN's ``Training``) as their settings."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, EvidencePiece):
+        return value.spec()
+    if isinstance(value, BaseEstimator):
+        return {k: _jsonable(v) for k, v in value.get_params(deep=False).items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _from_json(cls: type[BaseDetector], params: dict[str, Any]) -> dict[str, Any]:
+    """Constructor parameters read back from JSON: a list where the class's default is a
+    tuple (Rt-BiGAN's ``evidence``) becomes a tuple again, so ``get_params`` round-trips."""
+    defaults = {name: p.default for name, p in inspect.signature(cls).parameters.items()}
+    return {k: tuple(v) if isinstance(v, list) and isinstance(defaults.get(k), tuple) else v
+            for k, v in params.items()}
 
 
 def load_detector(path: str | Path, expected: type[BaseDetector] = BaseDetector, *,
@@ -157,7 +182,9 @@ def _restore(tensors: dict[str, torch.Tensor], header: dict[str, Any], source: s
     if not issubclass(cls, expected):
         raise CheckpointError(f"{source} holds a {name}, not a {expected.__name__}")
     try:
-        detector = cls(**header["params"])
+        with warnings.catch_warnings():  # a 0.2 checkpoint's keywords: translated silently
+            warnings.simplefilter("ignore", FutureWarning)
+            detector = cls(**_from_json(cls, header["params"]))
         if device is not None:
             detector.set_params(device=device)
         detector._validate_params()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from dataclasses import replace
+from collections.abc import Sequence
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, ClassVar
@@ -14,8 +14,12 @@ import numpy as np
 import torch
 from sklearn.utils._param_validation import Interval
 
-from fedsieve.shared.checkpoint import default_meta_checkpoint, load_meta, load_meta_atlas
-from fedsieve.shared.detectors.base import RoundRecorder
+from fedsieve.shared.checkpoint import (
+    MetaModelWarning,
+    default_meta_checkpoint,
+    load_meta,
+)
+from fedsieve.shared.detectors.base import RoundRecorder, TorchDetector
 from fedsieve.shared.detectors.bigan import (
     SCORE_BATCH,
     LoopConfig,
@@ -27,167 +31,83 @@ from fedsieve.shared.detectors.bigan import (
     train_loop,
 )
 from fedsieve.shared.detectors.evidence import (
+    DEFAULT_EVIDENCE,
+    Batch,
     EvidenceCalibration,
-    detachment,
-    image_statistics,
-    robust_center_scale,
-    typicality,
+    EvidencePiece,
+    FitContext,
+    Reconstruction,
+    RoundResult,
+    make_piece,
 )
+from fedsieve.shared.detectors.explanation import Explanation
 from fedsieve.shared.detectors.gan import GANDetector
-from fedsieve.shared.detectors.latent_push import LatentPush
-from fedsieve.shared.detectors.reachability import Reachability, atlas_fits
 from fedsieve.shared.detectors.threshold import log_scores, normal_mode_cut
+from fedsieve.shared.detectors.training import Training, as_training
 from fedsieve.shared.images import DEFAULT_IMAGE_SHAPE, format_shape
-from fedsieve.shared.networks import Encoder, NetConfig
+from fedsieve.shared.networks import NetConfig
+
+__all__ = ["MetaModelWarning", "RtBiGAN"]
 
 #: Added to the per-pixel normal residual before inverting it, so that pixels that are
 #: always empty in normal data weigh at most ~1/PIXEL_EPS times an average pixel.
 PIXEL_EPS = 0.01
-#: AnoEAN steps of the latent push per self-training round, and the flagged images a round
-#: needs before the push learns from them.
-PUSH_STEPS = 300
-PUSH_MIN_FLAGGED = 10
-
-
-class MetaModelWarning(UserWarning):
-    """The meta-model does not fit the images: Rt-BiGAN starts from random weights (no
-    meta-model of their shape), or leaves the reachability evidence out (its atlas does not
-    look like the trusted images)."""
 
 
 class RtBiGAN(GANDetector):
-    """Trusted Rt-BiGAN detector (paper section V) with optional improvements.
+    """Trusted Rt-BiGAN detector (paper section V), its score composed of pieces of evidence.
 
     ``fit(pool, trusted)`` (Algorithm 2 then section V.B):
 
     1. copy the meta-trained weights Phi (``meta_checkpoint``);
     2. run ``adapt_steps`` adversarial steps (D step, then E+G step) on the trusted images;
-    3. self-training: score the pool with ``A(x) = alpha L_G + (1 - alpha) L_D``, pseudo-label
-       it with the threshold policy, train ``steps_per_round`` steps on the pseudo-normal set,
-       and repeat. Each round's labels REPLACE the previous ones; it stops after
-       ``self_training_rounds`` rounds or when fewer than ``stop_tol`` of the labels change.
+    3. fit every piece of ``evidence`` on the pool and the trusted images;
+    4. self-training: score the pool, pseudo-label it, train ``steps_per_round`` steps on the
+       pseudo-normal set, and repeat. Each round's labels REPLACE the previous ones; it stops
+       after ``self_training_rounds`` rounds or when few labels change
+       (``Training.stop_tol``).
 
-    The last round's pool scores, threshold and labels are the fitted ones.
-
-    Beyond the paper, the score weighs up to seven pieces of evidence
-    (:mod:`fedsieve.shared.detectors.evidence`): the paper's global score ``A(x)``, the same
-    score read from below (``two_sided``; images simpler than any normal one), the
-    largest local residual (``local_window``; small defects), the image's typicality
-    (``typicality``; blank, over-exposed, blurred, noisy frames), its detached ink
-    (``detached_ink``; stickers, trigger patches, specks, occluders), its reachability from
-    known-normal images through the pool (``reachability``; pollution of another kind,
-    however simple, :mod:`fedsieve.shared.detectors.reachability`) and AnoEAN's pushed
-    latent code (``latent_push``). Each
-    round calibrates every piece on the pool so that its false-drop cut is 0, and the
-    score is the largest calibrated piece: with the default ``"budget"`` policy an image is
-    dropped when any piece passes its cut. With ``two_sided=False``, ``local_window=0``,
-    ``typicality=False``, ``detached_ink=False`` and ``reachability=False`` the score is the
-    paper's ``A(x)`` alone.
+    Each round calibrates every piece on the pool so that its false-drop cut is 0
+    (:class:`~fedsieve.shared.detectors.evidence.EvidenceCalibration`), and the score is the
+    largest calibrated piece: with the default ``"budget"`` policy an image is dropped when
+    any piece passes its cut, and :meth:`explain` says which. With ``evidence=["global"]``
+    the score is the paper's ``A(x)`` alone, cut by the threshold policy. The last round's
+    pool scores, threshold and labels are the fitted ones.
 
     Parameters
     ----------
     meta_checkpoint : str, Path or None, default="default"
         ``"default"``: the meta-model shipped in ``fedsieve/shared/assets``; a path to a
         meta checkpoint from ``fedsieve meta-train``; None: random initialisation (the
-        "no meta-learning" ablation, networks sized by ``z_dim``/``width``/``d_hidden``).
-        The shipped meta-model takes 1x28x28 images; for another shape "default" starts
-        from random weights with a :class:`MetaModelWarning`, and a named meta-model must
-        have been made for the images' shape (``fedsieve meta-train --data``).
+        "no meta-learning" ablation, networks sized by ``Training``'s ``z_dim``, ``width``,
+        ``d_hidden``). The shipped meta-model takes 1x28x28 images; for another shape
+        "default" starts from random weights with a :class:`MetaModelWarning`, and a named
+        meta-model must have been made for the images' shape (``fedsieve meta-train
+        --data``).
+    evidence : sequence of str, dict or EvidencePiece, default=DEFAULT_EVIDENCE
+        The pieces of evidence, in column order, by name (``"global"``, ``"typicality"``,
+        ``"detached-ink"``, ``"reachability"``, ``"global-from-below"``, ``"local"``,
+        ``"latent-push"``), as ``{"name": ..., **settings}`` or as piece objects
+        (:mod:`fedsieve.shared.detectors.evidence`; the table there says what each sees).
+        The default is ``("global", "typicality", "detached-ink", "reachability")``;
+        reachability leaves itself out without a meta-model atlas that fits the trusted
+        images.
     adapt_steps : int, default=20
         K of Algorithm 2 (paper: 20).
     self_training_rounds : int, default=3
         Maximum self-training rounds (0 = adapted model only).
     steps_per_round : int, default=500
         Adversarial steps on the pseudo-normal set per round.
-    stop_tol : float, default=0.002
-        Stop when the fraction of pool labels that changed falls below this.
     alpha : float, default=0.9
         Weight of ``L_G`` in the score, in [0, 1] (0.9 as in EGBAD).
-    normalize_scores : bool, default=True
-        Improvement: divide ``L_G`` and ``L_D`` by their means on the trusted images before
-        mixing, so ``alpha`` mixes comparable quantities. False = the paper's raw mix.
-    trusted_anchors : bool, default=True
-        Improvement: the trusted images are part of the normal set in every round and fill
-        ``anchor_fraction`` of every training batch, so "normal" stays defined by them even
-        when most of the pseudo-normal set is polluted.
-    anchor_fraction : float, default=0.25
-        Share of each self-training batch drawn from the trusted images when
-        ``trusted_anchors`` (at least one image per batch).
-    recon_weight : float, default=0.0
-        Weight of an L1 reconstruction (cycle) term ``||x - G(E(x))||_1`` in the E+G step of
-        adaptation and self-training. 0 = the paper's pure adversarial objective; the
-        benchmark's ``rtbigan+recon`` row shows that 1.0 lowers AUC by ~0.002-0.003 (the
-        shipped meta-model is still trained with it, where it speeds up meta-training).
-    pixel_weighting : bool, default=True
-        Improvement: ``L_G`` weights each pixel by the inverse of its mean residual on the
-        current pseudo-normal set, so residual ink where normal images have none (e.g. the
-        border a digit never reaches) counts more. Off for the adapted-only model.
-    two_sided : bool, default=False
-        Whether an image whose global score lies far *below* the normal images' is
-        anomalous too (the typicality test of Nalisnick et al., 2019, on ``A(x)``). A
-        reconstruction error grows with an image's ink and complexity, so pollution that
-        is simpler than the normal data (digits among clothes, sketches among photos)
-        reconstructs better than any normal image and a one-sided score ranks it as the
-        most normal of all. The negated global score is cut like every other piece: at the
-        valley before a second population, else at the pool's budget quantile. Measured
-        (seed 0): on the reverse protocol (Fashion-MNIST normal, 20 % MNIST digits) test
-        AUC 0.16 -> 0.77 from the shipped meta-model, but 0.47 -> 0.35 from a Fashion-MNIST
-        meta-model (``benchmarks/shapes.py``); public protocol 0.9996 -> 0.9992. Off by
-        default: the digits overlap the simplest clothes (no valley), so its verdicts still
-        flag almost none of them, and the gain does not hold across meta-models.
-    local_window : int, default=0
-        Side of the patches of the local evidence (0 = off).
-    typicality : bool, default=True
-        Whether the image-statistics evidence is part of the score.
-    detached_ink : bool, default=True
-        Whether the detached-ink evidence (ink outside the image's largest blob: stickers,
-        trigger patches, specks, occluders) is part of the score.
-    reachability : bool, default=True
-        Whether the reachability evidence is part of the score: a random walk over the
-        pool's nearest-neighbour graph from the trusted images and the meta-model's atlas
-        (a sample of the normal images it was trained on, saved by ``fedsieve
-        meta-train``), scored ``-log`` of the walk's share per edge. Pollution that forms a
-        region of its own is seldom reached, however simple it is. It needs a meta-model
-        with an atlas that looks like the trusted images (``fedsieve meta-train`` writes
-        one; the shipped meta-model has none, so the default detector is unchanged);
-        otherwise it is left out, with a :class:`MetaModelWarning` when the atlas and the
-        trusted images differ. Measured with a meta-model of the task's normal data
-        (``benchmarks/shapes.py``): reverse protocol (Fashion-MNIST normal, 20 % MNIST
-        digits) test AUC 0.47 -> 0.99, 98 % of the digits and 0.8 % of the normal images
-        flagged (0 % of the digits without it).
-    trim_fraction : float, default=0.0
-        Self-training leaves out the highest-scoring ``trim_fraction`` of the pool besides
-        the flagged images, so that pollution just under the cut (or a round that flags
-        almost nothing) is not learned as normal.
-    core_width : float or None, default=1.0
-        The first self-training round learns only from the pool's normal core: the
-        unflagged images whose every piece of evidence lies at most ``core_width`` robust
-        SDs (of the normal mode's left side, see
-        :func:`~fedsieve.shared.detectors.threshold.normal_mode_cut`) above the normal mode.
-        The adapted model has seen 5-10 images, so pollution it cannot yet separate (an
-        ink-matched or majority pool) would otherwise be learned as normal; later rounds
-        learn from every unflagged image, as in the paper (learning only the core every
-        round narrows the model until the normal images outside it score like a second
-        population). The verdicts are unchanged. None = every unflagged image from round 0.
-    latent_push : bool, default=False
-        AnoEAN's encoder as one more piece of evidence
-        (:mod:`fedsieve.shared.detectors.latent_push`): after each self-training round with
-        at least 10 flagged images, a copy of the encoder learns (up to 300 steps) to map the
-        pseudo-normal images onto N(0, I) and the flagged ones out of it; the piece is the
-        Mahalanobis distance of its code. Off by default: in the pollution benchmark it
-        raised the ranking of kinds the other pieces only partly flag (occluded digits: test
-        AUC 0.92-0.94 -> 0.95-0.98) but changed no verdict, and it adds up to 2x fit time.
-    batch_size : int, default=32
-        Images per self-training step (adaptation uses all trusted images in every step).
-    lr_d, lr_eg : float, default=2e-4, 1e-3
-        Adam learning rates of D and of E+G (beta1 = 0.5).
-    z_dim, width, d_hidden : int, default=32, 16, 128
-        Network sizes, used only when the networks start from random weights.
+    training : Training, dict or None, default=None
+        Loop and self-training settings (:class:`~fedsieve.shared.detectors.training.
+        Training`: batch size, learning rates, trusted anchors, the first round's normal
+        core, the score's normalisation and pixel weights, ...); None = the defaults.
     threshold_policy : {"budget", "gmm", "trusted-quantile", "contamination", "fixed"}
-        Default "budget".
-        See :mod:`fedsieve.shared.detectors.threshold`. The evidence is always calibrated
-        with the false-drop budget (``threshold_value`` under ``"budget"``, else 0.01); the
-        other policies then cut the combined score.
+        Default "budget". See :mod:`fedsieve.shared.detectors.threshold`. The evidence is
+        always calibrated with the false-drop budget (``threshold_value`` under
+        ``"budget"``, else 0.01); the other policies then cut the combined score.
     threshold_value : float, optional
         Parameter of the policy.
     random_state : int, optional, default=0
@@ -196,9 +116,13 @@ class RtBiGAN(GANDetector):
         Where the networks train and score: ``"auto"`` (CUDA when torch sees a GPU, else
         the CPU), ``"cpu"``, ``"cuda"``, ``"cuda:<index>"`` or ``"mps"``; resolved when
         ``fit`` starts (:func:`~fedsieve.shared.devices.resolve_device`). The random draws
-        are the same on every device; on the CPU the scores are exactly those of earlier
-        versions. The image statistics and the reachability graph are numpy work on the
-        CPU wherever the networks run.
+        are the same on every device. The image statistics and the reachability graph are
+        numpy work on the CPU wherever the networks run.
+    **deprecated
+        The keywords of fedsieve 0.2 (``two_sided``, ``local_window``, ``typicality``,
+        ``detached_ink``, ``reachability``, ``latent_push`` and the settings now in
+        ``Training``) still work for one release, with a ``FutureWarning`` naming the new
+        spelling.
 
     Attributes
     ----------
@@ -206,6 +130,16 @@ class RtBiGAN(GANDetector):
         The adapted and self-trained networks, on ``device_``.
     device_ : torch.device
         The resolved ``device``.
+    evidence_ : dict of str to EvidencePiece
+        The fitted pieces that take part, by name, in column order (a piece that learns
+        from a round's verdicts, as ``latent-push``, joins the score once it is ready).
+    left_out_ : dict of str to EvidencePiece
+        The pieces that left themselves out of this fit, with what they found (the
+        reachability piece's ``atlas_fit_`` when its atlas does not fit the trusted images).
+    evidence_names_ : list of str
+        The pieces in the score now, in column order.
+    training_ : Training
+        The validated ``training``.
     meta_info_ : dict
         Header of the meta checkpoint the fit started from (empty without one); a loaded
         detector keeps only its ``weights_sha256``.
@@ -216,125 +150,58 @@ class RtBiGAN(GANDetector):
     score_norm_ : ndarray of shape (2,) or None
         Means of ``L_G`` and ``L_D`` on the trusted images that divide them before mixing
         (None without ``normalize_scores``).
-    statistics_center_, statistics_scale_ : ndarray of shape (9,) or None
-        Robust centre and scale of the normal images' statistics (None without
-        ``typicality`` and ``detached_ink``).
-    reachability_ : Reachability or None
-        The graph's nodes and their scores (None when the evidence is left out).
-    atlas_fit_ : dict or None
-        ``fits``, ``distance`` and ``reference`` of the atlas check
-        (:func:`~fedsieve.shared.detectors.reachability.atlas_fits`; None without an atlas).
-    latent_push_ : LatentPush or None
-        The pushed encoder and its normal codes' Gaussian (None without ``latent_push``,
-        or while no round has flagged enough images).
     calibration_ : EvidenceCalibration or None
-        The last round's cut and normal mode of each piece of evidence (None when the score
-        is the global score alone).
-    decision_scores_ : ndarray of shape (n_pool,)
-        Scores of the pool after the last round (float64, higher = more anomalous).
-    trusted_scores_ : ndarray of shape (n_trusted,)
-        Scores of the trusted images after the last round.
-    threshold_ : float
-        The last round's threshold: scores above it are anomalies.
-    labels_ : ndarray of shape (n_pool,)
-        The last round's verdicts on the pool (int64, 1 = anomaly).
-    contamination_ : dict
-        Estimated pollution share of the pool with a 95 % interval (see BaseDetector).
-    history_ : list of dict
-        One entry per round (round 0 = adapted only): threshold, flagged count, fraction of
-        labels changed, elapsed seconds, and ``auc`` when ``y_true`` was given to ``fit``.
-    data_hashes_ : dict
-        SHA-256 of the pool and of the trusted images.
-    fit_time_ : float
-        Seconds ``fit`` took.
-    n_features_in_ : int
-        Values per image (C * H * W).
-    image_shape_ : tuple of int
-        (C, H, W) of the fitted images; ``decision_function`` scores only that shape.
+        The last round's cut and normal mode of each piece (None when the score is the
+        global score alone).
+    decision_evidence_ : ndarray of shape (n_pool, K) or None
+        The pool's evidence in the last round (None when the score is the global score
+        alone): :meth:`explain_fitted` reads it.
+    decision_scores_, trusted_scores_, threshold_, labels_, contamination_, history_
+        As for every detector (:class:`~fedsieve.shared.detectors.base.BaseDetector`); one
+        history entry per round (round 0 = adapted only), with ``auc`` when ``fit`` got
+        ``y_true``.
+    data_hashes_, fit_time_, n_features_in_, image_shape_
+        SHA-256 of the pool and trusted images, fit seconds, values per image, (C, H, W).
     """
 
     requires_trusted = True
 
     _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
-        **GANDetector._parameter_constraints,
+        **TorchDetector._parameter_constraints,
         "meta_checkpoint": [str, os.PathLike, None],
+        "evidence": [list, tuple],
         "adapt_steps": [Interval(Integral, 0, None, closed="left")],
         "self_training_rounds": [Interval(Integral, 0, None, closed="left")],
         "steps_per_round": [Interval(Integral, 0, None, closed="left")],
-        "stop_tol": [Interval(Real, 0, 1, closed="both")],
-        "normalize_scores": ["boolean"],
-        "trusted_anchors": ["boolean"],
-        "anchor_fraction": [Interval(Real, 0, 1, closed="both")],
-        "recon_weight": [Interval(Real, 0, None, closed="left")],
-        "pixel_weighting": ["boolean"],
-        "two_sided": ["boolean"],
-        "local_window": [Interval(Integral, 0, None, closed="left")],
-        "typicality": ["boolean"],
-        "detached_ink": ["boolean"],
-        "trim_fraction": [Interval(Real, 0, 1, closed="left")],
-        "core_width": [Interval(Real, 0, None, closed="neither"), None],
-        "reachability": ["boolean"],
-        "latent_push": ["boolean"],
+        "alpha": [Interval(Real, 0, 1, closed="both")],
+        "training": [Training, dict, None],
     }
 
     def __init__(
         self,
         *,
         meta_checkpoint: str | Path | None = "default",
+        evidence: Sequence[str | dict[str, Any] | EvidencePiece] = DEFAULT_EVIDENCE,
         adapt_steps: int = 20,
         self_training_rounds: int = 3,
         steps_per_round: int = 500,
-        stop_tol: float = 0.002,
         alpha: float = 0.9,
-        normalize_scores: bool = True,
-        trusted_anchors: bool = True,
-        anchor_fraction: float = 0.25,
-        recon_weight: float = 0.0,
-        pixel_weighting: bool = True,
-        two_sided: bool = False,
-        local_window: int = 0,
-        typicality: bool = True,
-        detached_ink: bool = True,
-        reachability: bool = True,
-        trim_fraction: float = 0.0,
-        core_width: float | None = 1.0,
-        latent_push: bool = False,
-        batch_size: int = 32,
-        lr_d: float = 2e-4,
-        lr_eg: float = 1e-3,
-        z_dim: int = 32,
-        width: int = 16,
-        d_hidden: int = 128,
+        training: Training | dict[str, Any] | None = None,
         threshold_policy: str = "budget",
         threshold_value: float | None = None,
         random_state: int | None = 0,
         device: str = "auto",
+        **deprecated: Any,
     ) -> None:
+        if deprecated:  # fedsieve 0.2's keywords, for one release
+            evidence, training = _translate_deprecated(deprecated, evidence, training)
         self.meta_checkpoint = meta_checkpoint
+        self.evidence = evidence
         self.adapt_steps = adapt_steps
         self.self_training_rounds = self_training_rounds
         self.steps_per_round = steps_per_round
-        self.stop_tol = stop_tol
         self.alpha = alpha
-        self.normalize_scores = normalize_scores
-        self.trusted_anchors = trusted_anchors
-        self.anchor_fraction = anchor_fraction
-        self.recon_weight = recon_weight
-        self.pixel_weighting = pixel_weighting
-        self.two_sided = two_sided
-        self.local_window = local_window
-        self.typicality = typicality
-        self.detached_ink = detached_ink
-        self.reachability = reachability
-        self.trim_fraction = trim_fraction
-        self.core_width = core_width
-        self.latent_push = latent_push
-        self.batch_size = batch_size
-        self.lr_d = lr_d
-        self.lr_eg = lr_eg
-        self.z_dim = z_dim
-        self.width = width
-        self.d_hidden = d_hidden
+        self.training = training
         self.threshold_policy = threshold_policy
         self.threshold_value = threshold_value
         self.random_state = random_state
@@ -344,9 +211,8 @@ class RtBiGAN(GANDetector):
     def _fit(self, X: np.ndarray, trusted: np.ndarray | None, rounds: RoundRecorder) -> None:
         if trusted is None:  # BaseDetector.fit enforces requires_trusted
             raise ValueError("RtBiGAN needs trusted images")
-        if int(self.local_window) > min(X.shape[2:]):
-            raise ValueError(f"local_window={self.local_window} is larger than the "
-                             f"{X.shape[2]}x{X.shape[3]} images; use at most {min(X.shape[2:])}")
+        self.training_ = training = as_training(self.training)
+        pieces = self._make_pieces()
         t0 = time.perf_counter()
         meta_path = self._init_weights(tuple(X.shape[1:]))
         gen = self._generator()
@@ -357,48 +223,40 @@ class RtBiGAN(GANDetector):
         # Algorithm 2: K adversarial steps on the trusted images (all of them in every step).
         train_loop(self.model_, lambda g: adapt_batch, int(self.adapt_steps), cfg, gen)
         self.pixel_weight_ = None
-        self.latent_push_: LatentPush | None = None
         self._set_norm(trusted)
-        # The images' statistics do not change between rounds: computed once.
-        stats = self._fit_statistics(X, trusted)
         self.adapt_time_ = time.perf_counter() - t0
-        # Nor does the graph: the pool's and the trusted images' reachability, once.
-        reach = self._fit_reachability(X, trusted, meta_path)
+        pool_b, trusted_b = self._batch(X, pieces), self._batch(trusted, pieces)
+        seed = 0 if self.random_state is None else int(self.random_state)
+        context = FitContext(meta_path, self.model_, seed, self._budget())
+        self._fit_pieces(pieces, pool_b, trusted_b, context)
 
         opts = None
-        scores, evidence = self._calibrate(X, trusted, stats, reach)
+        scores, evidence = self._calibrate(pool_b, trusted_b)
         for rnd in range(int(self.self_training_rounds) + 1):
             labels, changed = rounds.end_round(scores)
-            if rnd == int(self.self_training_rounds) or (rnd > 0 and changed < self.stop_tol):
+            if rnd == int(self.self_training_rounds) or (rnd > 0 and changed < training.stop_tol):
                 return
             # Trimmed pseudo-normal set: unflagged and not among the highest-scoring share,
             # gathered batch by batch (the pool is never copied).
             keep = labels == 0
-            if self.trim_fraction > 0:
-                keep &= scores <= np.quantile(scores, 1.0 - float(self.trim_fraction))
-            if self.core_width is not None and rnd == 0:
+            if training.trim_fraction > 0:
+                keep &= scores <= np.quantile(scores, 1.0 - float(training.trim_fraction))
+            if training.core_width is not None and rnd == 0:
                 keep &= self._normal_core(scores, evidence)
-            anchors = trusted_t if self.trusted_anchors else None
-            normal = RowSet(X, np.flatnonzero(keep),
-                            trusted if self.trusted_anchors else None)
-            sampler = batch_sampler(normal, cfg.batch_size, anchors, self.anchor_fraction)
+            anchored = bool(training.trusted_anchors)
+            normal = RowSet(X, np.flatnonzero(keep), trusted if anchored else None)
+            sampler = batch_sampler(normal, cfg.batch_size, trusted_t if anchored else None,
+                                    training.anchor_fraction)
             opts = train_loop(self.model_, sampler, int(self.steps_per_round), cfg, gen, opts)
             self._set_pixel_weight(normal)
             self._set_norm(trusted)
-            self._push(X, normal, labels, gen)
-            scores, evidence = self._calibrate(X, trusted, stats, reach)
-
-    def _push(self, X: np.ndarray, normal: RowSet, labels: np.ndarray,
-              gen: torch.Generator) -> None:
-        """``latent_push``: AnoEAN steps with this round's flagged images as the anomalies."""
-        flagged = np.flatnonzero(labels == 1)
-        if not self.latent_push or len(flagged) < PUSH_MIN_FLAGGED:
-            return
-        if self.latent_push_ is None:
-            seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
-            self.latent_push_ = LatentPush.from_encoder(self.model_.E, seed)  # model_'s device
-        self.latent_push_.train(normal, RowSet(X, flagged),
-                                min(PUSH_STEPS, int(self.steps_per_round)), gen)
+            pool_b.model_changed()
+            trusted_b.model_changed()
+            result = RoundResult(X, normal, np.flatnonzero(labels == 1),
+                                 int(self.steps_per_round), gen)
+            for piece in self.evidence_.values():
+                piece.update(result)
+            scores, evidence = self._calibrate(pool_b, trusted_b)
 
     def _init_weights(self, shape: tuple[int, int, int]) -> Path | None:
         """Start from the meta-model made for ``shape`` (C, H, W); return its path (None
@@ -420,9 +278,9 @@ class RtBiGAN(GANDetector):
                 "pass meta_checkpoint=<path> for a better start", MetaModelWarning,
                 stacklevel=4)
         if self.meta_checkpoint is None or (default and shape != DEFAULT_IMAGE_SHAPE):
-            self.model_ = init_model(NetConfig(self.z_dim, self.width, self.d_hidden,
-                                               image_shape=shape), self.random_state,
-                                     self.device_)
+            t = self._training()
+            self.model_ = init_model(NetConfig(t.z_dim, t.width, t.d_hidden, image_shape=shape),
+                                     self.random_state, self.device_)
             return None
         path = default_meta_checkpoint() if default else Path(self.meta_checkpoint)
         self.model_, self.meta_info_ = load_meta(path, self.device_)
@@ -435,118 +293,113 @@ class RtBiGAN(GANDetector):
         return path
 
     def _loop_config(self) -> LoopConfig:
-        return replace(super()._loop_config(), recon_weight=float(self.recon_weight))
+        t = self._training()
+        return LoopConfig(batch_size=int(t.batch_size), lr_d=float(t.lr_d),
+                          lr_eg=float(t.lr_eg), beta1=0.5, recon_weight=float(t.recon_weight),
+                          joint=self._joint)
 
-    # -- the evidence and its calibration ---------------------------------------------------
+    def _training(self) -> Training:
+        return getattr(self, "training_", None) or as_training(self.training)
+
+    # -- the evidence ------------------------------------------------------------------------
+    def _make_pieces(self) -> list[EvidencePiece]:
+        """Fresh pieces from ``evidence``, checked: at least one, names unique, one patch
+        side."""
+        pieces = [make_piece(spec) for spec in self.evidence]
+        names = [p.name for p in pieces]
+        if not pieces:
+            raise ValueError("RtBiGAN needs at least one piece of evidence, e.g. "
+                             "evidence=['global']")
+        if len(set(names)) != len(names):
+            raise ValueError(f"each piece of evidence may appear once, got {names}")
+        if len({p.residual_window for p in pieces} - {0}) > 1:
+            raise ValueError("the pieces read local residuals of different patch sides; use "
+                             "one side")
+        return pieces
+
+    def _fit_pieces(self, pieces: list[EvidencePiece], pool: Batch, trusted: Batch,
+                    context: FitContext) -> None:
+        """Fit every piece: ``evidence_`` holds those that take part, ``left_out_`` those
+        that left themselves out (no atlas that fits the trusted images)."""
+        used = {p.name: p.fit(pool, trusted, context) for p in pieces}
+        self.evidence_ = {p.name: p for p in pieces if used[p.name]}
+        self.left_out_ = {p.name: p for p in pieces if not used[p.name]}
+
+    def _ready(self) -> list[EvidencePiece]:
+        return [p for p in self.evidence_.values() if p.ready]
+
+    @property
+    def evidence_names_(self) -> list[str]:
+        """Names of the pieces that take part in the score, in column order."""
+        return [p.name for p in self._ready()]
+
+    def _calibrated(self) -> bool:
+        """Whether the pieces are calibrated (anything beyond the paper's global score)."""
+        return list(self.evidence_) != ["global"]
+
+    def _batch(self, X: np.ndarray, pieces: list[EvidencePiece] | None = None) -> Batch:
+        pieces = list(self.evidence_.values()) if pieces is None else pieces
+        window = max((p.residual_window for p in pieces), default=0)
+        return Batch(X, self._reconstruct, window)
+
+    def _reconstruct(self, X: np.ndarray, window: int) -> Reconstruction:
+        """The networks' score ``A(x)`` (mixed and normalised) and, with ``window``, the
+        largest patch residual."""
+        losses = bigan_losses(self.model_, X, self.pixel_weight_, local_window=window)
+        return Reconstruction(self._combine(losses[0], losses[1]),
+                              losses[2] if window else None)
+
+    def _evidence(self, X: np.ndarray | Batch) -> np.ndarray:
+        """Each ready piece's value, float64 of shape (N, K), in column order."""
+        batch = X if isinstance(X, Batch) else self._batch(X)
+        return np.stack([p.values(batch) for p in self._ready()], axis=1)
+
+    def _calibrate(self, pool: Batch, trusted: Batch) -> tuple[np.ndarray, np.ndarray | None]:
+        """Fit this round's calibration on the pool; return the pool's scores and its
+        evidence (None when the score is the global score alone)."""
+        self.calibration_ = self.decision_evidence_ = None
+        if not self._calibrated():
+            return pool.reconstruction().score, None
+        self.decision_evidence_ = evidence = self._evidence(pool)
+        self.calibration_ = EvidenceCalibration.fit(evidence, self._evidence(trusted),
+                                                    self._budget())
+        return self.calibration_.combine(evidence), evidence
+
     def _scores_calibrated(self) -> bool:
         return getattr(self, "calibration_", None) is not None
 
-    def _uses_evidence(self) -> bool:
-        return (bool(self.two_sided) or bool(self.local_window) or self._uses_statistics()
-                or getattr(self, "reachability_", None) is not None or bool(self.latent_push))
+    def _score(self, X: np.ndarray) -> np.ndarray:
+        if self.calibration_ is None:
+            return self._reconstruct(X, 0).score
+        return self.calibration_.combine(self._evidence(X))
 
-    def _uses_statistics(self) -> bool:
-        return bool(self.typicality) or bool(self.detached_ink)
+    def _explain_evidence(self, evidence: np.ndarray) -> Explanation:
+        if self.calibration_ is None:
+            return super()._explain_evidence(evidence)
+        return Explanation.from_calibration(self.evidence_names_, evidence, self.calibration_,
+                                            self.threshold_)
 
-    def _fit_statistics(self, X: np.ndarray, trusted: np.ndarray
-                        ) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
-        """Fit the normal statistics' centre and scale; return the pool's and the trusted
-        images' statistics (None, None when no evidence reads them)."""
-        self.statistics_center_ = self.statistics_scale_ = None
-        if not self._uses_statistics():
-            return None, None
-        pool_stats, trusted_stats = image_statistics(X), image_statistics(trusted)
-        self.statistics_center_, self.statistics_scale_ = robust_center_scale(
-            pool_stats, trusted_stats)
-        return pool_stats, trusted_stats
-
-    def _fit_reachability(self, X: np.ndarray, trusted: np.ndarray, meta_path: Path | None
-                          ) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
-        """Build the reachability graph when the atlas of the meta-model at ``meta_path``
-        fits the trusted images; return the pool's and the trusted images' reachability
-        (None, None without)."""
-        self.reachability_: Reachability | None = None
-        self.atlas_fit_: dict[str, Any] | None = None
-        atlas = (load_meta_atlas(meta_path)
-                 if self.reachability and meta_path is not None else None)
-        if atlas is None:
-            return None, None
-        atlas = atlas.astype(np.float32) / np.float32(255)
-        fits, distance, reference = atlas_fits(trusted, atlas)
-        self.atlas_fit_ = {"fits": fits, "distance": distance, "reference": reference}
-        if not fits:
-            warnings.warn(
-                f"the trusted images do not look like the meta-model's normal images (median "
-                f"distance {distance:.2f} to its atlas, whose own images lie within "
-                f"{reference:.2f} of each other): the reachability evidence is left out. "
-                "Meta-train one on your normal data (fedsieve meta-train --data ...) and pass "
-                "meta_checkpoint=<path>", MetaModelWarning, stacklevel=4)
-            return None, None
-        seed = 0 if self.random_state is None else int(self.random_state)
-        self.reachability_ = Reachability.fit(X, np.concatenate([trusted, atlas]), seed=seed)
-        return self.reachability_.score(X), self.reachability_.score(trusted)
-
-    def _evidence_names(self) -> list[str]:
-        """Names of the columns of :meth:`_evidence`, in order."""
-        names = ["global"] + ["global-from-below"] * bool(self.two_sided)
-        names += ["local"] * bool(self.local_window) + ["typicality"] * bool(self.typicality)
-        names += ["detached-ink"] * bool(self.detached_ink)
-        names += ["reachability"] * (getattr(self, "reachability_", None) is not None)
-        return names + ["latent-push"] * (getattr(self, "latent_push_", None) is not None)
-
-    def _evidence(self, X: np.ndarray, stats: np.ndarray | None = None,
-                  reach: np.ndarray | None = None) -> np.ndarray:
-        """Log of each piece of evidence, float64 of shape (N, K), in the order of
-        :meth:`_evidence_names`. ``stats`` and ``reach`` are ``X``'s image statistics and
-        reachability when already known."""
-        window = int(self.local_window)
-        losses = bigan_losses(self.model_, X, self.pixel_weight_, local_window=window)
-        pieces = [np.log(np.maximum(self._combine(losses[0], losses[1]), 1e-12))]
-        if self.two_sided:
-            pieces.append(-pieces[0])
-        if window:
-            pieces.append(np.log(np.maximum(losses[2], 1e-12)))
-        if self._uses_statistics() and stats is None:
-            stats = image_statistics(X)
-        # log1p, not log, for the distances: 0 is the most typical image, and log would
-        # stretch the near-0 distances into a long left tail that widens the normal mode's
-        # estimated spread.
-        if self.typicality:
-            pieces.append(np.log1p(typicality(stats, self.statistics_center_,
-                                              self.statistics_scale_)))
-        if self.detached_ink:
-            pieces.append(np.log1p(detachment(stats, self.statistics_center_,
-                                              self.statistics_scale_)))
-        graph = getattr(self, "reachability_", None)
-        if graph is not None:  # -log of a share already: a log scale
-            pieces.append(graph.score(X) if reach is None else reach)
-        if self.latent_push_ is not None:
-            pieces.append(np.log(np.maximum(self.latent_push_.distance(X), 1e-12)))
-        return np.stack(pieces, axis=1)
-
-    def _calibrate(self, X: np.ndarray, trusted: np.ndarray,
-                   stats: tuple[np.ndarray | None, np.ndarray | None],
-                   reach: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
-                   ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Fit this round's calibration on the pool; return the pool's scores and its
-        log-evidence (None when the score is the global score alone). ``stats`` and
-        ``reach``: the pool's and the trusted images' statistics and reachability."""
-        self.calibration_ = None
-        if not self._uses_evidence():
-            return self._score(X), None
-        pool = self._evidence(X, stats[0], reach[0])
-        self.calibration_ = EvidenceCalibration.fit(
-            pool, self._evidence(trusted, stats[1], reach[1]), self._budget())
-        return self.calibration_.combine(pool), pool
+    def _normal_core(self, scores: np.ndarray, evidence: np.ndarray | None) -> np.ndarray:
+        """The pool's normal core (bool): see ``Training.core_width``."""
+        width = float(self._training().core_width)
+        if evidence is not None:
+            return self.calibration_.core(evidence, width)
+        logs = log_scores(scores)
+        found = normal_mode_cut(logs, log_scores(self.trusted_scores_, scores), self._budget())
+        return logs <= found.mode + width * found.spread
 
     # -- local screening: the evidence before the pool's calibration ------------------------
+    def local_screening_params(self) -> dict[str, Any]:
+        evidence = [spec for spec in self.evidence if not make_piece(spec).holds_pool_images]
+        return {"self_training_rounds": 0, "evidence": tuple(evidence)}
+
     def _score_evidence(self, X: np.ndarray) -> np.ndarray:
         if self.calibration_ is None:
             return super()._score_evidence(X)
         return self._evidence(X)
 
     def _evidence_width(self) -> int:
-        return 1 if self.calibration_ is None else len(self._evidence_names())
+        return 1 if self.calibration_ is None else len(self._ready())
 
     def _fit_cut(self, evidence: np.ndarray, trusted: np.ndarray | None) -> None:
         if self.calibration_ is not None:
@@ -558,21 +411,20 @@ class RtBiGAN(GANDetector):
             return super()._scores_from_evidence(evidence)
         return self.calibration_.combine(evidence)
 
-    def _normal_core(self, scores: np.ndarray, evidence: np.ndarray | None) -> np.ndarray:
-        """The pool's normal core (bool): see ``core_width``."""
-        width = float(self.core_width)
-        if evidence is not None:
-            return self.calibration_.core(evidence, width)
-        logs = log_scores(scores)
-        found = normal_mode_cut(logs, log_scores(self.trusted_scores_, scores), self._budget())
-        return logs <= found.mode + width * found.spread
+    def _local_core(self, evidence: np.ndarray) -> np.ndarray:
+        width = self._training().core_width
+        if width is None or self.calibration_ is None:
+            return super()._local_core(evidence)
+        return self.calibration_.core(evidence, float(width))
 
-    def _score(self, X: np.ndarray) -> np.ndarray:
-        if self.calibration_ is None:
-            return super()._score(X)
-        return self.calibration_.combine(self._evidence(X))
+    def _merged(self, mean_residual: torch.Tensor, trusted: np.ndarray | None) -> None:
+        self.pixel_weight_ = None
+        if self._training().pixel_weighting:
+            self._weigh_pixels(mean_residual)
+        if trusted is not None:
+            self._set_norm(trusted)
 
-    # -- the global score's two improvements -------------------------------------------------
+    # -- the global score's two refinements --------------------------------------------------
     def _losses(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return bigan_losses(self.model_, X, self.pixel_weight_)
 
@@ -588,7 +440,7 @@ class RtBiGAN(GANDetector):
     def _set_norm(self, trusted: np.ndarray) -> None:
         """Divide L_G and L_D by their means on the trusted images (scale-free mixing)."""
         self.score_norm_ = None
-        if self.normalize_scores:
+        if self._training().normalize_scores:
             lg, ld = self._losses(trusted)
             self.score_norm_ = np.array([max(lg.mean(), 1e-8), max(ld.mean(), 1e-8)])
 
@@ -597,7 +449,7 @@ class RtBiGAN(GANDetector):
         """Weight each pixel's residual by the inverse of its mean residual on ``reference``
         (the current normal set), so ink where normal images never have any counts more."""
         self.pixel_weight_ = None
-        if not self.pixel_weighting:
+        if not self._training().pixel_weighting:
             return
         total = torch.zeros(self.model_.cfg.image_shape, device=self.device_)
         for x in reference.chunks(SCORE_BATCH):
@@ -609,18 +461,6 @@ class RtBiGAN(GANDetector):
         w = 1.0 / (mean_residual.to(self.device_) + PIXEL_EPS)
         self.pixel_weight_ = w / w.mean()
 
-    def _local_core(self, evidence: np.ndarray) -> np.ndarray:
-        if self.core_width is None or self.calibration_ is None:
-            return super()._local_core(evidence)
-        return self.calibration_.core(evidence, float(self.core_width))
-
-    def _merged(self, mean_residual: torch.Tensor, trusted: np.ndarray | None) -> None:
-        self.pixel_weight_ = None
-        if self.pixel_weighting:
-            self._weigh_pixels(mean_residual)
-        if trusted is not None:
-            self._set_norm(trusted)
-
     # -- checkpoint state --------------------------------------------------------------------
     def _state_tensors(self) -> dict[str, torch.Tensor]:
         state = super()._state_tensors()
@@ -630,30 +470,19 @@ class RtBiGAN(GANDetector):
             state["score.norm"] = torch.tensor(self.score_norm_, dtype=torch.float64)
         if self.calibration_ is not None:
             state["score.calibration"] = torch.tensor(self.calibration_.as_array())
-        if self.statistics_center_ is not None:
-            state["score.statistics"] = torch.tensor(
-                np.stack([self.statistics_center_, self.statistics_scale_]))
-        reach = getattr(self, "reachability_", None)
-        if reach is not None:
-            state["reach.features"] = torch.from_numpy(reach.features.copy())
-            state["reach.scores"] = torch.from_numpy(reach.node_scores.astype(np.float64))
-            state["reach.neighbours"] = torch.tensor(reach.neighbours, dtype=torch.int64)
-        push = getattr(self, "latent_push_", None)
-        if push is not None:
-            state |= {f"push.encoder.{k}": v.detach().clone()
-                      for k, v in push.encoder.state_dict().items()}
-            state["push.center"] = torch.tensor(push.center)
-            state["push.precision"] = torch.tensor(push.precision)
+        for piece in self._ready():
+            state |= piece.state()
         return state
 
     def _state_header(self) -> dict[str, Any]:
         return {**super()._state_header(),
                 "meta_checkpoint": self.meta_info_.get("weights_sha256"),
-                "atlas_fit": getattr(self, "atlas_fit_", None)}
+                "evidence": {name: p.header()
+                             for name, p in {**self.evidence_, **self.left_out_}.items()}}
 
     def _restore_state(self, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> None:
         super()._restore_state(tensors, header)
-        model = self.model_
+        self.training_ = as_training(self.training)
         sha = header.get("meta_checkpoint")
         self.meta_info_ = {} if sha is None else {"weights_sha256": sha}
         weight = tensors.get("score.pixel_weight")
@@ -663,20 +492,50 @@ class RtBiGAN(GANDetector):
         cal = tensors.get("score.calibration")
         self.calibration_ = None if cal is None else EvidenceCalibration.from_array(
             cal.numpy().astype(np.float64))
-        stats = tensors.get("score.statistics")
-        self.statistics_center_, self.statistics_scale_ = (
-            (None, None) if stats is None else tuple(stats.numpy().astype(np.float64)))
-        self.atlas_fit_ = header.get("atlas_fit")
-        self.reachability_ = None
-        if "reach.features" in tensors:
-            self.reachability_ = Reachability(tensors["reach.features"].numpy(),
-                                              tensors["reach.scores"].numpy(),
-                                              int(tensors["reach.neighbours"]))
-        self.latent_push_ = None
-        if "push.center" in tensors:
-            encoder = Encoder(model.cfg)
-            encoder.load_state_dict({k.removeprefix("push.encoder."): v for k, v in tensors.items()
-                                     if k.startswith("push.encoder.")})
-            self.latent_push_ = LatentPush(encoder.to(self.device_).eval())
-            self.latent_push_.center = tensors["push.center"].numpy().astype(np.float64)
-            self.latent_push_.precision = tensors["push.precision"].numpy().astype(np.float64)
+        pieces = self._make_pieces()
+        # A 0.2 checkpoint kept the atlas check at the header's top level.
+        notes = header.get("evidence", {})
+        used = {p.name: p.restore(tensors, notes.get(p.name, header), self.model_)
+                for p in pieces}
+        self.evidence_ = {p.name: p for p in pieces if used[p.name]}
+        self.left_out_ = {p.name: p for p in pieces if not used[p.name]}
+
+
+#: fedsieve 0.2's evidence switches, in 0.2's column order, and their pieces.
+_DEPRECATED_SWITCHES = {"two_sided": (False, "global-from-below"),
+                        "local_window": (0, "local"),
+                        "typicality": (True, "typicality"),
+                        "detached_ink": (True, "detached-ink"),
+                        "reachability": (True, "reachability"),
+                        "latent_push": (False, "latent-push")}
+
+
+def _translate_deprecated(old: dict[str, Any], evidence: Any, training: Any
+                          ) -> tuple[tuple[Any, ...], Training]:
+    """fedsieve 0.2's keywords -> ``evidence`` and ``training``, with a FutureWarning."""
+    settings = set(Training().get_params())
+    unknown = sorted(set(old) - settings - set(_DEPRECATED_SWITCHES))
+    if unknown:
+        raise TypeError(f"RtBiGAN got unexpected keyword arguments {unknown}")
+    switches = {k: old.get(k, default) for k, (default, _) in _DEPRECATED_SWITCHES.items()}
+    if any(k in old for k in _DEPRECATED_SWITCHES):
+        if tuple(evidence) != DEFAULT_EVIDENCE:
+            raise TypeError("pass either evidence= or the deprecated evidence switches, "
+                            "not both")
+        new_evidence: list[Any] = ["global"]
+        for key, (_, name) in _DEPRECATED_SWITCHES.items():
+            if key == "local_window" and switches[key]:
+                new_evidence.append({"name": "local", "window": int(switches[key])})
+            elif key != "local_window" and switches[key]:
+                new_evidence.append(name)
+        evidence = tuple(new_evidence)
+    moved = {k: v for k, v in old.items() if k in settings}
+    if moved:
+        base = as_training(training).get_params()
+        training = Training(**{**base, **moved})
+    spelled = f"evidence={list(evidence)!r}" + (
+        f", training=Training({', '.join(f'{k}={v!r}' for k, v in moved.items())})"
+        if moved else "")
+    warnings.warn(f"RtBiGAN({', '.join(sorted(old))}=...) is deprecated and will be removed "
+                  f"in fedsieve 0.4; write RtBiGAN({spelled}, ...)", FutureWarning, stacklevel=3)
+    return evidence, training

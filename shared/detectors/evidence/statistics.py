@@ -1,38 +1,33 @@
-"""Evidence beyond the global reconstruction score: local defects and degenerate images.
+"""Evidence from an image's plain statistics: degenerate frames and detached ink.
 
-A global score sums a residual over the whole image, so a 3x3 trigger patch is diluted
-among 784 pixels, and an image that is simpler than any normal one (a black frame)
-reconstructs best of all. Two more pieces of evidence see them:
+A reconstruction score sums a residual over the whole image, so an image that is simpler
+than any normal one (a black frame) reconstructs best of all, and a 3x3 patch is diluted
+among 784 pixels. Two pieces read the image itself instead:
 
-local
-    The largest mean residual ``|x - G(E(x))|`` over any ``window`` x ``window`` patch: a
-    small patch the generator never draws stands out however little of the image it covers.
-typicality
+typicality (:class:`Typicality`)
     How far an image's plain statistics (ink, contrast, sharpness, background, ...) lie from
     those of normal images, in robust standard deviations, in either direction: blank,
     over- or under-exposed, blurred, noisy or inverted frames are atypical here even when
     they reconstruct well.
-detached ink
+detached ink (:class:`DetachedInk`)
     How much of an image's ink lies outside its largest connected blob, in robust standard
     deviations above normal (one-sided): a sticker, trigger patch, watermark or speck added
     beside the object, or an object cut in two by an occluder. The generator may well draw a
     patch it has seen in the pool; the patch still does not touch the object.
 
-:class:`EvidenceCalibration` turns each piece into a common unit with the false-drop budget
-of :func:`fedsieve.shared.detectors.threshold.normal_mode_cut`, so that they can be mixed by
-taking the largest.
+Both are log1p of a distance, not log: 0 is the most typical image, and log would stretch
+the near-0 distances into a long left tail that widens the normal mode's estimated spread.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import ndimage
 
-from fedsieve.shared.detectors.threshold import NormalMode, normal_mode_cut
+from fedsieve.shared.detectors.evidence.piece import Batch, EvidencePiece, FitContext, register
 
 #: Names of the statistics :func:`image_statistics` returns, in column order.
 STATISTICS = ("log_ink", "contrast", "inked_share", "stroke_level", "peak", "midtone_share",
@@ -52,8 +47,6 @@ MIN_SCALE = 0.02
 #: Images farther than this many robust deviations on any statistic are left out when the
 #: normal statistics are re-estimated from the pool (trimmed, so pollution cannot move them).
 TRIM_Z = 3.5
-#: Passes in which each piece of evidence is cut again on the images no other piece flags.
-LEAVE_ONE_OUT_PASSES = 2
 #: Re-estimates of the statistics' scale around the trusted images' median.
 SCALE_PASSES = 4
 #: Half-width, in robust deviations, of the window whose median moves the normal statistics'
@@ -175,82 +168,53 @@ def detachment(stats: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.n
     return np.maximum((stats[:, DETACHED] - center[DETACHED]) / scale[DETACHED], 0.0)
 
 
-def local_residual(residual: torch.Tensor, window: int) -> torch.Tensor:
-    """Largest mean of ``residual`` (B, C, H, W), summed over channels, over any ``window`` x
-    ``window`` patch."""
-    return F.avg_pool2d(residual.sum(1, keepdim=True), window, stride=1).flatten(1).max(1).values
+def _statistics(batch: Batch) -> np.ndarray:
+    """The batch's image statistics, computed once for both pieces."""
+    return batch.remember("statistics", image_statistics)
 
 
-@dataclass
-class EvidenceCalibration:
-    """Each piece of evidence in one unit: 0 at its false-drop cut, -1 at the normal mode.
-
-    Fitted on the pool every self-training round. Piece ``k`` with (log) value ``v`` becomes
-    ``(v - cut_k) / (cut_k - mode_k)``; the detector's score is the largest of them, so an
-    image is flagged when any piece passes its cut, and each cut spends ``budget / K`` of
-    the false-drop budget (a union bound over the ``K`` pieces). The cuts are fitted
-    several times: each piece on the whole pool, then again piece by piece from the deepest
-    valley on, each on the images the pieces before it leave unflagged, then
-    :data:`LEAVE_ONE_OUT_PASSES` times each on the images every other piece leaves unflagged.
+class _StatisticsPiece(EvidencePiece):
+    """A piece read from the image statistics against their normal centre and scale
+    (:func:`robust_center_scale`), fitted on the pool and the trusted images.
 
     Attributes
     ----------
-    cuts, modes, spreads : ndarray of shape (K,)
-        Per piece, on the log scale: the cut, the normal mode and the robust SD of the
-        mode's left side.
+    center_, scale_ : ndarray of shape (9,)
+        Robust centre and scale of the normal images' statistics.
     """
 
-    cuts: np.ndarray
-    modes: np.ndarray
-    spreads: np.ndarray
+    def fit(self, pool: Batch, trusted: Batch, context: FitContext) -> bool:
+        self.center_, self.scale_ = robust_center_scale(_statistics(pool), _statistics(trusted))
+        return True
 
-    @classmethod
-    def fit(cls, pool: np.ndarray, trusted: np.ndarray | None, budget: float
-            ) -> EvidenceCalibration:
-        """Calibrate from the pool's (log) evidence, shape (N, K), anchored by the trusted
-        images' evidence (M, K)."""
-        k = pool.shape[1]
+    def state(self) -> dict[str, torch.Tensor]:
+        # One key for both pieces: they fit the same centre and scale.
+        return {"score.statistics": torch.tensor(np.stack([self.center_, self.scale_]))}
 
-        def cut(j: int, rows: np.ndarray) -> NormalMode:
-            return normal_mode_cut(pool[rows, j], None if trusted is None else trusted[:, j],
-                                   budget / k)
+    def restore(self, tensors: dict[str, torch.Tensor], header: dict[str, Any],
+                model: torch.nn.Module) -> bool:
+        stats = tensors["score.statistics"].numpy().astype(np.float64)
+        self.center_, self.scale_ = stats[0], stats[1]
+        return True
 
-        found = [cut(j, np.ones(len(pool), bool)) for j in range(k)]
-        # Again, piece by piece from the cleanest separation (the deepest valley) on, each on
-        # the images the pieces before it do not flag: pollution one piece already explains
-        # (a trigger patch's detached ink) would otherwise form a second population on the
-        # others too, overlapping their normal tail, and the valley between them would cut
-        # into the normal data.
-        explained = np.zeros(len(pool), bool)
-        for j in sorted(range(k), key=lambda j: found[j].depth):
-            if explained.any():  # the first piece's rows are the whole pool: already cut
-                found[j] = cut(j, ~explained)
-            explained |= pool[:, j] > found[j].cut
-        # Then each piece once more on the images no other piece flags: a piece cut before the
-        # others saw the whole pollution, and with pollution the majority the valley it found
-        # lies inside the normal tail (80 % Fashion-MNIST: 7 % of the normal data beyond it).
-        flags = pool > np.array([f.cut for f in found])
-        for _ in range(LEAVE_ONE_OUT_PASSES):
-            for j in range(k):
-                found[j] = cut(j, ~np.delete(flags, j, axis=1).any(axis=1))
-                flags[:, j] = pool[:, j] > found[j].cut
-        return cls(*(np.array([getattr(f, name) for f in found], dtype=np.float64)
-                     for name in ("cut", "mode", "spread")))
 
-    def core(self, evidence: np.ndarray, width: float) -> np.ndarray:
-        """Images whose every piece lies at most ``width`` robust SDs above its normal mode
-        (bool, shape (N,)): the normal population's core, free of pollution that scores
-        between the mode and the cut."""
-        return (evidence <= self.modes + width * self.spreads).all(axis=1)
+@register
+class Typicality(_StatisticsPiece):
+    """Blank, over-exposed, blurred, noisy or inverted frames: ``log1p`` of the largest
+    robust deviation of any statistic but the detached ink from normal (:func:`typicality`)."""
 
-    def combine(self, evidence: np.ndarray) -> np.ndarray:
-        """Largest calibrated piece per image (float64, shape (N,)); > 0 = past a cut."""
-        unit = np.maximum(self.cuts - self.modes, 1e-6)
-        return ((evidence - self.cuts) / unit).max(axis=1)
+    name = "typicality"
 
-    def as_array(self) -> np.ndarray:
-        return np.stack([self.cuts, self.modes, self.spreads])
+    def values(self, batch: Batch) -> np.ndarray:
+        return np.log1p(typicality(_statistics(batch), self.center_, self.scale_))
 
-    @classmethod
-    def from_array(cls, a: np.ndarray) -> EvidenceCalibration:
-        return cls(*(np.asarray(row, np.float64) for row in a))
+
+@register
+class DetachedInk(_StatisticsPiece):
+    """Stickers, trigger patches, specks, occluders: ``log1p`` of the robust deviations of
+    the ink outside the largest blob above normal (:func:`detachment`)."""
+
+    name = "detached-ink"
+
+    def values(self, batch: Batch) -> np.ndarray:
+        return np.log1p(detachment(_statistics(batch), self.center_, self.scale_))

@@ -29,7 +29,9 @@ and new images are scored by the same rule.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -37,10 +39,13 @@ import torch
 import torch.nn.functional as F
 from sklearn.neighbors import NearestNeighbors
 
-from fedsieve.shared.detectors.evidence import brightness
+from fedsieve.shared.checkpoint import MetaModelWarning, load_meta_atlas
+from fedsieve.shared.detectors.evidence.piece import Batch, EvidencePiece, FitContext, register
+from fedsieve.shared.detectors.evidence.statistics import brightness
 from fedsieve.shared.images import check_images
 
-__all__ = ["ATLAS_SIZE", "Reachability", "atlas_fits", "atlas_sample", "reach_features"]
+__all__ = ["ATLAS_SIZE", "Reachability", "ReachabilityPiece", "atlas_fits", "atlas_sample",
+           "reach_features"]
 
 #: Normal images a meta-model keeps as its atlas.
 ATLAS_SIZE = 500
@@ -190,3 +195,75 @@ class Reachability:
         # nearest k of the others count.
         order = np.argsort(dist < 1e-3, axis=1, kind="stable")[:, :k]
         return np.median(self.node_scores[np.take_along_axis(idx, order, axis=1)], axis=1)
+
+
+@register
+class ReachabilityPiece(EvidencePiece):
+    """Reachability as a piece of Rt-BiGAN's evidence (see the module): the walk's anchors
+    are the trusted images and the meta-model's atlas.
+
+    It needs a meta-model with an atlas that looks like the trusted images (``fedsieve
+    meta-train`` writes one; the shipped meta-model has none, so the default detector goes
+    without it); otherwise it leaves itself out, with a
+    :class:`~fedsieve.shared.checkpoint.MetaModelWarning` when the atlas and the trusted
+    images differ. Measured with a meta-model of the task's normal data
+    (``benchmarks/shapes.py``): reverse protocol (Fashion-MNIST normal, 20 % MNIST digits)
+    test AUC 0.47 -> 0.99, 98 % of the digits and 0.8 % of the normal images flagged (0 % of
+    the digits without it).
+
+    Attributes
+    ----------
+    graph_ : Reachability or None
+        The graph's nodes and their scores (None when the piece is left out).
+    atlas_fit_ : dict or None
+        ``fits``, ``distance`` and ``reference`` of the atlas check (:func:`atlas_fits`;
+        None without an atlas).
+    """
+
+    name = "reachability"
+    holds_pool_images = True
+
+    def fit(self, pool: Batch, trusted: Batch, context: FitContext) -> bool:
+        self.graph_: Reachability | None = None
+        self.atlas_fit_: dict[str, Any] | None = None
+        atlas = None if context.meta_path is None else load_meta_atlas(context.meta_path)
+        if atlas is None:
+            return False
+        atlas = atlas.astype(np.float32) / np.float32(255)
+        fits, distance, reference = atlas_fits(trusted.images, atlas)
+        self.atlas_fit_ = {"fits": fits, "distance": distance, "reference": reference}
+        if not fits:
+            warnings.warn(
+                f"the trusted images do not look like the meta-model's normal images (median "
+                f"distance {distance:.2f} to its atlas, whose own images lie within "
+                f"{reference:.2f} of each other): the reachability evidence is left out. "
+                "Meta-train one on your normal data (fedsieve meta-train --data ...) and pass "
+                "meta_checkpoint=<path>", MetaModelWarning, stacklevel=6)
+            return False
+        self.graph_ = Reachability.fit(pool.images, np.concatenate([trusted.images, atlas]),
+                                       seed=context.seed)
+        return True
+
+    def values(self, batch: Batch) -> np.ndarray:
+        # -log of a share already: a log scale. The graph does not change between rounds.
+        return batch.remember(self.name, self.graph_.score)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        graph = self.graph_
+        return {"reach.features": torch.from_numpy(graph.features.copy()),
+                "reach.scores": torch.from_numpy(graph.node_scores.astype(np.float64)),
+                "reach.neighbours": torch.tensor(graph.neighbours, dtype=torch.int64)}
+
+    def header(self) -> dict[str, Any]:
+        return {"atlas_fit": getattr(self, "atlas_fit_", None)}
+
+    def restore(self, tensors: dict[str, torch.Tensor], header: dict[str, Any],
+                model: torch.nn.Module) -> bool:
+        self.atlas_fit_ = header.get("atlas_fit")
+        self.graph_ = None
+        if "reach.features" not in tensors:
+            return False
+        self.graph_ = Reachability(tensors["reach.features"].numpy(),
+                                   tensors["reach.scores"].numpy(),
+                                   int(tensors["reach.neighbours"]))
+        return True

@@ -1,7 +1,7 @@
 """AnoEAN's latent push (Gherbi et al.): an encoder trained to map normal images onto
 N(0, I) and known anomalies out of it, scored by the Mahalanobis distance of its code.
 
-Rt-BiGAN's ``latent_push`` switch uses it as one more piece of evidence, with the images its
+:class:`LatentPushPiece` makes it one more piece of Rt-BiGAN's evidence, with the images its
 own self-training flagged as the "few labelled anomalies" AnoEAN needs. Choices where the
 paper leaves room, and why:
 
@@ -20,19 +20,29 @@ paper leaves room, and why:
 from __future__ import annotations
 
 import copy
+from numbers import Integral
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.covariance import LedoitWolf
+from sklearn.utils._param_validation import Interval
 from torch import nn
 
 from fedsieve.shared.detectors.anoean import mahalanobis
 from fedsieve.shared.detectors.bigan import SCORE_BATCH, RowSet, as_batch
+from fedsieve.shared.detectors.evidence.piece import (
+    Batch,
+    EvidencePiece,
+    FitContext,
+    RoundResult,
+    register,
+)
 from fedsieve.shared.devices import module_device
 from fedsieve.shared.networks import Encoder
 
-__all__ = ["LatentPush", "latent_discriminator"]
+__all__ = ["LatentPush", "LatentPushPiece", "latent_discriminator"]
 
 #: Normal codes used to estimate the Mahalanobis centre and covariance.
 REFERENCE_CODES = 4000
@@ -132,3 +142,85 @@ class LatentPush:
                              for i in range(0, len(rows), SCORE_BATCH))
         fitted = LedoitWolf().fit(codes)
         self.center, self.precision = fitted.location_, fitted.precision_
+
+
+@register
+class LatentPushPiece(EvidencePiece):
+    """AnoEAN's pushed encoder as a piece of Rt-BiGAN's evidence: the log Mahalanobis
+    distance of its code.
+
+    After each self-training round that flagged at least ``min_flagged`` images, a copy of
+    the detector's encoder learns (up to ``steps`` steps, at most the round's own) to map
+    the round's pseudo-normal images onto N(0, I) and the flagged ones out of it. The piece
+    joins the score after the first such round. Not in the default evidence: in the
+    pollution benchmark it raised the ranking of kinds the other pieces only partly flag
+    (occluded digits: test AUC 0.92-0.94 -> 0.95-0.98) but changed no verdict, and it adds
+    up to 2x fit time.
+
+    Parameters
+    ----------
+    steps : int, default=300
+        AnoEAN steps per self-training round.
+    min_flagged : int, default=10
+        Flagged images a round needs before the push learns from them.
+
+    Attributes
+    ----------
+    push_ : LatentPush or None
+        The pushed encoder and its normal codes' Gaussian (None while no round has flagged
+        enough images).
+    """
+
+    name = "latent-push"
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "steps": [Interval(Integral, 0, None, closed="left")],
+        "min_flagged": [Interval(Integral, 1, None, closed="left")],
+    }
+
+    def __init__(self, steps: int = 300, min_flagged: int = 10) -> None:
+        self.steps = steps
+        self.min_flagged = min_flagged
+
+    @property
+    def ready(self) -> bool:
+        return getattr(self, "push_", None) is not None
+
+    def fit(self, pool: Batch, trusted: Batch, context: FitContext) -> bool:
+        self._validate_params()
+        self.push_: LatentPush | None = None
+        self._model = context.model  # its encoder, copied when the first push starts
+        return True
+
+    def update(self, result: RoundResult) -> None:
+        if len(result.flagged) < int(self.min_flagged):
+            return
+        if self.push_ is None:
+            seed = int(torch.randint(2**31 - 1, (1,), generator=result.generator))
+            self.push_ = LatentPush.from_encoder(self._model.E, seed)  # on the model's device
+        self.push_.train(result.normal, RowSet(result.pool, result.flagged),
+                         min(int(self.steps), int(result.steps)), result.generator)
+
+    def values(self, batch: Batch) -> np.ndarray:
+        return np.log(np.maximum(self.push_.distance(batch.images), 1e-12))
+
+    def state(self) -> dict[str, torch.Tensor]:
+        push = self.push_
+        return {**{f"push.encoder.{k}": v.detach().clone()
+                   for k, v in push.encoder.state_dict().items()},
+                "push.center": torch.tensor(push.center),
+                "push.precision": torch.tensor(push.precision)}
+
+    def restore(self, tensors: dict[str, torch.Tensor], header: dict[str, Any],
+                model: torch.nn.Module) -> bool:
+        self.push_ = None
+        self._model = model
+        if "push.center" not in tensors:
+            return False
+        encoder = Encoder(model.cfg)
+        encoder.load_state_dict({k.removeprefix("push.encoder."): v for k, v in tensors.items()
+                                 if k.startswith("push.encoder.")})
+        device = next(model.parameters()).device
+        self.push_ = LatentPush(encoder.to(device).eval())
+        self.push_.center = tensors["push.center"].numpy().astype(np.float64)
+        self.push_.precision = tensors["push.precision"].numpy().astype(np.float64)
+        return True
