@@ -8,8 +8,6 @@ import json
 import numpy as np
 import pytest
 
-from fedsieve.server.audit import AuditLog, read_audit
-from fedsieve.server.screening import ClientUpload, score_pool
 from fedsieve.shared.detectors import (
     Explanation,
     RtBiGAN,
@@ -28,7 +26,6 @@ from fedsieve.shared.detectors.evidence import (
     make_piece,
     register,
 )
-from fedsieve.shared.images import check_images
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SHORT = {"self_training_rounds": 1, "steps_per_round": 20, "random_state": 0}
@@ -142,25 +139,3 @@ def test_training_settings_travel_in_checkpoints(fitted, detector_data, tmp_path
     assert back.training_.batch_size == 16
     with pytest.raises(ValueError, match="training. parameter of RtBiGAN must be"):
         RtBiGAN(training=3, **SHORT).fit(d.x, d.trusted)
-
-
-def test_the_audit_log_names_the_deciding_piece_of_every_drop(detector_data, tmp_path):
-    d = detector_data
-    x = check_images(d.x, dtype=np.uint8)
-    uploads = {7: ClientUpload(7, x[:250], np.arange(250), 250),
-               9: ClientUpload(9, x[250:], np.arange(250, len(x)), len(x) - 250)}
-    trusted = check_images(d.trusted, dtype=np.uint8)
-    for bound in (None, 300):  # the whole pool, then a bounded fit that scores every upload
-        scored = score_pool(uploads, trusted, lambda: RtBiGAN(**SHORT), max_fit_samples=bound)
-        log = AuditLog(tmp_path / f"audit-{bound}.jsonl")
-        flagged_by: dict[str, int] = {}
-        for node, verdict in scored.verdicts.items():
-            log.write_samples(1, node, verdict.ids, verdict.scores, verdict.verdicts,
-                              scored.threshold, explanation=verdict.explanation)
-            for piece, n in verdict.explanation.flagged_by().items():
-                flagged_by[piece] = flagged_by.get(piece, 0) + n
-        entries = list(read_audit(log.path, "sample"))
-        dropped = [e for e in entries if e["verdict"] == 1]
-        assert dropped and all(e["value"] > e["cut"] for e in dropped)
-        assert all("piece" not in e for e in entries if e["verdict"] == 0)
-        assert sum(flagged_by.values()) == len(dropped)

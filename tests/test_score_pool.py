@@ -1,16 +1,21 @@
-"""Bounded screening: the detector fits on a seeded sample of a large pool and scores every
-upload in batches (``score_pool(..., max_fit_samples=...)``)."""
+"""score_pool, the one pipeline for a pool: order, fit rows (all, or a bounded sample that
+``max_fit_samples`` draws), fit, score every upload, label check, verdicts; one verdict rule,
+one contamination estimator, every drop explained."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from fedsieve.server.audit import AuditLog, read_audit
 from fedsieve.server.screening import DEFAULT_MAX_FIT_SAMPLES, ClientUpload, score_pool
 from fedsieve.shared.detectors import RtBiGAN, make_detector
 from fedsieve.shared.detectors.labels import LabelCheck
 from fedsieve.shared.detectors.threshold import DEFAULT_BUDGET, estimate_contamination
+from fedsieve.shared.images import check_images
 
 
 class Recorder:
@@ -237,3 +242,100 @@ def test_empty_pool_is_empty_either_way(detector_data):
     scoring = score_pool({}, detector_data.trusted, Brightness, max_fit_samples=10)
     assert scoring.verdicts == {} and np.isnan(scoring.threshold)
     assert scoring.contamination == estimate_contamination(0, 0, DEFAULT_BUDGET)
+
+
+# -- the pool's order: verdicts depend on what was uploaded, not on Flower's node ids ---------
+def test_verdicts_do_not_depend_on_node_ids(detector_data):
+    x = detector_data.x
+    # Two clients number their samples alike (0, 1, ...): ids collide across nodes.
+    parts = [x[:250], x[250:]]
+    results = []
+    for nodes in ([11, 7], [3, 90]):
+        uploads = {node: ClientUpload(node, part, np.arange(len(part), dtype=np.int64),
+                                      len(part)) for node, part in zip(nodes, parts)}
+        # Self-training draws batches by position: the pool's order reaches the verdicts.
+        scoring = score_pool(uploads, detector_data.trusted, lambda: make_detector(
+            "rtbigan", self_training_rounds=1, steps_per_round=40, random_state=0))
+        results.append((by_sample(uploads, scoring), scoring.threshold))
+    assert results[0] == results[1]
+    assert sum(v for _, v in results[0][0].values()) > 0  # the fit really flags something
+
+
+# -- one contamination estimator ---------------------------------------------------------------
+class FlagBright:
+    """A stand-in detector: flags images brighter than 100 on average; no ``contamination_``
+    unless given one."""
+
+    def __init__(self, contamination: dict | None = None) -> None:
+        self.contamination = contamination
+
+    def fit(self, X: np.ndarray, trusted: np.ndarray | None = None) -> FlagBright:
+        self.decision_scores_ = X.reshape(len(X), -1).mean(axis=1)
+        self.threshold_ = 100.0
+        self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int64)
+        if self.contamination is not None:
+            self.contamination_ = self.contamination
+        return self
+
+
+def bright_uploads() -> dict[int, ClientUpload]:
+    """Two nodes, 40 images each; 10 of the 80 are bright."""
+    x = np.zeros((80, 28, 28), np.uint8)
+    x[::8] = 255
+    return {node: ClientUpload(node, x[i * 40:(i + 1) * 40], np.arange(40, dtype=np.int64), 40)
+            for i, node in enumerate((5, 9))}
+
+
+def test_detector_without_an_estimate_gets_one_from_its_verdicts():
+    scoring = score_pool(bright_uploads(), np.zeros((2, 28, 28), np.uint8), FlagBright)
+    assert sum(int(v.verdicts.sum()) for v in scoring.verdicts.values()) == 10
+    assert scoring.contamination == estimate_contamination(10, 80, DEFAULT_BUDGET)
+    low, estimate, high = (scoring.contamination[k] for k in ("low", "estimate", "high"))
+    assert low <= estimate <= high and estimate == pytest.approx((10 / 80 - 0.01) / 0.99)
+
+
+def test_the_estimate_is_the_verdicts_with_the_detectors_budget():
+    # A detector's own contamination_ is not copied: every path (whole pool, bounded fit,
+    # local screening) estimates from the verdicts with the detector's false-drop budget.
+    scoring = score_pool(bright_uploads(), np.zeros((2, 28, 28), np.uint8),
+                         lambda: FlagBright({"estimate": 0.9, "low": 0.8, "high": 1.0,
+                                             "confidence": 0.95}))
+    assert scoring.contamination == estimate_contamination(10, 80, DEFAULT_BUDGET)
+
+    class Budgeted(FlagBright):
+        false_drop_budget = 0.05
+
+    scoring = score_pool(bright_uploads(), np.zeros((2, 28, 28), np.uint8), Budgeted)
+    assert scoring.contamination == pytest.approx(estimate_contamination(10, 80, 0.05))
+    assert all(type(v) is float for v in scoring.contamination.values())
+    assert set(scoring.verdicts) == {5, 9}
+
+
+def test_empty_pool_knows_nothing():
+    scoring = score_pool({}, np.zeros((2, 28, 28), np.uint8), FlagBright)
+    assert scoring.verdicts == {} and math.isnan(scoring.threshold)
+    assert (scoring.contamination["low"], scoring.contamination["high"]) == (0.0, 1.0)
+
+
+# -- every drop explained ----------------------------------------------------------------------
+def test_the_audit_log_names_the_deciding_piece_of_every_drop(detector_data, tmp_path):
+    d = detector_data
+    x = check_images(d.x, dtype=np.uint8)
+    uploads = {7: ClientUpload(7, x[:250], np.arange(250), 250),
+               9: ClientUpload(9, x[250:], np.arange(250, len(x)), len(x) - 250)}
+    trusted = check_images(d.trusted, dtype=np.uint8)
+    short = {"self_training_rounds": 1, "steps_per_round": 20, "random_state": 0}
+    for bound in (None, 300):  # the whole pool, then a bounded fit that scores every upload
+        scored = score_pool(uploads, trusted, lambda: RtBiGAN(**short), max_fit_samples=bound)
+        log = AuditLog(tmp_path / f"audit-{bound}.jsonl")
+        flagged_by: dict[str, int] = {}
+        for node, verdict in scored.verdicts.items():
+            log.write_samples(1, node, verdict.ids, verdict.scores, verdict.verdicts,
+                              scored.threshold, explanation=verdict.explanation)
+            for piece, n in verdict.explanation.flagged_by().items():
+                flagged_by[piece] = flagged_by.get(piece, 0) + n
+        entries = list(read_audit(log.path, "sample"))
+        dropped = [e for e in entries if e["verdict"] == 1]
+        assert dropped and all(e["value"] > e["cut"] for e in dropped)
+        assert all("piece" not in e for e in entries if e["verdict"] == 0)
+        assert sum(flagged_by.values()) == len(dropped)
