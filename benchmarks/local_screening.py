@@ -38,9 +38,10 @@ from sklearn.metrics import roc_auc_score
 
 RESULTS = Path(__file__).resolve().parent / "results"
 console = Console()
-MODES = {"upload": {"mode": "upload"},
-         "local": {"mode": "local", "local_rounds": 0},
-         "local+fed": {"mode": "local", "local_rounds": 1}}
+#: Row name -> (screening mode, its options): fedsieve.server.modes.make_screening.
+MODES = {"upload": ("upload", {}),
+         "local": ("local", {"local_rounds": 0}),
+         "local+fed": ("local", {"local_rounds": 1})}
 
 
 def screen(mode: str, settings, federation, files, run_dir: Path, apps=None,
@@ -51,8 +52,9 @@ def screen(mode: str, settings, federation, files, run_dir: Path, apps=None,
     from flwr.serverapp.strategy import FedAvg
 
     from fedsieve.client.app import make_client_app
+    from fedsieve.server import AnomalyFilter
     from fedsieve.server.local import content_bytes
-    from fedsieve.server.strategy import AnomalyFilter
+    from fedsieve.server.modes import make_screening
     from fedsieve.shared.classifier import DigitNet
     from fedsieve.shared.detectors import make_detector
     from fedsieve.simulations.loopback import LoopbackGrid
@@ -61,16 +63,18 @@ def screen(mode: str, settings, federation, files, run_dir: Path, apps=None,
     app = make_client_app(settings)
     grid = LoopbackGrid({n: app for n in nodes} | (apps or {}),
                         {n: {"data-path": str(f)} for n, f in zip(nodes, files)})
-    strategy = AnomalyFilter(FedAvg(fraction_evaluate=0.0, min_available_nodes=1),
-                             make_detector("rtbigan", random_state=settings.seed),
-                             trusted_images=federation.trusted_set.images, run_dir=run_dir,
-                             random_state=settings.seed, **{**MODES[mode], **extra})
+    kind, options = MODES[mode]
+    screening = make_screening(kind, make_detector("rtbigan", random_state=settings.seed),
+                               federation.trusted_set.images, random_state=settings.seed,
+                               **{**options, **extra})
+    strategy = AnomalyFilter(FedAvg(fraction_evaluate=0.0, min_available_nodes=1), screening,
+                             run_dir=run_dir)
     torch.manual_seed(0)
     started = time.perf_counter()
     messages = list(strategy.configure_train(1, ArrayRecord(DigitNet().state_dict()),
                                              ConfigRecord(), grid))
     wall = time.perf_counter() - started
-    screening = strategy._screening
+    screening = strategy._latest
     truth = federation.ground_truth()
     ids = np.concatenate([v.ids for v in screening.verdicts.values()])
     scores = np.concatenate([v.scores for v in screening.verdicts.values()])

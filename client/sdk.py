@@ -65,8 +65,8 @@ the same samples: local evaluation sees the screened data. ``FedSieve(...,
 screen_evaluation=False)`` or ``kept(..., screened=False)`` evaluates on every sample.
 Before a node's first train message, nothing is dropped.
 
-Labels let a server that runs a label check (``AnomalyFilter(label_check=...)``) also drop
-samples whose label contradicts their image. The ids are how the server names what to drop.
+Labels let a server that runs a label check (``UploadScreening(..., label_check=...)``) also
+drop samples whose label contradicts their image. The ids are how the server names what to drop.
 When the server's inner strategy weights by another key than ``"num-examples"`` (Flower's
 ``FedAvg(weighted_by_key="n")``), pass the same key: ``FedSieve(app, samples,
 weighted_by_key="n")``.
@@ -155,7 +155,7 @@ class FedSieve:
         self._read = {"image_key": image_key, "label_key": label_key, "layout": layout}
         self._reset_caches()
         app.query(UPLOAD_ACTION)(self._upload)
-        # Local screening (AnomalyFilter(mode="local")): the images stay here.
+        # Local screening (LocalScreening on the server): the images stay here.
         app.query(SCORE_ACTION)(self._score)
         app.query(SELF_TRAIN_ACTION)(self._self_train)
         app.query(SPOT_CHECK_ACTION)(self._spot_check)

@@ -33,12 +33,14 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
+from fedsieve.server.modes import make_screening
+from fedsieve.server.screening_mode import ScreeningMode
 from fedsieve.server.strategy import AnomalyFilter
 from fedsieve.shared.checkpoint import default_meta_checkpoint, load_meta
 from fedsieve.shared.config import AGGREGATORS, FilterSettings
 from fedsieve.shared.detectors import BaseDetector, make_detector
 from fedsieve.shared.detectors.labels import LabelCheck
-from fedsieve.shared.trusted import TrustedFileError, load_trusted_file
+from fedsieve.shared.trusted import RECOMMENDED_TRUSTED, TrustedFileError, load_trusted_file
 
 
 def make_aggregator(name: str, num_nodes: int = 2) -> Strategy:
@@ -152,7 +154,8 @@ def build_strategy(settings: FilterSettings, num_nodes: int, run_dir: str | Path
     Raises
     ------
     ValueError
-        Unknown aggregator or detector name.
+        Unknown aggregator, detector or mode name, or an option out of its range
+        (:func:`build_screening`).
     fedsieve.shared.checkpoint.CheckpointError
         The meta checkpoint cannot be used.
     fedsieve.shared.trusted.TrustedFileError
@@ -165,16 +168,50 @@ def build_strategy(settings: FilterSettings, num_nodes: int, run_dir: str | Path
     check_meta_checkpoint(detector)
     if trusted_images is None:
         trusted_images = load_trusted_images(settings)
-    return AnomalyFilter(inner, detector, trusted_images=trusted_images,
-                         screen_every=settings.screen_every,
-                         upload_fraction=settings.upload_fraction,
+    return AnomalyFilter(inner, build_screening(settings, detector, trusted_images),
                          max_client_contamination=settings.max_client_contamination,
-                         run_dir=run_dir, random_state=settings.seed,
-                         label_check=(LabelCheck(random_state=settings.seed)
-                                      if settings.label_check else None),
-                         mode=settings.mode, local_rounds=settings.local_rounds,
-                         local_steps=settings.local_steps,
-                         spot_check_rate=settings.spot_check_rate)
+                         screen_every=settings.screen_every, run_dir=run_dir)
+
+
+def build_screening(settings: FilterSettings, detector: BaseDetector,
+                    trusted_images: np.ndarray) -> ScreeningMode:
+    """The screening object of ``settings.mode`` (:data:`fedsieve.server.modes.MODES`), with
+    that mode's options from the settings; it checks their values itself.
+
+    The run config holds every mode's keys, so the other mode's are ignored, except the
+    upload options (``upload-fraction``, ``label-check``) set in local mode, which are
+    refused (:func:`fedsieve.server.modes.make_screening`).
+
+    Raises
+    ------
+    ValueError
+        An unknown mode, or a value the screening refuses (the message names it).
+    """
+    return make_screening(
+        settings.mode, detector, trusted_images, random_state=settings.seed,
+        upload_fraction=settings.upload_fraction,
+        label_check=LabelCheck(random_state=settings.seed) if settings.label_check else None,
+        local_rounds=settings.local_rounds, local_steps=settings.local_steps,
+        spot_check_rate=settings.spot_check_rate)
+
+
+def check_settings(settings: FilterSettings) -> None:
+    """Build the data filter the settings describe around stand-in trusted images, loading
+    nothing, so that a bad mode or option fails with its object's message before a simulation
+    starts (``fedsieve simulate``), not inside the ServerApp.
+
+    Raises
+    ------
+    ValueError
+        What :func:`build_strategy` would raise for these settings' names and options.
+    """
+    if not settings.filtered:
+        return
+    stand_in = np.zeros((RECOMMENDED_TRUSTED, 1, 28, 28), np.uint8)
+    AnomalyFilter(make_aggregator(settings.aggregator, settings.min_nodes),
+                  build_screening(settings, build_detector(settings), stand_in),
+                  max_client_contamination=settings.max_client_contamination,
+                  screen_every=settings.screen_every)
 
 
 def wait_for_nodes(grid: Grid, minimum: int, timeout: float = 600.0) -> int:
@@ -198,9 +235,10 @@ def wait_for_nodes(grid: Grid, minimum: int, timeout: float = 600.0) -> int:
 def describe_strategy(strategy: Strategy) -> dict[str, str]:
     """What actually runs: the aggregating strategy and the data filter (if any)."""
     if isinstance(strategy, AnomalyFilter):
-        detector = type(strategy.detector).__name__
-        if getattr(strategy.detector, "name", None):  # peers: which library estimator
-            detector += f"({strategy.detector.name})"
+        given = strategy.screening.detector
+        detector = type(given).__name__
+        if getattr(given, "name", None):  # peers: which library estimator
+            detector += f"({given.name})"
         return {"aggregator": type(strategy.strategy).__name__,
                 "filter": type(strategy).__name__, "detector": detector}
     return {"aggregator": type(strategy).__name__, "filter": "", "detector": ""}

@@ -3,9 +3,11 @@
 It holds an inner Flower strategy (FedAvg by default) and forwards everything it does not
 change, the way Flower's ``DifferentialPrivacyServerSide*`` wrappers do. What it adds:
 
-1. **Screening** (round 1, and every ``screen_every`` rounds after): ``query`` messages ask
-   each client for its samples; the trusted detector is fitted on the pooled uploads,
-   anchored by the operator's trusted images, and scores every sample.
+1. **Screening** (round 1, and every ``screen_every`` rounds after), by the screening object
+   it holds: :class:`~fedsieve.server.UploadScreening` asks each client for its samples, fits
+   the trusted detector on the pooled uploads, anchored by the operator's trusted images,
+   and scores every sample; :class:`~fedsieve.server.LocalScreening` ships the detector to
+   the clients, which score their samples where they live.
 2. **Verdicts** travel in each client's own train message: an ``ArrayRecord`` of ids to drop.
 3. **Exclusion** before aggregation: clients that failed screening, whose estimated
    contamination exceeds ``max_client_contamination``, or that report more training samples
@@ -29,31 +31,28 @@ The training-sample count a client reports is read under the inner strategy's
 ``weighted_by_key`` (``"num-examples"`` for a strategy without one), as Flower's
 ``DifferentialPrivacy*`` wrappers do, so ``AnomalyFilter(FedAvg(weighted_by_key="n"))`` checks
 the key the inner strategy weights by.
-
-With ``upload_fraction < 1`` only a random fraction of each client's samples is uploaded.
-Samples the server never saw get the client-level verdict: the client is kept (and trains on
-its unseen samples) when its estimated contamination is within ``max_client_contamination``
-and excluded otherwise.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
-import os
+import numbers
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from logging import ERROR, INFO, WARNING
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result, Strategy
-from sklearn.base import clone
 
 from fedsieve.server.audit import AuditLog
-from fedsieve.server.local import LocalSettings, screen_locally
+from fedsieve.server.modes import MODES, make_screening
 from fedsieve.server.reasons import (
     REASON_CODES,
     Exclusion,
@@ -61,20 +60,14 @@ from fedsieve.server.reasons import (
     describe_node,
     summarize_exclusions,
 )
-from fedsieve.server.screening import (
-    DEFAULT_MAX_FIT_SAMPLES,
-    Screening,
-    collect_uploads,
-    score_pool,
-)
-from fedsieve.shared.images import check_images, format_shape
+from fedsieve.server.screening import Screening
+from fedsieve.server.screening_mode import ScreeningMode
+from fedsieve.server.upload_screening import UploadScreening
+from fedsieve.shared.images import format_shape
 from fedsieve.shared.protocol import VERDICT_RECORD, encode_verdicts
-from fedsieve.shared.trusted import load_trusted_file, warn_if_few_trusted
 
-__all__ = ["AnomalyFilter", "Exclusion", "MODES", "REASON_CODES"]
+__all__ = ["AnomalyFilter", "Exclusion", "REASON_CODES"]
 
-#: Where the samples are scored: on the server (the paper's model) or where they live.
-MODES = ("upload", "local")
 #: The metric key Flower's strategies weight by unless told otherwise.
 DEFAULT_WEIGHTED_BY_KEY = "num-examples"
 
@@ -88,64 +81,23 @@ class AnomalyFilter(Strategy):
         The strategy that samples clients and aggregates; ``FedAvg()`` when None. Clients
         report their training-sample count under its ``weighted_by_key``
         (:attr:`weighted_by_key`).
-    detector : estimator or callable
-        An unfitted fedsieve detector (copied fresh for every screening) or a zero-argument
-        callable returning one. It must offer ``fit(X, trusted=...)`` and the fitted
-        ``decision_scores_``, ``labels_`` and ``threshold_``.
-    trusted_images : numpy.ndarray or path
-        The server's trusted normal images (5-10), in any form
-        :func:`~fedsieve.shared.images.check_images` reads, or the path of a trusted file
-        (read with :func:`~fedsieve.shared.trusted.load_trusted_file`). Their shape (C, H, W)
-        is the one the federation's uploads must have: it travels in every screening request,
-        and a client that uploads another shape is excluded for the round with a reason
-        naming both. Fewer than 5 draws a warning with the measured cost
-        (:data:`~fedsieve.shared.trusted.FEW_TRUSTED_COST`).
-    screen_every : int, default 0
-        Screen again every this many rounds (0: only before the first round).
-    upload_fraction : float, default 1.0
-        Fraction of each client's samples uploaded (1.0 is the paper's model).
+    screening : UploadScreening or LocalScreening
+        How the clients' samples are screened, with the detector, the trusted images and the
+        options of that way: :class:`~fedsieve.server.UploadScreening` (clients upload their
+        samples and the server scores them; the paper's model) or
+        :class:`~fedsieve.server.LocalScreening` (the detector goes to the clients; no image
+        leaves one).
     max_client_contamination : float, default 0.5
         Clients whose estimated contamination is above this are excluded.
-    chunk_size : int, default 10_000
-        Samples per upload message.
-    max_upload : int, default 1_000_000
-        Largest upload accepted from one client; larger ones fail screening.
-    screening_timeout : float, default 600
-        Seconds to wait for each round of upload replies.
+    screen_every : int, default 0
+        Screen again every this many rounds (0: only before the first round).
     run_dir : path, optional
         Where ``audit.jsonl`` goes; no audit file without it.
-    random_state : int, default 0
-        Seed of the upload sampling.
-    label_check : estimator or callable, optional
-        Checks the labels clients upload beside their images (the SDK sends them when its
-        ``samples`` callback returns them): an unfitted
-        :class:`~fedsieve.shared.detectors.labels.LabelCheck` (copied fresh for every
-        screening) or a zero-argument factory. Samples whose image passed but whose label the
-        check contradicts are dropped too. None (the default): labels are not checked.
-        Upload mode only.
-    mode : {"upload", "local"}, default "upload"
-        ``"upload"``: clients upload their samples and the server scores them (the paper's
-        model). ``"local"``: no image leaves a client. The server adapts the detector on
-        the trusted images and ships it; each client scores its own samples and sends back
-        their ids and evidence (a few float16 numbers each); the server fits the cut on the
-        pooled evidence and the verdicts travel as in upload mode
-        (:mod:`fedsieve.server.local`). Needs a savable detector (Rt-BiGAN, EGBAD, AnoGAN,
-        ADe-GAN, AGAD, AnoEAN); ``upload_fraction`` and ``label_check`` do not apply.
-    local_rounds : int, default 1
-        Local mode: rounds of federated self-training (clients train the BiGAN on the
-        samples it keeps, the server averages the networks); 0 keeps the detector adapted
-        on the trusted images, with its cut fitted on the clients' evidence.
-    local_steps : int, default 500
-        Local mode: adversarial steps each client trains per round.
-    spot_check_rate : float, default 0.0
-        Local mode: share of each client's reported samples whose images the server asks
-        for, drawn after the report, to verify the client's evidence; a client whose
-        evidence gives other verdicts than its images is excluded (``failed-spot-check``).
-        0: no image ever leaves a client.
-    max_fit_samples : int or None, default DEFAULT_MAX_FIT_SAMPLES
-        Upload mode: the detector fits on at most this many uploads (a seeded sample) and
-        then scores every upload in batches, so that the server's cost grows with scoring
-        alone (:func:`~fedsieve.server.screening.score_pool`). None: fit on every upload.
+    **deprecated
+        The keywords of fedsieve 0.1 (``detector`` as the second argument or by name,
+        ``trusted_images``, ``mode``, ``upload_fraction``, ...): for one release they still
+        build the equivalent screening object, with a ``FutureWarning`` naming the new
+        spelling.
 
     Attributes
     ----------
@@ -163,68 +115,56 @@ class AnomalyFilter(Strategy):
         The rounds whose replies the inner strategy aggregated into a new global model.
     audit : AuditLog or None
         The audit log, when ``run_dir`` is given.
+
+    Raises
+    ------
+    ValueError
+        No screening, or ``max_client_contamination`` or ``screen_every`` out of range.
+    TypeError
+        Options of the screening given to the wrapper beside a screening object.
+
+    Examples
+    --------
+    >>> from flwr.serverapp.strategy import FedAvg
+    >>> from fedsieve.server import AnomalyFilter, UploadScreening
+    >>> from fedsieve.shared.detectors import make_detector
+    >>> strategy = AnomalyFilter(FedAvg(), UploadScreening(make_detector("rtbigan"),
+    ...                                                    "trusted.npz"),
+    ...                          run_dir="runs/prod")  # doctest: +SKIP
     """
 
-    def __init__(self, strategy: Strategy | None = None, detector=None, *,
-                 trusted_images: np.ndarray, screen_every: int = 0, upload_fraction: float = 1.0,
-                 max_client_contamination: float = 0.5, chunk_size: int = 10_000,
-                 max_upload: int = 1_000_000, screening_timeout: float = 600.0,
-                 run_dir: str | Path | None = None, random_state: int = 0,
-                 label_check=None, mode: str = "upload", local_rounds: int = 1,
-                 local_steps: int = 500, spot_check_rate: float = 0.0,
-                 max_fit_samples: int | None = DEFAULT_MAX_FIT_SAMPLES) -> None:
-        if detector is None:
-            raise ValueError("AnomalyFilter needs a detector, e.g. "
-                             "fedsieve.shared.detectors.make_detector('rtbigan')")
-        if not 0.0 < upload_fraction <= 1.0:
-            raise ValueError(f"upload_fraction must be in (0, 1], got {upload_fraction}")
+    def __init__(self, strategy: Strategy | None = None, screening: ScreeningMode | None = None,
+                 *, max_client_contamination: float = 0.5, screen_every: int = 0,
+                 run_dir: str | Path | None = None, **deprecated: Any) -> None:
+        if deprecated or (screening is not None and not isinstance(screening, ScreeningMode)):
+            screening = _deprecated_screening(screening, deprecated)
+        if screening is None:
+            raise ValueError("AnomalyFilter needs a screening: e.g. AnomalyFilter(strategy, "
+                             "UploadScreening(make_detector('rtbigan'), 'trusted.npz')) "
+                             "(fedsieve.server.UploadScreening or LocalScreening)")
         if not 0.0 <= max_client_contamination <= 1.0:
             raise ValueError("max_client_contamination must be in [0, 1], got "
                              f"{max_client_contamination}")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if not 0.0 <= spot_check_rate <= 1.0:
-            raise ValueError(f"spot_check_rate must be in [0, 1], got {spot_check_rate}")
-        if local_rounds < 0 or local_steps < 0:
-            raise ValueError("local_rounds and local_steps must be >= 0, got "
-                             f"{local_rounds} and {local_steps}")
-        if mode == "local":
-            _check_shippable(detector, label_check, upload_fraction)
+        if (not isinstance(screen_every, numbers.Integral) or isinstance(screen_every, bool)
+                or screen_every < 0):
+            raise ValueError(f"screen_every must be an integer >= 0 (0: only before the first "
+                             f"round), got {screen_every!r}")
         self.strategy = strategy if strategy is not None else FedAvg()
-        self.detector = detector
-        # Canonical uint8 (k, C, H, W): their shape is the one every upload must have.
-        self.trusted_images = _read_trusted(trusted_images)
-        warn_if_few_trusted(len(self.trusted_images))
-        self.screen_every = screen_every
-        self.upload_fraction = upload_fraction
+        self.screening = screening
         self.max_client_contamination = max_client_contamination
-        self.chunk_size = chunk_size
-        self.max_upload = max_upload
-        self.screening_timeout = screening_timeout
+        self.screen_every = int(screen_every)
         self.run_dir = None if run_dir is None else Path(run_dir)
-        self.random_state = random_state
-        self.label_check = label_check
-        self.mode = mode
-        self.local_rounds = local_rounds
-        self.local_steps = local_steps
-        self.spot_check_rate = spot_check_rate
-        self.max_fit_samples = max_fit_samples
         self.audit = AuditLog(self.run_dir / "audit.jsonl") if self.run_dir else None
         self.history: list[dict] = []
         self.aggregated_rounds: list[int] = []
         self._run_exclusions: dict[int, Exclusion] = {}  # node -> its latest, over the run
-        self._screening: Screening | None = None
+        self._latest: Screening | None = None  # the latest screening's outcome
         self._allowed: dict[int, int] = {}  # node -> samples it may train on this round
         self._excluded: dict[int, Exclusion] = {}  # this round's
         self._round_seconds = 0.0
 
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of the trusted images: the shape every upload must have."""
-        return tuple(int(s) for s in self.trusted_images.shape[1:])
-
     def __repr__(self) -> str:
-        return f"AnomalyFilter(strategy={self.strategy!r}, detector={self.detector!r})"
+        return f"AnomalyFilter(strategy={self.strategy!r}, screening={self.screening!r})"
 
     @property
     def weighted_by_key(self) -> str:
@@ -233,18 +173,14 @@ class AnomalyFilter(Strategy):
         return getattr(self.strategy, "weighted_by_key", DEFAULT_WEIGHTED_BY_KEY)
 
     def summary(self) -> None:
+        screening = self.screening
         log(INFO, "\t├──> fedsieve AnomalyFilter:")
-        log(INFO, "\t│\t├── detector: %r", self.detector)
-        log(INFO, "\t│\t├── trusted images: %d of %s (C x H x W)", len(self.trusted_images),
-            format_shape(self.image_shape))
+        log(INFO, "\t│\t├── detector: %r", screening.detector)
+        log(INFO, "\t│\t├── trusted images: %d of %s (C x H x W)",
+            len(screening.trusted_images), format_shape(screening.image_shape))
         log(INFO, "\t│\t├── training-sample count read under: %r", self.weighted_by_key)
-        if self.mode == "local":
-            log(INFO, "\t│\t├── local screening: %d self-training rounds of %d steps | "
-                "spot checks: %.1f %% | screen every: %s", self.local_rounds, self.local_steps,
-                100 * self.spot_check_rate, self.screen_every or "first round only")
-        else:
-            log(INFO, "\t│\t├── upload fraction: %.2f | screen every: %s",
-                self.upload_fraction, self.screen_every or "first round only")
+        log(INFO, "\t│\t├── %s | screen every: %s", screening.describe(),
+            self.screen_every or "first round only")
         log(INFO, "\t│\t└── max client contamination: %.2f", self.max_client_contamination)
         self.strategy.summary()
 
@@ -295,12 +231,12 @@ class AnomalyFilter(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         started = time.perf_counter()
-        if self.audit is not None and self._screening is None:
+        if self.audit is not None and self._latest is None:
             # A (re)started server says so in the log before its first decision.
-            self.audit.write_start(server_round, detector=repr(self.detector),
-                                   trusted_images=len(self.trusted_images))
+            self.audit.write_start(server_round, detector=repr(self.screening.detector),
+                                   trusted_images=len(self.screening.trusted_images))
         if self._needs_screening(server_round):
-            self._screening = self._screen(server_round, grid)
+            self._latest = self._screen(server_round, grid)
         messages = []
         self._allowed, self._excluded = {}, {}
         for message in self.strategy.configure_train(server_round, arrays, config, grid):
@@ -309,7 +245,7 @@ class AnomalyFilter(Strategy):
             if exclusion:
                 self._exclude(server_round, node, exclusion)
                 continue
-            verdict = self._screening.verdicts[node]
+            verdict = self._latest.verdicts[node]
             self._allowed[node] = verdict.kept
             messages.append(self._with_verdicts(message, verdict.drop_ids))
         self._round_seconds = time.perf_counter() - started
@@ -383,7 +319,7 @@ class AnomalyFilter(Strategy):
             server_round, why, keeps)
 
     def _partitions(self) -> dict[int, int]:
-        return {} if self._screening is None else self._screening.partitions
+        return {} if self._latest is None else self._latest.partitions
 
     # -------------------------------------------------------------- forwarding
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -396,55 +332,18 @@ class AnomalyFilter(Strategy):
 
     # ------------------------------------------------------------------ helpers
     def _needs_screening(self, server_round: int) -> bool:
-        if self._screening is None:
+        if self._latest is None:
             return True
         return self.screen_every > 0 and (server_round - 1) % self.screen_every == 0
 
-    def _make_detector(self):
-        return _fresh(self.detector)
-
-    def _make_label_check(self):
-        return _fresh(self.label_check)
-
-    def _local_settings(self) -> LocalSettings:
-        return LocalSettings(rounds=self.local_rounds, local_steps=self.local_steps,
-                             spot_check_rate=self.spot_check_rate,
-                             timeout=self.screening_timeout, max_samples=self.max_upload,
-                             seed=self.random_state)
-
     def _screen(self, server_round: int, grid: Grid) -> Screening:
         nodes = sorted(int(n) for n in grid.get_node_ids())
-        if self.mode == "local":
-            log(INFO, "fedsieve: screening %d nodes where their data lives", len(nodes))
-            screening = screen_locally(grid, nodes, self._make_detector(), self.trusted_images,
-                                       self._local_settings(), server_round)
-            self._audit_screening(screening)
-            return screening
-        log(INFO, "fedsieve: screening %d nodes (upload fraction %.2f)", len(nodes),
-            self.upload_fraction)
-        screening = Screening(server_round)
-        started = time.perf_counter()
-        uploads, screening.failures = collect_uploads(
-            grid, nodes, chunk_size=self.chunk_size, fraction=self.upload_fraction,
-            sample_seed=self.random_state + server_round, max_upload=self.max_upload,
-            timeout=self.screening_timeout, image_shape=self.image_shape)
-        screening.upload_seconds = time.perf_counter() - started
-        screening.partitions = {n: u.partition for n, u in uploads.items()
-                                if u.partition is not None}
-        started = time.perf_counter()
-        scoring = score_pool(uploads, self.trusted_images, self._make_detector,
-                             None if self.label_check is None else self._make_label_check,
-                             max_fit_samples=self.max_fit_samples,
-                             sample_seed=self.random_state + server_round)
-        screening.verdicts, screening.threshold = scoring.verdicts, scoring.threshold
-        screening.contamination = scoring.contamination
-        screening.label_flagged = scoring.label_flagged
-        screening.detector_seconds = time.perf_counter() - started
+        screening = self.screening.screen(grid, nodes, server_round)
         self._audit_screening(screening)
         return screening
 
     def _screening_exclusion(self, node: int) -> Exclusion | None:
-        screening = self._screening
+        screening = self._latest
         if node in screening.failures:
             return Exclusion(screening.failure_codes.get(node, "failed-screening"),
                              screening.failures[node])
@@ -465,7 +364,7 @@ class AnomalyFilter(Strategy):
         self._run_exclusions[node] = exclusion
         log(WARNING, "fedsieve: round %d excludes %s: %s", server_round,
             describe_node(node, self._partitions()), exclusion)
-        screening = self._screening
+        screening = self._latest
         already_audited = (screening.server_round == server_round
                            and node in screening.failures)  # by _audit_screening
         if self.audit is not None and not already_audited:
@@ -499,7 +398,7 @@ class AnomalyFilter(Strategy):
                                        str(exclusion))
 
     def _record_round(self, server_round: int, aggregated: int) -> dict:
-        screening = self._screening
+        screening = self._latest
         fresh = screening.server_round == server_round
         verdicts = screening.verdicts
         excluded = dict(sorted(self._excluded.items()))
@@ -568,39 +467,6 @@ def _round_metrics(record: dict, nodes: list[int], excluded: dict[int, Exclusion
     }
 
 
-def _read_trusted(trusted: object) -> np.ndarray:
-    """The trusted images as uint8 (k, C, H, W), from images or a trusted file's path."""
-    if isinstance(trusted, str | os.PathLike):
-        return load_trusted_file(trusted)
-    if not isinstance(trusted, np.ndarray) and not hasattr(trusted, "detach"):
-        raise ValueError(
-            f"trusted_images must be a numpy array of images or the path of a trusted file "
-            f"(read with fedsieve.shared.trusted.load_trusted_file), got "
-            f"{type(trusted).__name__}")
-    return check_images(trusted, "trusted_images", dtype=np.uint8)
-
-
-def _check_shippable(detector, label_check, upload_fraction: float) -> None:
-    """Local mode ships the detector: it must be savable, and upload-only options unset."""
-    from fedsieve.shared.detectors.persist import SAVABLE
-
-    name = type(_fresh(detector)).__name__
-    if name not in SAVABLE:
-        raise ValueError(f"mode='local' ships the detector to the clients, and a {name} "
-                         f"cannot be shipped; use one of {', '.join(SAVABLE)}")
-    if label_check is not None or upload_fraction < 1.0:
-        raise ValueError("label_check and upload_fraction need uploads: they do not apply "
-                         "with mode='local'")
-
-
-def _fresh(estimator):
-    """An unfitted copy of ``estimator`` with the same hyper-parameters (a deep copy for
-    non-sklearn ones), or what a zero-argument factory returns."""
-    if callable(estimator) and not hasattr(estimator, "fit"):
-        return estimator()
-    return clone(estimator, safe=False)
-
-
 def _pool_metrics(contamination: dict[str, float]) -> dict[str, float]:
     """The pool's estimated contamination as MetricRecord scalars (NaN when unknown)."""
     return {f"fedsieve-pool-contamination{suffix}": float(contamination.get(key, math.nan))
@@ -618,3 +484,48 @@ def _reported_count(content: RecordDict, key: str) -> int | None:
             return int(value)
     return None
 
+
+
+# -- the keywords of fedsieve 0.1, for one release -------------------------------------------
+#: What ``AnomalyFilter(...)`` took before screening objects: keyword -> its name on the
+#: screening object (``mode`` picks the class; ``detector`` and ``trusted_images`` are its
+#: first two arguments).
+_DEPRECATED = {name: name for name in (
+    "detector", "trusted_images", "mode", "upload_fraction", "chunk_size", "max_upload",
+    "random_state", "label_check", "local_rounds", "local_steps", "spot_check_rate",
+    "max_fit_samples")} | {"screening_timeout": "timeout"}
+
+
+def _deprecated_screening(detector: object, keywords: dict[str, Any]) -> ScreeningMode:
+    """The screening object that ``AnomalyFilter(strategy, detector, trusted_images=...,
+    mode=..., ...)`` describes, with one FutureWarning naming the new spelling."""
+    unknown = sorted(set(keywords) - set(_DEPRECATED))
+    if unknown:
+        raise TypeError(f"AnomalyFilter() got an unexpected keyword argument {unknown[0]!r}")
+    if isinstance(detector, ScreeningMode):
+        names = [repr(k) if _DEPRECATED[k] == k else f"{k!r} (there: {_DEPRECATED[k]})"
+                 for k in keywords]
+        raise TypeError(f"AnomalyFilter got {', '.join(names)} beside a screening object: "
+                        f"pass the screening's options to {type(detector).__name__}(...), "
+                        "and keep max_client_contamination, screen_every and run_dir on the "
+                        "AnomalyFilter")
+    options = {_DEPRECATED[k]: v for k, v in keywords.items()}
+    if "detector" in options:
+        if detector is not None:
+            raise TypeError("AnomalyFilter() got multiple values for argument 'detector'")
+        detector = options.pop("detector")
+    if "trusted_images" not in options:
+        raise TypeError(f"AnomalyFilter takes a screening object, not a "
+                        f"{type(detector).__name__}: AnomalyFilter(strategy, "
+                        "UploadScreening(detector, trusted_images)) (or LocalScreening)")
+    mode = options.pop("mode", "upload")
+    cls = MODES.get(mode, UploadScreening)
+    takes = inspect.signature(cls).parameters
+    new = ", ".join(["detector", "trusted_images"]
+                    + [f"{k}=..." for k in options if k in takes and k != "trusted_images"])
+    warnings.warn(
+        "AnomalyFilter(strategy, detector, trusted_images=..., mode=..., ...) is deprecated "
+        "and stops working in the next fedsieve release; write "
+        f"AnomalyFilter(strategy, {cls.__name__}({new}), max_client_contamination=..., "
+        "screen_every=..., run_dir=...) (fedsieve.server)", FutureWarning, stacklevel=3)
+    return make_screening(mode, detector, options.pop("trusted_images"), **options)

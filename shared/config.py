@@ -67,6 +67,10 @@ class _RunConfigPart:
 class FilterSettings(_RunConfigPart):
     """What an operator deploys: the inner aggregator and the trusted data filter around it.
 
+    The filter's options are checked where they are used, by the screening object and the
+    AnomalyFilter that :func:`fedsieve.server.factory.build_strategy` builds from them;
+    :meth:`validated` checks the rest (aggregator, device).
+
     Attributes
     ----------
     aggregator : str
@@ -88,19 +92,22 @@ class FilterSettings(_RunConfigPart):
         policy, ``budget`` for Rt-BiGAN (cut at the valley before a second population, else
         drop a 1 % budget; its evidence is calibrated for it) and ``gmm`` for the peers;
         or one of ``budget``, ``gmm``, ``trusted-quantile``, ``contamination``, ``fixed``.
-    upload_fraction, max_client_contamination, screen_every
+    max_client_contamination, screen_every
         :class:`fedsieve.server.AnomalyFilter` options.
+    mode : str
+        ``upload`` (:class:`fedsieve.server.UploadScreening`: clients upload their samples;
+        the paper's model) or ``local`` (:class:`fedsieve.server.LocalScreening`: no image
+        leaves a client: the detector is shipped to them and they send back evidence).
+    upload_fraction : float
+        Upload mode: :class:`fedsieve.server.UploadScreening`'s ``upload_fraction``.
     label_check : bool
-        Whether the data filter also checks the labels clients upload
+        Upload mode: whether the data filter also checks the labels clients upload
         (:class:`fedsieve.shared.detectors.labels.LabelCheck`): a genuine image with a label
         its class contradicts is dropped too.
-    mode : str
-        ``upload`` (clients upload their samples; the paper's model) or ``local`` (no image
-        leaves a client: the detector is shipped to them and they send back evidence;
-        :class:`fedsieve.server.AnomalyFilter`).
     local_rounds, local_steps, spot_check_rate
-        Local mode: rounds and per-client steps of federated self-training, and the share of
-        each client's samples whose images are asked for to verify its evidence (0: none).
+        Local mode: :class:`fedsieve.server.LocalScreening`'s rounds and per-client steps of
+        federated self-training, and the share of each client's samples whose images are
+        asked for to verify its evidence (0: none).
     min_nodes : int
         Nodes the ServerApp waits for before screening and training.
     seed : int
@@ -145,14 +152,8 @@ class FilterSettings(_RunConfigPart):
         if self.aggregator not in AGGREGATORS:
             raise ValueError(f"aggregator must be one of {', '.join(AGGREGATORS)}, "
                              f"got {self.aggregator!r}")
-        if not 0.0 < self.upload_fraction <= 1.0:
-            raise ValueError(f"upload-fraction must be in (0, 1], got {self.upload_fraction}")
-        if self.mode not in ("upload", "local"):
-            raise ValueError(f"mode must be upload or local, got {self.mode!r}")
-        if not 0.0 <= self.spot_check_rate <= 1.0:
-            raise ValueError(f"spot-check-rate must be in [0, 1], got {self.spot_check_rate}")
-        if self.local_rounds < 0 or self.local_steps < 0:
-            raise ValueError("local-rounds and local-steps must be >= 0")
+        # The screening's and the AnomalyFilter's options are checked where they are used:
+        # by the objects fedsieve.server.factory.build_strategy builds from them.
         # Only the spelling here: whether the device exists is for the node that uses it.
         check_device(self.device)
         return self

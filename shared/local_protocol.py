@@ -1,7 +1,7 @@
 """The wire protocol of local screening: the detector goes to the clients, evidence comes back.
 
-In local mode (``AnomalyFilter(mode="local")``) no image leaves a client unless the operator
-asks for spot checks. Three ``query`` actions, each answered by the client SDK
+In local mode (``AnomalyFilter(strategy, LocalScreening(...))``) no image leaves a client
+unless the operator asks for spot checks. Three ``query`` actions, each answered by the client SDK
 (:class:`fedsieve.client.FedSieve`):
 
 :data:`SCORE_ACTION`

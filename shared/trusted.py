@@ -43,16 +43,17 @@ class TrustedFileError(ValueError):
     """The trusted file is missing, unreadable or holds the wrong arrays."""
 
 
-def warn_if_few_trusted(count: int) -> None:
+def warn_if_few_trusted(count: int, stacklevel: int = 3) -> None:
     """Warn (a :class:`FewTrustedImagesWarning` and a Flower log WARNING) when ``count`` is
-    below :data:`RECOMMENDED_TRUSTED`, quoting the measured cost."""
+    below :data:`RECOMMENDED_TRUSTED`, quoting the measured cost; ``stacklevel`` as in
+    :func:`warnings.warn`, counted from this function (3: the caller's caller)."""
     if count >= RECOMMENDED_TRUSTED:
         return
     message = (f"fedsieve: only {count} trusted image{'s' if count != 1 else ''}; give "
                f"{RECOMMENDED_TRUSTED}-10 normal images the operator vouches for. Measured "
                f"cost of fewer: {FEW_TRUSTED_COST}")
     log(WARNING, "%s", message)
-    warnings.warn(message, FewTrustedImagesWarning, stacklevel=3)
+    warnings.warn(message, FewTrustedImagesWarning, stacklevel=stacklevel)
 
 
 def draw_trusted_indices(labels: np.ndarray, size: int, seed: int) -> np.ndarray:

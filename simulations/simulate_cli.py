@@ -76,6 +76,7 @@ def simulate(
     # Imported here, not at the top: Flower, Ray and torch are slow to import.
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    from fedsieve.server.factory import check_settings
     from fedsieve.simulations.compare import compared_settings, simulate_compare
     from fedsieve.simulations.simulate import settings_for_defense
     from fedsieve.simulations.simulate import simulate as run
@@ -97,6 +98,7 @@ def simulate(
                                     label_policy=label_policy, pollution=pollution,
                                     pollution_dataset=pollution_dataset),
         ).validated(), defense)
+        check_settings(settings.filter)  # a bad mode or option fails here, not in the app
         names = [v.strip() for v in compare.split(",") if v.strip()]
         compared_settings(settings, names)
     except ValueError as err:

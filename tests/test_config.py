@@ -30,8 +30,10 @@ def test_from_run_config_reads_every_part_and_checks_types():
     assert RunSettings.from_run_config(settings.to_run_config()) == settings
     with pytest.raises(ValueError, match="'num-clients' must be int"):
         RunSettings.from_run_config({"num-clients": "4"})
-    with pytest.raises(ValueError, match="upload-fraction"):
-        RunSettings.from_run_config({"upload-fraction": 0.0})
+    with pytest.raises(ValueError, match="device must be 'auto' or one of"):
+        RunSettings.from_run_config({"device": "gpu"})
+    # The screening's options are checked by the object built from them (test_screening_modes).
+    assert RunSettings.from_run_config({"upload-fraction": 0.0}).filter.upload_fraction == 0.0
 
 
 def test_replace_routes_flat_names_to_their_part():

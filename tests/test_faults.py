@@ -15,6 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp.strategy import FedAvg
 
 from fedsieve.client.app import make_client_app
+from fedsieve.server import UploadScreening
 from fedsieve.server.audit import read_audit
 from fedsieve.server.factory import build_strategy
 from fedsieve.server.strategy import REASON_CODES, AnomalyFilter
@@ -34,10 +35,10 @@ from fedsieve.simulations.loopback import LoopbackGrid
 NODES = [11, 22, 33, 44]
 
 
-def make_filter(federation, run_dir, **kwargs):
+def make_filter(federation, run_dir):
     return AnomalyFilter(FedAvg(fraction_evaluate=0.0, min_available_nodes=1),
-                         make_detector("iforest", random_state=0),
-                         trusted_images=federation.trusted_set.images, run_dir=run_dir, **kwargs)
+                         UploadScreening(make_detector("iforest", random_state=0),
+                                         federation.trusted_set.images), run_dir=run_dir)
 
 
 def run_round(strategy, grid, server_round=1):

@@ -21,9 +21,10 @@ from sklearn.metrics import roc_auc_score
 from fedsieve.client.app import make_client_app
 from fedsieve.client.sdk import FedSieve
 from fedsieve.client.task import load_local_data
+from fedsieve.server import AnomalyFilter, LocalScreening
 from fedsieve.server.audit import read_audit
+from fedsieve.server.factory import build_screening
 from fedsieve.server.local import content_bytes
-from fedsieve.server.strategy import AnomalyFilter
 from fedsieve.shared.checkpoint import CheckpointError
 from fedsieve.shared.classifier import DigitNet
 from fedsieve.shared.config import FilterSettings, RunSettings
@@ -46,7 +47,7 @@ from fedsieve.simulations.pollution import ID_STRIDE
 
 NODES = [101, 202, 303, 404]
 #: Small enough for a plain pytest: adaptation, one federated round of 300 steps a client.
-LOCAL = {"mode": "local", "local_rounds": 1, "local_steps": 300}
+LOCAL = {"local_rounds": 1, "local_steps": 300}
 
 
 class RecordingGrid(LoopbackGrid):
@@ -76,11 +77,12 @@ def run_round(strategy, grid):
     return messages, strategy.aggregate_train(1, replies)
 
 
-def local_filter(federation, run_dir, **kwargs):
-    return AnomalyFilter(FedAvg(fraction_evaluate=0.0, min_available_nodes=1),
-                         make_detector("rtbigan", random_state=0),
-                         trusted_images=federation.trusted_set.images, run_dir=run_dir,
-                         **{**LOCAL, **kwargs})
+def local_filter(federation, run_dir, **options):
+    """A local-mode filter; ``options`` go to its LocalScreening."""
+    screening = LocalScreening(make_detector("rtbigan", random_state=0),
+                               federation.trusted_set.images, **{**LOCAL, **options})
+    return AnomalyFilter(FedAvg(fraction_evaluate=0.0, min_available_nodes=1), screening,
+                         run_dir=run_dir)
 
 
 @pytest.fixture(scope="module")
@@ -170,15 +172,19 @@ def test_self_training_updates_are_validated(fitted_rtbigan):
 
 def test_local_mode_needs_a_shippable_detector(compact_federation):
     trusted = compact_federation.trusted_set.images
-    with pytest.raises(ValueError, match="cannot be shipped"):
-        AnomalyFilter(detector=make_detector("iforest"), trusted_images=trusted, mode="local")
-    with pytest.raises(ValueError, match="do not apply"):
-        AnomalyFilter(detector=make_detector("rtbigan"), trusted_images=trusted, mode="local",
-                      upload_fraction=0.5)
-    with pytest.raises(ValueError, match="mode must be"):
-        AnomalyFilter(detector=make_detector("rtbigan"), trusted_images=trusted, mode="edge")
-    with pytest.raises(ValueError, match="mode must be upload or local"):
-        FilterSettings.from_run_config({"mode": "cloud"})
+    with pytest.raises(ValueError, match="PeerAdapter cannot be shipped; use one of"):
+        LocalScreening(make_detector("iforest"), trusted)
+    with pytest.raises(TypeError, match="upload_fraction"):
+        LocalScreening(make_detector("rtbigan"), trusted, upload_fraction=0.5)
+    # The run config holds both modes' keys: local mode refuses the upload options set.
+    for upload_option in ({"upload_fraction": 0.5}, {"label_check": True}):
+        settings = FilterSettings(mode="local", **upload_option)
+        with pytest.raises(ValueError, match="needs uploads: it does not apply with "
+                                             "mode='local'"):
+            build_screening(settings, make_detector("rtbigan"), trusted)
+    with pytest.raises(ValueError, match="mode must be one of upload, local, got 'cloud'"):
+        build_screening(FilterSettings.from_run_config({"mode": "cloud"}),
+                        make_detector("rtbigan"), trusted)
 
 
 # -- a round in local mode --------------------------------------------------------------------

@@ -18,8 +18,8 @@ from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
+from fedsieve.server import AnomalyFilter, UploadScreening
 from fedsieve.server.audit import read_audit
-from fedsieve.server.strategy import AnomalyFilter
 from fedsieve.shared.classifier import DigitNet
 from fedsieve.shared.detectors import make_detector
 from fedsieve.simulations.faults import NEWCOMER_MISTAKES, newcomer_client_app
@@ -45,8 +45,8 @@ def run(mistake: str, federation, tmp_path) -> dict:
         nodes = len(federation.clients)
         strategy = AnomalyFilter(
             FedAvg(fraction_evaluate=0.0, min_available_nodes=nodes, min_train_nodes=nodes),
-            make_detector("iforest", random_state=0),
-            trusted_images=federation.trusted_set.images, run_dir=tmp_path / "run")
+            UploadScreening(make_detector("iforest", random_state=0),
+                            federation.trusted_set.images), run_dir=tmp_path / "run")
         out["strategy"] = strategy
         out["result"] = strategy.start(grid=grid, initial_arrays=out["initial"],
                                        num_rounds=ROUNDS)

@@ -19,6 +19,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg
 
 from fedsieve.client import FedSieve
+from fedsieve.server import UploadScreening
 from fedsieve.server.strategy import REASON_CODES, AnomalyFilter
 from fedsieve.shared.classifier import DigitNet, train_local
 from fedsieve.shared.detectors import make_detector
@@ -62,8 +63,8 @@ def grid_of(federation, **kwargs) -> LoopbackGrid:
 
 def make_filter(federation, run_dir) -> AnomalyFilter:
     return AnomalyFilter(FedAvg(fraction_evaluate=0.0, min_available_nodes=1),
-                         make_detector("iforest", random_state=0),
-                         trusted_images=federation.trusted_set.images, run_dir=run_dir)
+                         UploadScreening(make_detector("iforest", random_state=0),
+                                         federation.trusted_set.images), run_dir=run_dir)
 
 
 def initial_arrays() -> ArrayRecord:

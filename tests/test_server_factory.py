@@ -41,7 +41,8 @@ def test_operator_build_reads_the_trusted_file(tmp_path, trusted_file, mnist_tra
     settings = FilterSettings(detector="iforest", trusted_file=str(trusted_file))
     strategy = build_strategy(settings, 3, tmp_path)
     assert isinstance(strategy, AnomalyFilter) and isinstance(strategy.strategy, FedAvg)
-    np.testing.assert_array_equal(strategy.trusted_images, mnist_train.images[:8, None])
+    np.testing.assert_array_equal(strategy.screening.trusted_images,
+                                  mnist_train.images[:8, None])
     np.testing.assert_array_equal(load_trusted_images(settings), mnist_train.images[:8, None])
 
 

@@ -15,7 +15,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedsieve.client import FedSieve
 from fedsieve.client.app import make_client_app
-from fedsieve.server.strategy import AnomalyFilter
+from fedsieve.server import AnomalyFilter, UploadScreening
 from fedsieve.shared.checkpoint import default_meta_checkpoint, load_meta, save_meta
 from fedsieve.shared.classifier import DigitNet, evaluate, train_local
 from fedsieve.shared.detectors import (
@@ -234,10 +234,10 @@ def test_a_shape_mismatch_excludes_only_its_sender(check_on_client, small_settin
     apps = {odd: padded_client_app(compact_federation, odd, check_on_client=check_on_client)}
     grid = make_grid(small_settings, compact_federation_files, apps)
     strategy = AnomalyFilter(FedAvg(fraction_evaluate=0.0, min_available_nodes=1),
-                             make_detector("iforest", random_state=0),
-                             trusted_images=compact_federation.trusted_set.images,
+                             UploadScreening(make_detector("iforest", random_state=0),
+                                             compact_federation.trusted_set.images),
                              run_dir=tmp_path)
-    assert strategy.image_shape == (1, 28, 28)
+    assert strategy.screening.image_shape == (1, 28, 28)
     messages, _, (arrays, _) = run_round(strategy, grid)
     record = strategy.history[-1]
     assert record["excluded_codes"] == {odd: "failed-screening"}

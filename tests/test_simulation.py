@@ -14,7 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from fedsieve.client import FedSieve
-from fedsieve.server import AnomalyFilter
+from fedsieve.server import AnomalyFilter, UploadScreening
 from fedsieve.shared.config import RunSettings
 from fedsieve.shared.images import check_images
 from fedsieve.simulations.engine import run_apps
@@ -132,8 +132,9 @@ def test_the_sdk_counts_and_evaluates_on_the_kept_samples_in_a_simulation(tmp_pa
     def main(grid: Grid, context: Context) -> None:
         inner = Recording(fraction_train=1.0, fraction_evaluate=1.0, min_available_nodes=3,
                           min_train_nodes=3, min_evaluate_nodes=3)
-        strategy = AnomalyFilter(inner, lambda: _Bright(), run_dir=tmp_path,
-                                 trusted_images=np.zeros((5, 1, 28, 28), np.uint8))
+        strategy = AnomalyFilter(inner, UploadScreening(lambda: _Bright(),
+                                                        np.zeros((5, 1, 28, 28), np.uint8)),
+                                 run_dir=tmp_path)
         strategy.start(grid=grid, initial_arrays=ArrayRecord([np.zeros(2, np.float32)]),
                        num_rounds=2)
 

@@ -21,6 +21,7 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 
 from fedsieve.client import FedSieve
 from fedsieve.client.app import make_client_app
+from fedsieve.server import UploadScreening
 from fedsieve.server.audit import read_audit
 from fedsieve.server.strategy import REASON_CODES, AnomalyFilter, Exclusion
 from fedsieve.shared.classifier import DigitNet, train_local
@@ -49,10 +50,12 @@ def make_grid(settings, files, apps=None):
     return LoopbackGrid(apps, {node: {"data-path": str(path)} for node, path in zip(NODES, files)})
 
 
-def make_filter(federation, run_dir, inner=None, detector=None, **kwargs):
+def make_filter(federation, run_dir, inner=None, detector=None, screen_every=0, **options):
+    """An upload-mode filter; ``options`` go to its UploadScreening."""
     inner = inner or FedAvg(fraction_evaluate=0.0, min_available_nodes=1)
-    return AnomalyFilter(inner, detector or make_detector("iforest", random_state=0),
-                         trusted_images=federation.trusted_set.images, run_dir=run_dir, **kwargs)
+    screening = UploadScreening(detector or make_detector("iforest", random_state=0),
+                                federation.trusted_set.images, **options)
+    return AnomalyFilter(inner, screening, run_dir=run_dir, screen_every=screen_every)
 
 
 def initial_arrays():

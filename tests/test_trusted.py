@@ -66,28 +66,28 @@ def test_missing_and_pickled_trusted_files_refused(tmp_path):
         load_trusted_file(tmp_path / "p.npz")
 
 
-# -- AnomalyFilter's trusted_images ------------------------------------------------------------
-def _filter(trusted):
-    from fedsieve.server import AnomalyFilter
+# -- the screening's trusted_images -------------------------------------------------------------
+def _screening(trusted):
+    from fedsieve.server import UploadScreening
     from fedsieve.shared.detectors import make_detector
 
-    return AnomalyFilter(detector=make_detector("iforest"), trusted_images=trusted)
+    return UploadScreening(make_detector("iforest"), trusted)
 
 
 def test_the_filter_takes_a_trusted_files_path(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (6, 28, 28), dtype=np.uint8)
     path = save_trusted_file(tmp_path / "trusted.npz", images)
     for given in (path, str(path)):
-        np.testing.assert_array_equal(_filter(given).trusted_images, images[:, None])
+        np.testing.assert_array_equal(_screening(given).trusted_images, images[:, None])
     with pytest.raises(TrustedFileError, match="does not exist"):
-        _filter(tmp_path / "missing.npz")
+        _screening(tmp_path / "missing.npz")
 
 
 def test_other_trusted_inputs_name_both_forms():
     with pytest.raises(ValueError, match=r"numpy array of images or the path of a trusted file "
                                          r"\(read with fedsieve.shared.trusted.load_trusted_file"
                                          r"\), got list"):
-        _filter([[0] * 28] * 28)
+        _screening([[0] * 28] * 28)
 
 
 def test_fewer_than_five_trusted_images_warn_with_the_measured_cost(caplog):
@@ -95,11 +95,12 @@ def test_fewer_than_five_trusted_images_warn_with_the_measured_cost(caplog):
 
     images = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
     with pytest.warns(FewTrustedImagesWarning, match="only 3 trusted images; give 5-10") as got:
-        _filter(images[:3])
+        _screening(images[:3])
     assert FEW_TRUSTED_COST in str(got[0].message)
+    assert got[0].filename == __file__  # the line that builds the screening
     assert "test AUC" in FEW_TRUSTED_COST  # the measured figures, not a placeholder
     caplog.clear()
     with warnings.catch_warnings(), caplog.at_level(logging.WARNING, logger="flwr"):
         warnings.simplefilter("error", FewTrustedImagesWarning)
-        _filter(images)  # five: no warning
+        _screening(images)  # five: no warning
     assert not [r for r in caplog.records if "trusted image" in r.getMessage()]
