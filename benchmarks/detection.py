@@ -39,7 +39,7 @@ BASELINES = PEER_SETTINGS
 
 
 def make_data(contamination: float, seed: int, mnist_test_root: str):
-    from fedsieve.shared.data import load_fashion_mnist, load_mnist
+    from fedsieve.shared.data.datasets import load_fashion_mnist, load_mnist
 
     rng = np.random.default_rng(seed)
     mn = load_mnist("train").images
@@ -105,7 +105,7 @@ def throughput(n: int = 6000, threads: int = 2, **params) -> dict:
     adapt+self-train time on n images."""
     import torch
 
-    from fedsieve.shared.data import load_fashion_mnist, load_mnist
+    from fedsieve.shared.data.datasets import load_fashion_mnist, load_mnist
     from fedsieve.shared.detectors import RtBiGAN
 
     torch.set_num_threads(threads)

@@ -26,7 +26,7 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
-from fedsieve.shared.data import load_mnist
+from fedsieve.shared.data.datasets import load_mnist
 from fedsieve.shared.detectors.labels import LabelCheck, _content_groups
 from fedsieve.simulations.machine import machine_info
 

@@ -57,7 +57,7 @@ def run_cell(mode: str, size: int, threads: int, seed: int) -> dict:
     from local_screening import client_files, screen
 
     from fedsieve.shared.config import RunSettings
-    from fedsieve.shared.data import load_fashion_mnist, load_mnist
+    from fedsieve.shared.data.datasets import load_fashion_mnist, load_mnist
     from fedsieve.simulations.pollution import build_federation
 
     torch.set_num_threads(threads)

@@ -55,8 +55,8 @@ def screen(mode: str, settings, federation, files, run_dir: Path, apps=None,
     from fedsieve.server import AnomalyFilter
     from fedsieve.server.local import content_bytes
     from fedsieve.server.modes import make_screening
-    from fedsieve.shared.classifier import DigitNet
     from fedsieve.shared.detectors import make_detector
+    from fedsieve.shared.task.classifier import DigitNet
     from fedsieve.simulations.loopback import LoopbackGrid
 
     nodes = [1000 + i for i in range(len(files))]
@@ -112,7 +112,7 @@ def _traffic(sent, screening, messages, content_bytes) -> tuple[dict, dict]:
     """Bytes each way per client: the screening's messages (upload mode: the upload requests
     and the uploads; local mode: counted by the screening), plus the verdicts in the train
     message (the drop ids; the model itself is the federation's own traffic)."""
-    from fedsieve.shared.protocol import UPLOAD_MESSAGE_TYPE, VERDICT_RECORD
+    from fedsieve.shared.protocol.upload import UPLOAD_MESSAGE_TYPE, VERDICT_RECORD
 
     down = {n: t["down"] for n, t in screening.traffic.items()}
     up = {n: t["up"] for n, t in screening.traffic.items()}

@@ -42,7 +42,7 @@ DATASETS = {"adegan": ("mnist",), "agad": ("mnist", "fashion"), "anoean": ("mnis
 def load_splits(dataset: str):
     """The training and test splits (``LabelledImages``) of ``"mnist"`` (the packaged training
     digits, the official test split beside the checkout) or ``"fashion"`` (both in full)."""
-    from fedsieve.shared.data import load_fashion_mnist, load_mnist
+    from fedsieve.shared.data.datasets import load_fashion_mnist, load_mnist
 
     if dataset == "mnist":
         return load_mnist("train"), load_mnist("test", root=MNIST_TEST_ROOT)

@@ -55,7 +55,7 @@ def make_pool(kind: str, rate: float, seed: int, claimed: bool = False):
     """The pool (uint8), its ground truth (1 = pollution) and 10 trusted normal digits; with
     ``claimed``, also the labels its samples claim (a digit's own, a random one for pollution,
     the harness's default label policy)."""
-    from fedsieve.shared.data import load_fashion_mnist, load_mnist
+    from fedsieve.shared.data.datasets import load_fashion_mnist, load_mnist
     from fedsieve.simulations.zoo import Material, parse_pollution
 
     rng = np.random.default_rng(seed)

@@ -48,8 +48,8 @@ def run_task(task_name: str, seed: int, threads: int, out: Path, say,
     import torch
     from sklearn.metrics import roc_auc_score
 
-    from fedsieve.shared.checkpoint import save_meta
     from fedsieve.shared.detectors import RtBiGAN, make_detector
+    from fedsieve.shared.detectors.checkpoint import save_meta
     from fedsieve.shared.detectors.evidence.reachability import atlas_sample
     from fedsieve.shared.detectors.metatrain import MetaConfig, meta_train
     from fedsieve.simulations.image_tasks import make_task

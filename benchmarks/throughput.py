@@ -34,8 +34,8 @@ def colour_throughput(threads: int = 2, work: Path = REPO / "benchmarks/results/
     import torch
     from sklearn.metrics import roc_auc_score
 
-    from fedsieve.shared.checkpoint import save_meta
     from fedsieve.shared.detectors import RtBiGAN
+    from fedsieve.shared.detectors.checkpoint import save_meta
     from fedsieve.shared.detectors.evidence.reachability import atlas_sample
     from fedsieve.shared.detectors.metatrain import MetaConfig, meta_train
     from fedsieve.simulations.image_tasks import make_task

@@ -9,8 +9,8 @@ set is part of the larger one and the pool is the same. Test = 2,000 official MN
 + 2,000 anomalies of the same kind (:func:`fedsieve.simulations.benchmark.detection_test_set`).
 Reported per kind and trusted count (mean ± std over the seeds): test AUC, pool AUC, the share
 of the pool's normal digits dropped and the share of its pollution dropped. Writes
-``trusted-count.json`` and ``trusted-count.md``; :data:`fedsieve.shared.trusted.FEW_TRUSTED_COST`
-quotes the result.
+``trusted-count.json`` and ``trusted-count.md``;
+:data:`fedsieve.shared.data.trusted.FEW_TRUSTED_COST` quotes the result.
 
     python benchmarks/trusted_count.py                  # 2 kinds x 3/5/10 trusted x 3 seeds
     python benchmarks/trusted_count.py --kinds occluded --update   # add a kind, keep the rest

@@ -11,10 +11,10 @@ from flwr.clientapp import ClientApp
 
 from fedsieve.client.sdk import FedSieve
 from fedsieve.client.task import load_local_data
-from fedsieve.shared.classifier import train_local
 from fedsieve.shared.config import RunSettings
 from fedsieve.shared.devices import context_device
-from fedsieve.shared.example_data import example_classifier
+from fedsieve.shared.task.classifier import train_local
+from fedsieve.shared.task.example_data import example_classifier
 
 
 def make_client_app(settings: RunSettings | None = None) -> ClientApp:

@@ -39,12 +39,13 @@ With arrays and ids of the user's own, ``samples`` returns a tuple::
 ``samples(context)`` returns either
 
 - a tuple ``(x, ids)`` or ``(x, ids, y)``: the local images (any batch
-  :func:`~fedsieve.shared.images.check_images` reads: uint8 or float32 in [0, 1], grey or
+  :func:`~fedsieve.shared.data.images.check_images` reads: uint8 or float32 in [0, 1], grey or
   with channels), their ids (int64, unique) and optionally their labels; a tuple always means
   this, so arrays of images and labels go as ``(x, sieve.ids_for(x), y)``;
-- or data :func:`~fedsieve.shared.sources.load_images` reads (a torch or Hugging Face
+- or data :func:`~fedsieve.shared.data.sources.load_images` reads (a torch or Hugging Face
   ``Dataset``, an array or tensor of images): its images, and its labels when it has some, are
-  uploaded under ids derived from the image content (:func:`~fedsieve.shared.sources.stable_ids`).
+  uploaded under ids derived from the image content
+  (:func:`~fedsieve.shared.data.sources.stable_ids`).
   :meth:`FedSieve.ids_for` and :meth:`FedSieve.kept_dataset` derive the same ids in the train
   handler, so the data must read the same each time: apply random augmentation after
   ``kept_dataset`` (a Hugging Face dataset is read as stored, its transforms aside). A dataset
@@ -85,9 +86,10 @@ import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedsieve.shared.data.images import check_images
+from fedsieve.shared.data.sources import LoadedImages, load_images, stable_ids
 from fedsieve.shared.devices import context_device
-from fedsieve.shared.images import check_images
-from fedsieve.shared.local_protocol import (
+from fedsieve.shared.protocol.local import (
     SCORE_ACTION,
     SELF_TRAIN_ACTION,
     SPOT_CHECK_ACTION,
@@ -97,7 +99,7 @@ from fedsieve.shared.local_protocol import (
     encode_update,
     requested_ids,
 )
-from fedsieve.shared.protocol import (
+from fedsieve.shared.protocol.upload import (
     UPLOAD_ACTION,
     VERDICT_RECORD,
     UploadRequest,
@@ -106,7 +108,6 @@ from fedsieve.shared.protocol import (
     encode_verdicts,
     tag_partition,
 )
-from fedsieve.shared.sources import LoadedImages, load_images, stable_ids
 
 #: Where a node's latest verdicts are kept in ``context.state`` between messages.
 CACHED_VERDICTS = "fedsieve.latest-verdicts"
@@ -127,7 +128,7 @@ class FedSieve:
     samples : callable
         ``samples(context)`` returns ``(x, ids)`` or ``(x, ids, y)`` (the local samples, their
         ids and, when the server should check labels too, their integer labels), or a dataset
-        that :func:`~fedsieve.shared.sources.load_images` reads, whose ids are then derived
+        that :func:`~fedsieve.shared.data.sources.load_images` reads, whose ids are then derived
         from its images (see the module docstring).
     weighted_by_key : str, default "num-examples"
         The metric key :meth:`reply` writes the number of trained samples under: the key the
@@ -136,7 +137,7 @@ class FedSieve:
         key to check the count against what the client kept.
     image_key, label_key, layout : str, optional
         How to read a dataset ``samples`` returns, as in
-        :func:`~fedsieve.shared.sources.load_images` (the image and label columns of a
+        :func:`~fedsieve.shared.data.sources.load_images` (the image and label columns of a
         Hugging Face dataset; the layout of an ambiguous array).
     screen_evaluation : bool, default True
         Whether :meth:`kept`, :meth:`kept_dataset` and :meth:`keep_mask` drop, in an
@@ -280,13 +281,13 @@ class FedSieve:
         ----------
         data : object
             What ``samples(context)`` returns when it returns a dataset (or any source
-            :func:`~fedsieve.shared.sources.load_images` reads), read the same way.
+            :func:`~fedsieve.shared.data.sources.load_images` reads), read the same way.
 
         Returns
         -------
         numpy.ndarray
             int64 (N,) ids derived from the images
-            (:func:`~fedsieve.shared.sources.stable_ids`): unique, and the same each time the
+            (:func:`~fedsieve.shared.data.sources.stable_ids`): unique, and the same each time the
             same data is read.
         """
         return _ids(self._load(data))

@@ -34,10 +34,10 @@ from fedsieve.server.factory import (
     wait_for_nodes,
 )
 from fedsieve.server.ordering import ContentOrderedGrid
-from fedsieve.shared.classifier import evaluate_classes
 from fedsieve.shared.config import RunSettings
-from fedsieve.shared.example_data import example_classifier, example_test_set, load_dataset
-from fedsieve.shared.trusted import draw_trusted_indices
+from fedsieve.shared.data.trusted import draw_trusted_indices
+from fedsieve.shared.task.classifier import evaluate_classes
+from fedsieve.shared.task.example_data import example_classifier, example_test_set, load_dataset
 
 #: ``probe(model)`` -> extra metrics of the global model, evaluated each round beside accuracy.
 ModelProbe = Callable[[nn.Module], dict[str, float]]
@@ -73,7 +73,7 @@ def example_trusted_images(settings: RunSettings) -> np.ndarray | None:
     size, seed = settings.harness.trusted_size, settings.seed
     log(WARNING, "fedsieve example app: no trusted-file is set, so %d %s training images "
         "drawn with seed %d stand in for the operator's trusted images "
-        "(fedsieve.shared.trusted.draw_trusted_indices). A deployment sets trusted-file.",
+        "(fedsieve.shared.data.trusted.draw_trusted_indices). A deployment sets trusted-file.",
         size, settings.task.dataset, seed)
     train = load_dataset(settings.task.dataset, "train", root=settings.task.data_root or None)
     return train.images[draw_trusted_indices(train.labels, size, seed)]

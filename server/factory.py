@@ -36,11 +36,11 @@ from flwr.serverapp.strategy import (
 from fedsieve.server.modes import make_screening
 from fedsieve.server.screening_mode import ScreeningMode
 from fedsieve.server.strategy import AnomalyFilter
-from fedsieve.shared.checkpoint import default_meta_checkpoint, load_meta
 from fedsieve.shared.config import AGGREGATORS, FilterSettings
+from fedsieve.shared.data.trusted import RECOMMENDED_TRUSTED, TrustedFileError, load_trusted_file
 from fedsieve.shared.detectors import BaseDetector, make_detector
+from fedsieve.shared.detectors.checkpoint import default_meta_checkpoint, load_meta
 from fedsieve.shared.detectors.labels import LabelCheck
-from fedsieve.shared.trusted import RECOMMENDED_TRUSTED, TrustedFileError, load_trusted_file
 
 
 def make_aggregator(name: str, num_nodes: int = 2) -> Strategy:
@@ -106,7 +106,7 @@ def check_meta_checkpoint(detector: BaseDetector) -> None:
 
     Raises
     ------
-    fedsieve.shared.checkpoint.CheckpointError
+    fedsieve.shared.detectors.checkpoint.CheckpointError
         Naming the file and what is wrong with it.
     """
     path = detector.get_params().get("meta_checkpoint")
@@ -120,7 +120,7 @@ def load_trusted_images(settings: FilterSettings) -> np.ndarray:
 
     Raises
     ------
-    fedsieve.shared.trusted.TrustedFileError
+    fedsieve.shared.data.trusted.TrustedFileError
         No trusted file is configured (the message says what to set and how to make one), or
         the file is missing, unreadable or holds the wrong arrays.
     """
@@ -130,7 +130,7 @@ def load_trusted_images(settings: FilterSettings) -> np.ndarray:
             "is set: set trusted-file (run config, e.g. flwr run . --run-config "
             "'trusted-file=\"/srv/trusted.npz\"'; FilterSettings.trusted_file in Python) to an "
             ".npz whose x holds 5-10 normal images you vouch for. Write one with "
-            "fedsieve.shared.trusted.save_trusted_file(path, images), or for a simulated "
+            "fedsieve.shared.data.trusted.save_trusted_file(path, images), or for a simulated "
             "federation with `fedsieve pollute --out DIR` (DIR/trusted.npz)")
     return load_trusted_file(settings.trusted_file)
 
@@ -156,9 +156,9 @@ def build_strategy(settings: FilterSettings, num_nodes: int, run_dir: str | Path
     ValueError
         Unknown aggregator, detector or mode name, or an option out of its range
         (:func:`build_screening`).
-    fedsieve.shared.checkpoint.CheckpointError
+    fedsieve.shared.detectors.checkpoint.CheckpointError
         The meta checkpoint cannot be used.
-    fedsieve.shared.trusted.TrustedFileError
+    fedsieve.shared.data.trusted.TrustedFileError
         A data filter is configured but there are no usable trusted images.
     """
     inner = make_aggregator(settings.aggregator, num_nodes)

@@ -2,7 +2,7 @@
 comes back.
 
 The server adapts its detector on the trusted images, ships it to every client
-(:data:`~fedsieve.shared.local_protocol.SCORE_ACTION`), and each client replies with the ids
+(:data:`~fedsieve.shared.protocol.local.SCORE_ACTION`), and each client replies with the ids
 of its samples and each sample's evidence (a few float16 numbers). The server pools the
 evidence of every client and refits the cut on it (:meth:`~fedsieve.shared.detectors.
 BaseDetector.fit_cut`), as a fit on the pooled images would have cut them; the verdicts then
@@ -32,7 +32,7 @@ from flwr.serverapp import Grid
 
 from fedsieve.server.reasons import client_error
 from fedsieve.server.screening import ClientVerdict, Screening, pool_contamination
-from fedsieve.shared.local_protocol import (
+from fedsieve.shared.protocol.local import (
     SCORE_ACTION,
     SELF_TRAIN_ACTION,
     SPOT_CHECK_ACTION,
@@ -44,7 +44,7 @@ from fedsieve.shared.local_protocol import (
     message_type,
     spot_check_request,
 )
-from fedsieve.shared.protocol import ProtocolError, read_partition
+from fedsieve.shared.protocol.upload import ProtocolError, read_partition
 
 
 @dataclass(frozen=True)
@@ -217,7 +217,7 @@ def _score(run: _Exchange, nodes: list[int], detector, settings: LocalSettings
 
 def _self_train(run: _Exchange, nodes: list[int], detector, settings: LocalSettings,
                 server_round: int, rnd: int) -> dict:
-    from fedsieve.shared.checkpoint import model_tensors
+    from fedsieve.shared.detectors.checkpoint import model_tensors
 
     reference = model_tensors(detector.model_)
     shape = tuple(detector.image_shape_)

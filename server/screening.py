@@ -19,8 +19,8 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from fedsieve.server.reasons import client_error
-from fedsieve.shared.images import image_digests
-from fedsieve.shared.protocol import (
+from fedsieve.shared.data.images import image_digests
+from fedsieve.shared.protocol.upload import (
     REQUEST_RECORD,
     UPLOAD_MESSAGE_TYPE,
     ProtocolError,

@@ -24,8 +24,8 @@ from flwr.serverapp import Grid
 from sklearn.base import clone
 
 from fedsieve.server.screening import Screening
-from fedsieve.shared.images import check_images, format_shape
-from fedsieve.shared.trusted import load_trusted_file, warn_if_few_trusted
+from fedsieve.shared.data.images import check_images, format_shape
+from fedsieve.shared.data.trusted import load_trusted_file, warn_if_few_trusted
 
 __all__ = ["ScreeningMode"]
 
@@ -45,12 +45,12 @@ class ScreeningMode(ABC):
         (:func:`fedsieve.shared.detectors.make_detector` builds one by name).
     trusted_images : numpy.ndarray or path
         The server's trusted normal images (5-10), in any form
-        :func:`~fedsieve.shared.images.check_images` reads, or the path of a trusted file
-        (read with :func:`~fedsieve.shared.trusted.load_trusted_file`). Their shape (C, H, W)
+        :func:`~fedsieve.shared.data.images.check_images` reads, or the path of a trusted file
+        (read with :func:`~fedsieve.shared.data.trusted.load_trusted_file`). Their shape (C, H, W)
         is the one the federation's samples must have: it travels in every screening request,
         and a client whose images have another shape is excluded for the round with a reason
         naming both. Fewer than 5 draws a warning with the measured cost
-        (:data:`~fedsieve.shared.trusted.FEW_TRUSTED_COST`).
+        (:data:`~fedsieve.shared.data.trusted.FEW_TRUSTED_COST`).
     max_upload : int, default 1_000_000
         Most samples accepted from one client: uploaded (upload mode) or reported (local
         mode); a client over it fails screening.
@@ -168,6 +168,6 @@ def _read_trusted(trusted: object) -> np.ndarray:
     if not isinstance(trusted, np.ndarray) and not hasattr(trusted, "detach"):
         raise ValueError(
             f"trusted_images must be a numpy array of images or the path of a trusted file "
-            f"(read with fedsieve.shared.trusted.load_trusted_file), got "
+            f"(read with fedsieve.shared.data.trusted.load_trusted_file), got "
             f"{type(trusted).__name__}")
     return check_images(trusted, "trusted_images", dtype=np.uint8)

@@ -63,8 +63,8 @@ from fedsieve.server.reasons import (
 from fedsieve.server.screening import Screening
 from fedsieve.server.screening_mode import ScreeningMode
 from fedsieve.server.upload_screening import UploadScreening
-from fedsieve.shared.images import format_shape
-from fedsieve.shared.protocol import VERDICT_RECORD, encode_verdicts
+from fedsieve.shared.data.images import format_shape
+from fedsieve.shared.protocol.upload import VERDICT_RECORD, encode_verdicts
 
 __all__ = ["AnomalyFilter", "Exclusion", "REASON_CODES"]
 

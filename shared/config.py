@@ -82,8 +82,8 @@ class FilterSettings(_RunConfigPart):
         Meta checkpoint for the GAN detectors; empty for the one shipped with fedsieve.
     trusted_file : str
         The operator's trusted images: an ``.npz`` with ``x`` holding 5-10 normal images
-        (:func:`fedsieve.shared.trusted.load_trusted_file`). Required by a deployment's data
-        filter; ``fedsieve pollute`` or :func:`fedsieve.shared.trusted.save_trusted_file`
+        (:func:`fedsieve.shared.data.trusted.load_trusted_file`). Required by a deployment's data
+        filter; ``fedsieve pollute`` or :func:`fedsieve.shared.data.trusted.save_trusted_file`
         writes one.
     alpha : float
         Weight of the generator loss in the GAN detectors' anomaly score.
@@ -171,7 +171,7 @@ class TaskSettings(_RunConfigPart):
         Data folder the MNIST/Fashion-MNIST loaders search first (empty: their default order).
     dataset : str
         The clients' normal data: ``"mnist"``, ``"fashion-mnist"``, or a labelled source of
-        any image shape (:mod:`fedsieve.shared.example_data`: ``.npz``, ImageFolder, Hugging
+        any image shape (:mod:`fedsieve.shared.task.example_data`: ``.npz``, ImageFolder, Hugging
         Face dataset on disk). The classifier is sized from its images and classes.
     test_dataset : str
         The server's test set: empty for a built-in dataset's official test split; required
@@ -190,7 +190,7 @@ class TaskSettings(_RunConfigPart):
         if self.num_server_rounds < 1:
             raise ValueError(f"num-server-rounds must be at least 1, got "
                              f"{self.num_server_rounds}")
-        from fedsieve.shared.example_data import BUILTIN
+        from fedsieve.shared.task.example_data import BUILTIN
 
         if self.dataset not in BUILTIN and not self.test_dataset:
             raise ValueError(f"dataset {self.dataset!r} is a path: set test-dataset to a "

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fedsieve.shared.data import load_fashion_mnist, load_mnist
+from fedsieve.shared.data.datasets import load_fashion_mnist, load_mnist
 from fedsieve.simulations.zoo import Material, PollutionKind, parse_pollution
 
 #: Test AUC of the paper's Table I: method -> (trained on clean data, on polluted data).

@@ -1,7 +1,7 @@
 """The ``fedsieve`` command line: assembles the commands each domain keeps beside its code.
 
-- ``data info``: :mod:`fedsieve.shared.data_cli` (beside the data loaders);
-- ``detect``, ``meta-train``: :mod:`fedsieve.shared.detector_cli` (operator tools, beside the
+- ``data info``: :mod:`fedsieve.shared.cli.data` (beside the data loaders);
+- ``detect``, ``meta-train``: :mod:`fedsieve.shared.cli.detectors` (operator tools, beside the
   detectors);
 - ``pollute``: :mod:`fedsieve.simulations.pollution_cli`; ``simulate``:
   :mod:`fedsieve.simulations.simulate_cli`; ``sweep``: :mod:`fedsieve.simulations.sweep_cli`.
@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import typer
 
-from fedsieve.shared import data_cli, detector_cli
+from fedsieve.shared.cli import data as data_cli
+from fedsieve.shared.cli import detectors as detector_cli
 from fedsieve.simulations import pollution_cli, simulate_cli, sweep_cli
 
 app = typer.Typer(

@@ -21,7 +21,7 @@ from flwr.app import Array, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsieve.client.sdk import SampleFn
-from fedsieve.shared import protocol as p
+from fedsieve.shared.protocol import upload as p
 
 
 class NoReply(Exception):  # noqa: N818 - a signal, not an error
@@ -196,7 +196,7 @@ def newcomer_client_app(mistake: str, data_dir: str) -> ClientApp:
         raise ValueError(f"unknown mistake {mistake!r}; pick one of "
                          f"{', '.join(NEWCOMER_MISTAKES)}")
     from fedsieve.client.sdk import FedSieve
-    from fedsieve.shared.classifier import DigitNet, train_local
+    from fedsieve.shared.task.classifier import DigitNet, train_local
 
     def load(context: Context) -> dict[str, np.ndarray]:
         partition = int(context.node_config["partition-id"])

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torchvision.utils import save_image
 
-from fedsieve.shared.images import display_rgb
+from fedsieve.shared.data.images import display_rgb
 
 FRAME = 2
 FLAG_COLOUR = (0.9, 0.1, 0.1)
@@ -22,7 +22,7 @@ def framed_grid(images: np.ndarray, flagged: np.ndarray, path: str | Path, *,
     Parameters
     ----------
     images : numpy.ndarray
-        Images in any form :func:`fedsieve.shared.images.check_images` reads.
+        Images in any form :func:`fedsieve.shared.data.images.check_images` reads.
     flagged : numpy.ndarray
         bool (N,), which images get the red frame.
     path : str or Path

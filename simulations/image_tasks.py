@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedsieve.shared.data import load_fashion_mnist, load_mnist
+from fedsieve.shared.data.datasets import load_fashion_mnist, load_mnist
 
 __all__ = ["TASKS", "ImageTask", "make_task", "pad_to", "tint"]
 

@@ -14,13 +14,13 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from fedsieve.shared.checkpoint import save_meta
 from fedsieve.shared.config import RunSettings
-from fedsieve.shared.data import load_mnist
+from fedsieve.shared.data.datasets import load_mnist
+from fedsieve.shared.data.images import check_images
 from fedsieve.shared.detectors import EGBAD, AnoGAN, RtBiGAN
 from fedsieve.shared.detectors.bigan import as_batch
+from fedsieve.shared.detectors.checkpoint import save_meta
 from fedsieve.shared.detectors.metatrain import MetaConfig, meta_train
-from fedsieve.shared.images import check_images
 from fedsieve.simulations.benchmark import (
     PAPER_CONTAMINATION,
     PAPER_TABLE_1,

@@ -19,9 +19,9 @@ import numpy as np
 from torch import nn
 
 from fedsieve.server.app import ModelProbe
-from fedsieve.shared.classifier import predict
 from fedsieve.shared.config import RunSettings
-from fedsieve.shared.data import load_mnist
+from fedsieve.shared.data.datasets import load_mnist
+from fedsieve.shared.task.classifier import predict
 from fedsieve.simulations.pollution import parse_label_policy
 from fedsieve.simulations.zoo import Trigger, parse_pollution
 

@@ -24,15 +24,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedsieve.shared.config import RunSettings
-from fedsieve.shared.data import DataSource, ImageSet, load_fashion_mnist, load_mnist
-from fedsieve.shared.example_data import (
+from fedsieve.shared.data.datasets import DataSource, ImageSet, load_fashion_mnist, load_mnist
+from fedsieve.shared.data.images import DEFAULT_IMAGE_SHAPE, format_shape, image_shape
+from fedsieve.shared.data.trusted import draw_trusted_indices, save_trusted_file
+from fedsieve.shared.task.example_data import (
     dataset_classes,
     load_dataset,
     match_shape,
     other_builtin,
 )
-from fedsieve.shared.images import DEFAULT_IMAGE_SHAPE, format_shape, image_shape
-from fedsieve.shared.trusted import draw_trusted_indices, save_trusted_file
 from fedsieve.simulations.zoo import Material, MixSample, PollutionKind, parse_pollution
 
 PARTITIONS = ("iid", "dirichlet", "shard", "pathological", "linear", "square", "exponential")
@@ -333,7 +333,7 @@ def build_federation(
         Seed of every random choice.
     trusted_size : int
         Trusted normal images reserved for the server before partitioning
-        (:func:`fedsieve.shared.trusted.draw_trusted_indices`, so the example ServerApp
+        (:func:`fedsieve.shared.data.trusted.draw_trusted_indices`, so the example ServerApp
         without a trusted file draws the same ones).
     alpha, classes_per_client : float, int
         Partitioner parameters (Dirichlet concentration; classes per client for the

@@ -10,7 +10,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from fedsieve.shared.cli_common import RootOption, console, fail
+from fedsieve.shared.cli.common import RootOption, console, fail
 
 # The options that describe a simulated federation (``pollute`` and ``simulate`` share them).
 PartitionOption = Annotated[str, typer.Option(

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from fedsieve.shared.cli_common import DeviceOption, RootOption, console, fail
+from fedsieve.shared.cli.common import DeviceOption, RootOption, console, fail
 from fedsieve.shared.config import FilterSettings, HarnessSettings, RunSettings, TaskSettings
 from fedsieve.simulations.pollution_cli import (
     LabelPolicyOption,

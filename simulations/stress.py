@@ -28,8 +28,8 @@ from flwr.app import ArrayRecord, ConfigRecord
 from fedsieve.client.app import make_client_app
 from fedsieve.server.audit import read_audit
 from fedsieve.server.factory import build_strategy
-from fedsieve.shared.classifier import DigitNet
 from fedsieve.shared.config import RunSettings
+from fedsieve.shared.task.classifier import DigitNet
 from fedsieve.simulations.faults import (
     FAULT_NAMES,
     expected_code,

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from fedsieve.shared.cli_common import RootOption, console, fail
+from fedsieve.shared.cli.common import RootOption, console, fail
 
 
 def _floats(text: str, what: str) -> tuple[float, ...]:

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from fedsieve.shared.config import RunSettings
-from fedsieve.shared.data import ImageSet, load_fashion_mnist, load_mnist
+from fedsieve.shared.data.datasets import ImageSet, load_fashion_mnist, load_mnist
 from fedsieve.simulations.pollution import Federation, build_federation
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,13 +14,13 @@ import torch
 from conftest import REPO
 from sklearn.exceptions import NotFittedError
 
-from fedsieve.shared.checkpoint import (
+from fedsieve.shared.detectors import EGBAD, RtBiGAN, load_detector, save_detector
+from fedsieve.shared.detectors.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
     default_meta_checkpoint,
     load_meta,
 )
-from fedsieve.shared.detectors import EGBAD, RtBiGAN, load_detector, save_detector
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -150,7 +150,7 @@ def test_checkpoint_and_detectors_import_each_other_at_module_top_only():
                 if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("fedsieve")]
 
     assert fedsieve_imports(REPO / "shared" / "checkpoint.py") == [
-        ("fedsieve.shared.networks", True)]
+        ("fedsieve.shared.detectors.networks", True)]
     local = [(path.name, module) for path in (REPO / "shared" / "detectors").glob("*.py")
              for module, at_top in fedsieve_imports(path) if not at_top]
     assert local == []

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedsieve.shared.classifier import (
+from fedsieve.shared.task.classifier import (
     DigitNet,
     class_accuracy,
     classifier_batch,

@@ -15,7 +15,8 @@ from PIL import Image as PILImage
 from torch.utils.data import Subset, TensorDataset
 
 from fedsieve.client import FedSieve
-from fedsieve.shared.protocol import (
+from fedsieve.shared.data.sources import load_images
+from fedsieve.shared.protocol.upload import (
     REQUEST_RECORD,
     UPLOAD_MESSAGE_TYPE,
     VERDICT_RECORD,
@@ -24,7 +25,6 @@ from fedsieve.shared.protocol import (
     decode_upload,
     encode_verdicts,
 )
-from fedsieve.shared.sources import load_images
 from fedsieve.simulations.loopback import LoopbackGrid
 
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from conftest import MNIST_TEST_ROOT
 
-from fedsieve.shared import data
-from fedsieve.shared.data import DataNotFoundError, load_fashion_mnist, load_mnist
-from fedsieve.shared.idx import IdxFormatError, read_idx, write_idx
+from fedsieve.shared.data import datasets as data
+from fedsieve.shared.data.datasets import DataNotFoundError, load_fashion_mnist, load_mnist
+from fedsieve.shared.data.idx import IdxFormatError, read_idx, write_idx
 
 
 @pytest.fixture(autouse=True)

@@ -8,8 +8,8 @@ import numpy as np
 import typer
 from typer.testing import CliRunner
 
-from fedsieve.shared.data import load_fashion_mnist, load_mnist
-from fedsieve.shared.detector_cli import register
+from fedsieve.shared.cli.detectors import register
+from fedsieve.shared.data.datasets import load_fashion_mnist, load_mnist
 
 
 def _app() -> typer.Typer:

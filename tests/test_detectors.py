@@ -14,6 +14,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.utils import estimator_checks
 from sklearn.utils._param_validation import InvalidParameterError
 
+from fedsieve.shared.data.images import check_images
 from fedsieve.shared.detectors import (
     DETECTORS,
     EGBAD,
@@ -28,7 +29,6 @@ from fedsieve.shared.detectors import (
     gmm_threshold,
     make_detector,
 )
-from fedsieve.shared.images import check_images
 from fedsieve.simulations.zoo import Trigger
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

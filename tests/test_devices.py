@@ -14,13 +14,13 @@ from safetensors.torch import load_file
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-from fedsieve.shared.classifier import DigitNet, evaluate_classes, train_local
+from fedsieve.shared.cli.detectors import register
 from fedsieve.shared.config import RunSettings
-from fedsieve.shared.detector_cli import register
 from fedsieve.shared.detectors import load_detector, make_detector, save_detector
 from fedsieve.shared.detectors.metatrain import MetaConfig, meta_train
 from fedsieve.shared.detectors.persist import detector_from_bytes, detector_to_bytes
 from fedsieve.shared.devices import check_device, context_device, resolve_device
+from fedsieve.shared.task.classifier import DigitNet, evaluate_classes, train_local
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

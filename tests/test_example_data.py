@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fedsieve.shared.config import HarnessSettings, RunSettings, TaskSettings
-from fedsieve.shared.example_data import (
+from fedsieve.shared.task.example_data import (
     dataset_classes,
     example_classifier,
     example_test_set,

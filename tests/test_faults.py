@@ -19,10 +19,10 @@ from fedsieve.server import UploadScreening
 from fedsieve.server.audit import read_audit
 from fedsieve.server.factory import build_strategy
 from fedsieve.server.strategy import REASON_CODES, AnomalyFilter
-from fedsieve.shared.checkpoint import CheckpointError, default_meta_checkpoint
-from fedsieve.shared.classifier import DigitNet
 from fedsieve.shared.config import FilterSettings
 from fedsieve.shared.detectors import make_detector
+from fedsieve.shared.detectors.checkpoint import CheckpointError, default_meta_checkpoint
+from fedsieve.shared.task.classifier import DigitNet
 from fedsieve.simulations.faults import (
     CLIENT_FAULTS,
     FAULT_NAMES,

@@ -13,7 +13,7 @@ from fedsieve.server.screening import ClientUpload, score_pool
 from fedsieve.shared.config import RunSettings
 from fedsieve.shared.detectors import make_detector
 from fedsieve.shared.detectors.labels import LabelCheck, _content_groups
-from fedsieve.shared.protocol import (
+from fedsieve.shared.protocol.upload import (
     REQUEST_RECORD,
     UPLOAD_MESSAGE_TYPE,
     ProtocolError,

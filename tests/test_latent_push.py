@@ -8,11 +8,11 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from fedsieve.shared.data.images import check_images
 from fedsieve.shared.detectors import RtBiGAN, load_detector, save_detector
 from fedsieve.shared.detectors.bigan import RowSet
 from fedsieve.shared.detectors.evidence import DEFAULT_EVIDENCE, LatentPush
-from fedsieve.shared.images import check_images
-from fedsieve.shared.networks import Encoder, NetConfig
+from fedsieve.shared.detectors.networks import Encoder, NetConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 PUSHED = (*DEFAULT_EVIDENCE, "latent-push")

@@ -25,12 +25,11 @@ from fedsieve.server import AnomalyFilter, LocalScreening
 from fedsieve.server.audit import read_audit
 from fedsieve.server.factory import build_screening
 from fedsieve.server.local import content_bytes
-from fedsieve.shared.checkpoint import CheckpointError
-from fedsieve.shared.classifier import DigitNet
 from fedsieve.shared.config import FilterSettings, RunSettings
 from fedsieve.shared.detectors import RtBiGAN, make_detector
+from fedsieve.shared.detectors.checkpoint import CheckpointError
 from fedsieve.shared.detectors.persist import detector_from_bytes, detector_to_bytes
-from fedsieve.shared.local_protocol import (
+from fedsieve.shared.protocol.local import (
     SCORE_ACTION,
     SCORES_RECORD,
     SELF_TRAIN_ACTION,
@@ -41,7 +40,8 @@ from fedsieve.shared.local_protocol import (
     encode_update,
     message_type,
 )
-from fedsieve.shared.protocol import UPLOAD_MESSAGE_TYPE, VERDICT_RECORD, ProtocolError
+from fedsieve.shared.protocol.upload import UPLOAD_MESSAGE_TYPE, VERDICT_RECORD, ProtocolError
+from fedsieve.shared.task.classifier import DigitNet
 from fedsieve.simulations.loopback import LoopbackGrid
 from fedsieve.simulations.pollution import ID_STRIDE
 
@@ -153,7 +153,7 @@ def test_score_reports_are_validated():
 
 
 def test_self_training_updates_are_validated(fitted_rtbigan):
-    from fedsieve.shared.checkpoint import model_tensors
+    from fedsieve.shared.detectors.checkpoint import model_tensors
 
     reference = model_tensors(fitted_rtbigan.model_)
     shape = fitted_rtbigan.image_shape_
@@ -243,7 +243,7 @@ class ForgingSieve(FedSieve):
         record = reply.content[SCORES_RECORD]
         evidence = record["evidence"].numpy().astype(np.float64)
         # The detector's verdicts, recomputed as the server will: forge every flagged row.
-        from fedsieve.shared.local_protocol import LocalRequest
+        from fedsieve.shared.protocol.local import LocalRequest
 
         detector = LocalRequest.from_content(msg.content).detector()
         flagged = detector.scores_from_evidence(evidence) > detector.threshold_

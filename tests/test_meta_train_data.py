@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from fedsieve.shared.checkpoint import load_meta
+from fedsieve.shared.detectors.checkpoint import load_meta
 from fedsieve.shared.detectors.metatrain import cluster_tasks
 from fedsieve.simulations.cli import app
 

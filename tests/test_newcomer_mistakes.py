@@ -20,8 +20,8 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedsieve.server import AnomalyFilter, UploadScreening
 from fedsieve.server.audit import read_audit
-from fedsieve.shared.classifier import DigitNet
 from fedsieve.shared.detectors import make_detector
+from fedsieve.shared.task.classifier import DigitNet
 from fedsieve.simulations.faults import NEWCOMER_MISTAKES, newcomer_client_app
 
 pytestmark = pytest.mark.slow

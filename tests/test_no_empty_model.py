@@ -21,8 +21,8 @@ from flwr.serverapp.strategy import FedAvg
 from fedsieve.client import FedSieve
 from fedsieve.server import UploadScreening
 from fedsieve.server.strategy import REASON_CODES, AnomalyFilter
-from fedsieve.shared.classifier import DigitNet, train_local
 from fedsieve.shared.detectors import make_detector
+from fedsieve.shared.task.classifier import DigitNet, train_local
 from fedsieve.simulations.loopback import LoopbackGrid
 
 NODES = [101, 202, 303, 404]

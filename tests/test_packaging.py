@@ -32,6 +32,11 @@ def test_wheel_holds_only_the_fedsieve_namespace(tmp_path):
     assert "fedsieve/__init__.py" not in names  # implicit namespace package
     for sub in SUBPACKAGES:
         assert f"fedsieve/{sub}/__init__.py" in names
+    # Every source module, sub-packages included (a package left out of pyproject's list
+    # would install without them).
+    sources = {f"fedsieve/{path.relative_to(REPO).as_posix()}" for sub in SUBPACKAGES
+               for path in (REPO / sub).rglob("*.py")}
+    assert sources <= set(names), sorted(sources - set(names))[:5]
 
 
 def test_pyproject_is_a_flower_app():

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from fedsieve.shared.classifier import DigitNet, class_accuracy, predict
 from fedsieve.shared.config import AGGREGATORS, RunSettings
 from fedsieve.shared.detectors import DETECTORS
+from fedsieve.shared.task.classifier import DigitNet, class_accuracy, predict
 from fedsieve.simulations.poisoning import Backdoor, attack_success, backdoor_of
 from fedsieve.simulations.pollution import (
     DEFAULT_ATTACKERS,

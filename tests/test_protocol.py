@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fedsieve.shared import protocol as p
-from fedsieve.shared.protocol import (
+from fedsieve.shared.protocol import upload as p
+from fedsieve.shared.protocol.upload import (
     ProtocolError,
     Upload,
     UploadRequest,
@@ -176,7 +176,7 @@ def test_decoder_on_near_valid_uploads(n, chunk_size, chunk, fraction, as_float,
 
 
 def test_replies_name_their_partition_and_bad_names_are_ignored():
-    from fedsieve.shared.protocol import NODE_RECORD, read_partition, tag_partition
+    from fedsieve.shared.protocol.upload import NODE_RECORD, read_partition, tag_partition
 
     assert read_partition(tag_partition(RecordDict(), {"partition-id": 3})) == 3
     assert read_partition(tag_partition(RecordDict(), {"partition-id": np.int64(0)})) == 0

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from fedsieve.shared.checkpoint import (
+from fedsieve.shared.data.images import check_images
+from fedsieve.shared.detectors import RtBiGAN, load_detector, save_detector
+from fedsieve.shared.detectors.checkpoint import (
     default_meta_checkpoint,
     load_meta,
     load_meta_atlas,
     save_meta,
 )
-from fedsieve.shared.detectors import RtBiGAN, load_detector, save_detector
 from fedsieve.shared.detectors.evidence.reachability import (
     ATLAS_SIZE,
     MAX_SIDE,
@@ -25,7 +26,6 @@ from fedsieve.shared.detectors.evidence.reachability import (
     reach_features,
 )
 from fedsieve.shared.detectors.rtbigan import MetaModelWarning
-from fedsieve.shared.images import check_images
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SHORT = {"self_training_rounds": 1, "steps_per_round": 40, "random_state": 0}

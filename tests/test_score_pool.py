@@ -12,10 +12,10 @@ from sklearn.metrics import roc_auc_score
 
 from fedsieve.server.audit import AuditLog, read_audit
 from fedsieve.server.screening import DEFAULT_MAX_FIT_SAMPLES, ClientUpload, score_pool
+from fedsieve.shared.data.images import check_images
 from fedsieve.shared.detectors import RtBiGAN, make_detector
 from fedsieve.shared.detectors.labels import LabelCheck
 from fedsieve.shared.detectors.threshold import DEFAULT_BUDGET, estimate_contamination
-from fedsieve.shared.images import check_images
 
 
 class Recorder:

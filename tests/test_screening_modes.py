@@ -22,10 +22,10 @@ from fedsieve.server.audit import read_audit
 from fedsieve.server.factory import build_screening, build_strategy, check_settings
 from fedsieve.server.modes import MODES, make_screening
 from fedsieve.server.screening import DEFAULT_MAX_FIT_SAMPLES
-from fedsieve.shared.classifier import DigitNet
 from fedsieve.shared.config import FilterSettings
 from fedsieve.shared.detectors import make_detector
 from fedsieve.shared.detectors.labels import LabelCheck
+from fedsieve.shared.task.classifier import DigitNet
 from fedsieve.simulations.cli import app
 from fedsieve.simulations.loopback import LoopbackGrid
 

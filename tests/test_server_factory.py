@@ -18,7 +18,7 @@ from fedsieve.server.factory import (
     make_aggregator,
 )
 from fedsieve.shared.config import AGGREGATORS, FilterSettings, RunSettings
-from fedsieve.shared.trusted import TrustedFileError, draw_trusted_indices, save_trusted_file
+from fedsieve.shared.data.trusted import TrustedFileError, draw_trusted_indices, save_trusted_file
 
 
 @pytest.fixture

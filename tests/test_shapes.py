@@ -16,8 +16,7 @@ from flwr.serverapp.strategy import FedAvg
 from fedsieve.client import FedSieve
 from fedsieve.client.app import make_client_app
 from fedsieve.server import AnomalyFilter, UploadScreening
-from fedsieve.shared.checkpoint import default_meta_checkpoint, load_meta, save_meta
-from fedsieve.shared.classifier import DigitNet, evaluate, train_local
+from fedsieve.shared.data.images import check_images, image_shape
 from fedsieve.shared.detectors import (
     DETECTORS,
     MetaModelWarning,
@@ -26,10 +25,10 @@ from fedsieve.shared.detectors import (
     make_detector,
     save_detector,
 )
+from fedsieve.shared.detectors.checkpoint import default_meta_checkpoint, load_meta, save_meta
 from fedsieve.shared.detectors.metatrain import MetaConfig, meta_train
-from fedsieve.shared.images import check_images, image_shape
-from fedsieve.shared.networks import BiGAN, NetConfig
-from fedsieve.shared.protocol import (
+from fedsieve.shared.detectors.networks import BiGAN, NetConfig
+from fedsieve.shared.protocol.upload import (
     REQUEST_RECORD,
     UPLOAD_ACTION,
     ProtocolError,
@@ -37,6 +36,7 @@ from fedsieve.shared.protocol import (
     decode_upload,
     encode_upload,
 )
+from fedsieve.shared.task.classifier import DigitNet, evaluate, train_local
 from fedsieve.simulations.image_tasks import pad_to, tint
 from fedsieve.simulations.loopback import LoopbackGrid
 

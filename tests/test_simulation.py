@@ -16,7 +16,7 @@ from flwr.serverapp.strategy import FedAvg
 from fedsieve.client import FedSieve
 from fedsieve.server import AnomalyFilter, UploadScreening
 from fedsieve.shared.config import RunSettings
-from fedsieve.shared.images import check_images
+from fedsieve.shared.data.images import check_images
 from fedsieve.simulations.engine import run_apps
 from fedsieve.simulations.pollution import federation_for
 from fedsieve.simulations.simulate import settings_for_defense, simulate

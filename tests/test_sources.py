@@ -11,8 +11,8 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from PIL import Image as PILImage
 from torch.utils.data import TensorDataset
 
-from fedsieve.shared.images import image_digests, images_sha256
-from fedsieve.shared.sources import LoadedImages, load_images, stable_ids
+from fedsieve.shared.data.images import image_digests, images_sha256
+from fedsieve.shared.data.sources import LoadedImages, load_images, stable_ids
 
 RNG = np.random.default_rng(0)
 

@@ -24,16 +24,16 @@ from fedsieve.client.app import make_client_app
 from fedsieve.server import UploadScreening
 from fedsieve.server.audit import read_audit
 from fedsieve.server.strategy import REASON_CODES, AnomalyFilter, Exclusion
-from fedsieve.shared.classifier import DigitNet, train_local
 from fedsieve.shared.detectors import make_detector
 from fedsieve.shared.detectors.labels import LabelCheck
-from fedsieve.shared.protocol import (
+from fedsieve.shared.protocol.upload import (
     UPLOAD_ACTION,
     VERDICT_RECORD,
     UploadRequest,
     decode_verdicts,
     encode_upload,
 )
+from fedsieve.shared.task.classifier import DigitNet, train_local
 from fedsieve.simulations.faults import BAD_UPLOADS, faulty_client_app
 from fedsieve.simulations.loopback import LoopbackGrid
 from fedsieve.simulations.pollution import ID_STRIDE

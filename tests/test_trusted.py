@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
-from fedsieve.shared.trusted import (
+from fedsieve.shared.data.trusted import (
     TrustedFileError,
     draw_trusted_indices,
     load_trusted_file,
@@ -84,14 +84,14 @@ def test_the_filter_takes_a_trusted_files_path(tmp_path):
 
 
 def test_other_trusted_inputs_name_both_forms():
-    with pytest.raises(ValueError, match=r"numpy array of images or the path of a trusted file "
-                                         r"\(read with fedsieve.shared.trusted.load_trusted_file"
-                                         r"\), got list"):
+    with pytest.raises(ValueError, match=r"numpy array of images or the path of a trusted "
+                                         r"file \(read with fedsieve.shared.data.trusted."
+                                         r"load_trusted_file\), got list"):
         _screening([[0] * 28] * 28)
 
 
 def test_fewer_than_five_trusted_images_warn_with_the_measured_cost(caplog):
-    from fedsieve.shared.trusted import FEW_TRUSTED_COST, FewTrustedImagesWarning
+    from fedsieve.shared.data.trusted import FEW_TRUSTED_COST, FewTrustedImagesWarning
 
     images = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
     with pytest.warns(FewTrustedImagesWarning, match="only 3 trusted images; give 5-10") as got:

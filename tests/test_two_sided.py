@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from fedsieve.shared.data.images import check_images
 from fedsieve.shared.detectors import RtBiGAN, load_detector, make_detector, save_detector
 from fedsieve.shared.detectors.evidence import DEFAULT_EVIDENCE
-from fedsieve.shared.images import check_images
 
 #: Two real fits (~30 s): in CI and --run-slow, out of the quick suite.
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]

@@ -102,7 +102,7 @@ def test_spec_round_trips_and_bad_specs_are_named():
 
 
 def test_detection_test_set_holds_the_requested_pollution():
-    from fedsieve.shared.data import load_mnist
+    from fedsieve.shared.data.datasets import load_mnist
     from fedsieve.simulations.benchmark import detection_test_set
 
     paper = detection_test_set(per_side=300)

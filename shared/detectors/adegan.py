@@ -20,10 +20,10 @@ from scipy.stats import norm
 from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 
-from fedsieve.shared.checkpoint import CheckpointError
 from fedsieve.shared.detectors.base import TorchDetector
 from fedsieve.shared.detectors.bigan import SCORE_BATCH, as_batch
-from fedsieve.shared.networks import Encoder, Generator, NetConfig
+from fedsieve.shared.detectors.checkpoint import CheckpointError
+from fedsieve.shared.detectors.networks import Encoder, Generator, NetConfig
 
 __all__ = [
     "ADeGAN",
@@ -218,7 +218,7 @@ class ADeGAN(TorchDetector):
       averaged over the batch. G's adversarial loss is the non-saturating ``-log D(G(z))``.
     - **Latent**: ``z_n`` of ``noise_dim = 30`` values with ``sigma = 0.1``, as ClusterGAN
       (Mukherjee et al., 2019), whose one-hot + Gaussian latent and extractor ADe-GAN adopts.
-    - **Networks**: fedsieve's conv blocks (:mod:`fedsieve.shared.networks`, no batch
+    - **Networks**: fedsieve's conv blocks (:mod:`fedsieve.shared.detectors.networks`, no batch
       normalisation) sized from the image shape; D is image-only. The paper gives none.
     - **Training length**: ``steps`` batches of ``batch_size`` uniform draws from the pool;
       the paper's epoch count is not given. With 3,600 training digits instead of 54,000 the

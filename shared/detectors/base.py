@@ -26,6 +26,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from fedsieve.shared.data.images import check_images, format_shape, images_sha256
 from fedsieve.shared.detectors.explanation import Explanation
 from fedsieve.shared.detectors.threshold import (
     DEFAULT_BUDGET,
@@ -35,7 +36,6 @@ from fedsieve.shared.detectors.threshold import (
     estimate_contamination,
 )
 from fedsieve.shared.devices import resolve_device
-from fedsieve.shared.images import check_images, format_shape, images_sha256
 
 #: ``callback(detector, round)``, called at the end of every round of a fit.
 FitCallback = Callable[["BaseDetector", int], None]
@@ -120,7 +120,7 @@ class BaseDetector(BaseEstimator):
         ----------
         X : array-like
             Pool images of any one shape: uint8 or float32 in [0, 1], (N, H, W), (N, H, W, C)
-            or (N, C, H, W) (see :func:`fedsieve.shared.images.check_images`).
+            or (N, C, H, W) (see :func:`fedsieve.shared.data.images.check_images`).
         trusted : array-like, optional
             The 5-10 trusted normal images. Required by detectors with ``requires_trusted``;
             the others use them only for the threshold.
@@ -198,7 +198,7 @@ class BaseDetector(BaseEstimator):
         """Anomaly scores, higher = more anomalous, float64 of shape (N,).
 
         ``X`` must hold images of the fitted shape (:attr:`image_shape_`), in any form
-        :func:`~fedsieve.shared.images.check_images` reads (``layout`` as there).
+        :func:`~fedsieve.shared.data.images.check_images` reads (``layout`` as there).
 
         Raises
         ------

@@ -18,7 +18,7 @@ from fedsieve.shared.detectors.bigan import (
     train_loop,
 )
 from fedsieve.shared.detectors.gan import GANDetector
-from fedsieve.shared.networks import NetConfig
+from fedsieve.shared.detectors.networks import NetConfig
 
 
 class PoolGAN(GANDetector):
@@ -99,7 +99,7 @@ class EGBAD(PoolGAN):
 
     Attributes
     ----------
-    model_ : fedsieve.shared.networks.BiGAN
+    model_ : fedsieve.shared.detectors.networks.BiGAN
         The trained networks.
     device_ : torch.device
         The resolved ``device``, where ``model_`` lives.
@@ -201,7 +201,7 @@ class AnoGAN(PoolGAN):
 
     Attributes
     ----------
-    model_ : fedsieve.shared.networks.BiGAN
+    model_ : fedsieve.shared.detectors.networks.BiGAN
         The trained networks (E untrained).
     device_ : torch.device
         The resolved ``device``, where ``model_`` lives.

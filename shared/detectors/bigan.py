@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fedsieve.shared.detectors.networks import BiGAN, NetConfig
 from fedsieve.shared.devices import module_device
-from fedsieve.shared.networks import BiGAN, NetConfig
 
 __all__ = [
     "LoopConfig",
@@ -76,7 +76,7 @@ def as_batch(X: np.ndarray, device: torch.device | None = None) -> torch.Tensor:
     on ``device`` (the CPU when None); (N, H, W) is taken as grey (C = 1).
 
     A copy, so the array may be read-only; the images must already be validated floats in
-    [0, 1] (:func:`fedsieve.shared.images.check_images`).
+    [0, 1] (:func:`fedsieve.shared.data.images.check_images`).
     """
     out = torch.from_numpy(np.array(X, dtype=np.float32, copy=True))
     out = out.unsqueeze(1) if out.ndim == 3 else out

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedsieve.shared.checkpoint import model_tensors
 from fedsieve.shared.detectors.bigan import SCORE_BATCH, RowSet, batch_sampler, train_loop
+from fedsieve.shared.detectors.checkpoint import model_tensors
 from fedsieve.shared.detectors.gan import GANDetector
 from fedsieve.shared.devices import module_device
 

@@ -10,10 +10,10 @@ import torch
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from fedsieve.shared.checkpoint import bigan_from_tensors, model_tensors
+from fedsieve.shared.data.images import check_images
 from fedsieve.shared.detectors.base import TorchDetector
 from fedsieve.shared.detectors.bigan import LoopConfig, bigan_losses, residual_maps
-from fedsieve.shared.images import check_images
+from fedsieve.shared.detectors.checkpoint import bigan_from_tensors, model_tensors
 
 
 class GANDetector(TorchDetector):
@@ -39,7 +39,7 @@ class GANDetector(TorchDetector):
 
     Attributes
     ----------
-    model_ : fedsieve.shared.networks.BiGAN
+    model_ : fedsieve.shared.detectors.networks.BiGAN
         The trained networks E, G and D, on ``device_``.
     device_ : torch.device
         The resolved ``device``.

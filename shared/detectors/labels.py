@@ -26,8 +26,8 @@ from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from fedsieve.shared.classifier import DigitNet, predict_proba, train_local
-from fedsieve.shared.images import check_images, image_digests
+from fedsieve.shared.data.images import check_images, image_digests
+from fedsieve.shared.task.classifier import DigitNet, predict_proba, train_local
 
 
 class LabelCheck(BaseEstimator):
@@ -120,7 +120,7 @@ class LabelCheck(BaseEstimator):
         Parameters
         ----------
         X : array-like
-            The pool's images (see :func:`fedsieve.shared.images.check_images`).
+            The pool's images (see :func:`fedsieve.shared.data.images.check_images`).
         y : array-like of int
             The labels the clients claim, one per image.
 

@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import torch
 
+from fedsieve.shared.data.images import check_images
 from fedsieve.shared.detectors.bigan import LoopConfig, as_batch, init_model, train_loop
+from fedsieve.shared.detectors.networks import BiGAN, NetConfig
 from fedsieve.shared.devices import resolve_device
-from fedsieve.shared.images import check_images
-from fedsieve.shared.networks import BiGAN, NetConfig
 
 
 @dataclass(frozen=True)
@@ -90,13 +90,13 @@ def cluster_tasks(images: np.ndarray, k: int = 10, seed: int = 0, *,
     Parameters
     ----------
     images : array-like
-        Any batch :func:`~fedsieve.shared.images.check_images` reads.
+        Any batch :func:`~fedsieve.shared.data.images.check_images` reads.
     k : int
         Number of clusters (tasks), from 1 to the number of images.
     seed : int
         Seeds k-means.
     layout : {"NCHW", "NHWC"}, optional
-        As in :func:`~fedsieve.shared.images.check_images`.
+        As in :func:`~fedsieve.shared.data.images.check_images`.
 
     Returns
     -------
@@ -138,7 +138,7 @@ def meta_train(
     ----------
     images : array-like
         Meta-training images of one shape, uint8 or float32 in [0, 1] (any form
-        :func:`fedsieve.shared.images.check_images` accepts); the networks are built for
+        :func:`fedsieve.shared.data.images.check_images` accepts); the networks are built for
         their (C, H, W), whatever ``cfg.net.image_shape`` says.
     labels : ndarray of shape (N,)
         Class of each image; defines the tasks (one per class not held out). For unlabelled

@@ -1,9 +1,9 @@
 """Saving and loading fitted GAN detectors as checkpoints (safetensors + JSON, never pickle).
 
-The file format is :mod:`fedsieve.shared.checkpoint`'s, kind ``"detector"``: the weights and
-score state as tensors; the class name, constructor parameters, network sizes, threshold, data
-hashes and history in the JSON header. Parameters are stored by name, so a checkpoint loads
-as long as the class keeps their meaning (else ``FORMAT_VERSION`` is bumped).
+The file format is :mod:`fedsieve.shared.detectors.checkpoint`'s, kind ``"detector"``: the
+weights and score state as tensors; the class name, constructor parameters, network sizes,
+threshold, data hashes and history in the JSON header. Parameters are stored by name, so a
+checkpoint loads as long as the class keeps their meaning (else ``FORMAT_VERSION`` is bumped).
 
 What a detector saves is its own business (``_state_tensors``, ``_state_header`` and
 ``_restore_state`` of :class:`~fedsieve.shared.detectors.base.BaseDetector`); a class becomes
@@ -26,17 +26,17 @@ from sklearn.base import BaseEstimator
 from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.validation import check_is_fitted
 
-from fedsieve.shared.checkpoint import (
-    CheckpointError,
-    cpu_tensors,
-    read_checkpoint,
-    write_checkpoint,
-)
 from fedsieve.shared.detectors.adegan import ADeGAN
 from fedsieve.shared.detectors.agad import AGAD
 from fedsieve.shared.detectors.anoean import AnoEAN
 from fedsieve.shared.detectors.base import BaseDetector
 from fedsieve.shared.detectors.baselines import EGBAD, AnoGAN
+from fedsieve.shared.detectors.checkpoint import (
+    CheckpointError,
+    cpu_tensors,
+    read_checkpoint,
+    write_checkpoint,
+)
 from fedsieve.shared.detectors.evidence import EvidencePiece
 from fedsieve.shared.detectors.rtbigan import RtBiGAN
 from fedsieve.shared.devices import resolve_device
@@ -162,7 +162,8 @@ def load_detector(path: str | Path, expected: type[BaseDetector] = BaseDetector,
     Raises
     ------
     CheckpointError
-        As :func:`fedsieve.shared.checkpoint.read_checkpoint`, or the file holds no detector,
+        As :func:`fedsieve.shared.detectors.checkpoint.read_checkpoint`, or the file holds no
+        detector,
         another class than ``expected``, parameters this version does not accept, or weights
         that do not fit the recorded networks.
     ValueError

@@ -14,11 +14,7 @@ import numpy as np
 import torch
 from sklearn.utils._param_validation import Interval
 
-from fedsieve.shared.checkpoint import (
-    MetaModelWarning,
-    default_meta_checkpoint,
-    load_meta,
-)
+from fedsieve.shared.data.images import DEFAULT_IMAGE_SHAPE, format_shape
 from fedsieve.shared.detectors.base import RoundRecorder, TorchDetector
 from fedsieve.shared.detectors.bigan import (
     SCORE_BATCH,
@@ -29,6 +25,11 @@ from fedsieve.shared.detectors.bigan import (
     bigan_losses,
     init_model,
     train_loop,
+)
+from fedsieve.shared.detectors.checkpoint import (
+    MetaModelWarning,
+    default_meta_checkpoint,
+    load_meta,
 )
 from fedsieve.shared.detectors.evidence import (
     DEFAULT_EVIDENCE,
@@ -42,10 +43,9 @@ from fedsieve.shared.detectors.evidence import (
 )
 from fedsieve.shared.detectors.explanation import Explanation
 from fedsieve.shared.detectors.gan import GANDetector
+from fedsieve.shared.detectors.networks import NetConfig
 from fedsieve.shared.detectors.threshold import log_scores, normal_mode_cut
 from fedsieve.shared.detectors.training import Training, as_training
-from fedsieve.shared.images import DEFAULT_IMAGE_SHAPE, format_shape
-from fedsieve.shared.networks import NetConfig
 
 __all__ = ["MetaModelWarning", "RtBiGAN"]
 
@@ -126,7 +126,7 @@ class RtBiGAN(GANDetector):
 
     Attributes
     ----------
-    model_ : fedsieve.shared.networks.BiGAN
+    model_ : fedsieve.shared.detectors.networks.BiGAN
         The adapted and self-trained networks, on ``device_``.
     device_ : torch.device
         The resolved ``device``.

@@ -39,8 +39,8 @@ from fedsieve.shared.detectors.evidence.piece import (
     RoundResult,
     register,
 )
+from fedsieve.shared.detectors.networks import Encoder
 from fedsieve.shared.devices import module_device
-from fedsieve.shared.networks import Encoder
 
 __all__ = ["LatentPush", "LatentPushPiece", "latent_discriminator"]
 

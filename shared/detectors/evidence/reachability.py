@@ -39,10 +39,10 @@ import torch
 import torch.nn.functional as F
 from sklearn.neighbors import NearestNeighbors
 
-from fedsieve.shared.checkpoint import MetaModelWarning, load_meta_atlas
+from fedsieve.shared.data.images import check_images
+from fedsieve.shared.detectors.checkpoint import MetaModelWarning, load_meta_atlas
 from fedsieve.shared.detectors.evidence.piece import Batch, EvidencePiece, FitContext, register
 from fedsieve.shared.detectors.evidence.statistics import brightness
-from fedsieve.shared.images import check_images
 
 __all__ = ["ATLAS_SIZE", "Reachability", "ReachabilityPiece", "atlas_fits", "atlas_sample",
            "reach_features"]
@@ -88,7 +88,7 @@ def atlas_sample(images: np.ndarray, labels: np.ndarray | None = None,
                  ) -> np.ndarray:
     """A seeded sample of ``size`` meta-training images for a meta-model's atlas, uint8
     (N, C, H, W), leaving out the classes in ``exclude`` (held out of meta-training).
-    ``images`` in any layout :func:`~fedsieve.shared.images.check_images` reads as NCHW."""
+    ``images`` in any layout :func:`~fedsieve.shared.data.images.check_images` reads as NCHW."""
     images = check_images(images, "meta-training images", dtype=np.uint8, layout="NCHW"
                           if np.asarray(images).ndim == 4 else None)
     rows = np.arange(len(images))
@@ -205,7 +205,7 @@ class ReachabilityPiece(EvidencePiece):
     It needs a meta-model with an atlas that looks like the trusted images (``fedsieve
     meta-train`` writes one; the shipped meta-model has none, so the default detector goes
     without it); otherwise it leaves itself out, with a
-    :class:`~fedsieve.shared.checkpoint.MetaModelWarning` when the atlas and the trusted
+    :class:`~fedsieve.shared.detectors.checkpoint.MetaModelWarning` when the atlas and the trusted
     images differ. Measured with a meta-model of the task's normal data
     (``benchmarks/shapes.py``): reverse protocol (Fashion-MNIST normal, 20 % MNIST digits)
     test AUC 0.47 -> 0.99, 98 % of the digits and 0.8 % of the normal images flagged (0 % of

@@ -1,7 +1,7 @@
 """The server's trusted images: a handful of normal images the operator vouches for.
 
 The trusted file is an ``.npz`` with ``x`` (uint8 or float in [0, 1], in any layout
-:func:`~fedsieve.shared.images.check_images` reads; written as uint8 (k, C, H, W)) and an
+:func:`~fedsieve.shared.data.images.check_images` reads; written as uint8 (k, C, H, W)) and an
 optional ``y``. :func:`draw_trusted_indices` is the one draw both the simulation harness and
 a ServerApp without a trusted file use, so that they are the same images the harness kept
 out of every client.
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from flwr.common.logger import log
 
-from fedsieve.shared.images import check_images
+from fedsieve.shared.data.images import check_images
 
 #: Mixed into the RNG seed so that this draw is independent of every other use of that seed.
 TRUSTED_STREAM = 0x5EED
@@ -105,7 +105,7 @@ def load_trusted_file(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise TrustedFileError(f"trusted file {path} does not exist; write one with "
                             "`fedsieve pollute --out DIR` (DIR/trusted.npz) or "
-                            "fedsieve.shared.trusted.save_trusted_file")
+                            "fedsieve.shared.data.trusted.save_trusted_file")
     try:
         with np.load(path, allow_pickle=False) as npz:
             if "x" not in npz.files:

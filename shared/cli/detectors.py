@@ -19,8 +19,8 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from fedsieve.shared.cli_common import DeviceOption
-from fedsieve.shared.images import check_images, display_rgb, format_shape, images_sha256
+from fedsieve.shared.cli.common import DeviceOption
+from fedsieve.shared.data.images import check_images, display_rgb, format_shape, images_sha256
 
 #: Pool images that stand in for trusted images when ``detect`` runs without ``--trusted``.
 AUTO_TRUSTED = 10
@@ -112,9 +112,9 @@ def meta_train_cmd(
         TimeRemainingColumn,
     )
 
-    from fedsieve.shared.checkpoint import save_meta
-    from fedsieve.shared.cli_common import console
+    from fedsieve.shared.cli.common import console
     from fedsieve.shared.detectors.bigan import LoopConfig
+    from fedsieve.shared.detectors.checkpoint import save_meta
     from fedsieve.shared.detectors.evidence.reachability import atlas_sample
     from fedsieve.shared.detectors.metatrain import (
         MetaConfig,
@@ -218,13 +218,13 @@ def _meta_train_data(source: str | None, data: Path | None, *, resize: str | Non
         if any(v is not None for v in (resize, *options.values())):
             raise typer.BadParameter("--split, --image-key, --label-key, --layout, --resize "
                                      "and --limit apply to --data", param_hint="--data")
-        from fedsieve.shared.data import load_mnist
+        from fedsieve.shared.data.datasets import load_mnist
 
         mnist = load_mnist("train")
         return mnist.images, mnist.labels, mnist.source.to_dict()
     if source is not None:
         raise typer.BadParameter("give --source or --data, not both", param_hint="--source")
-    from fedsieve.shared.sources import load_images
+    from fedsieve.shared.data.sources import load_images
 
     size = None
     if resize is not None:

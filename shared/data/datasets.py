@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fedsieve.shared.idx import IdxFormatError, read_idx
+from fedsieve.shared.data.idx import IdxFormatError, read_idx
 
 ENV_VAR = "FEDSIEVE_DATA"
 SPLITS = ("train", "test")

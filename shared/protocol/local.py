@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from fedsieve.shared.images import check_images, format_shape
-from fedsieve.shared.protocol import (
+from fedsieve.shared.data.images import check_images, format_shape
+from fedsieve.shared.protocol.upload import (
     MAX_LOCAL_SAMPLES,
     PROTOCOL_VERSION,
     ProtocolError,
@@ -94,7 +94,7 @@ class LocalRequest:
         ValueError
             ``device`` is not available on this node.
         """
-        from fedsieve.shared.checkpoint import CheckpointError
+        from fedsieve.shared.detectors.checkpoint import CheckpointError
         from fedsieve.shared.detectors.persist import detector_from_bytes
 
         try:

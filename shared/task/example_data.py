@@ -2,16 +2,16 @@
 
 The example ServerApp, ClientApp and the simulation harness name their data by one string:
 
-- ``"mnist"`` or ``"fashion-mnist"``: the offline loaders of :mod:`fedsieve.shared.data`,
+- ``"mnist"`` or ``"fashion-mnist"``: the offline loaders of :mod:`fedsieve.shared.data.datasets`,
   their ``"train"`` and official ``"test"`` splits;
-- anything else: a labelled source :func:`fedsieve.shared.sources.load_images` reads (an
+- anything else: a labelled source :func:`fedsieve.shared.data.sources.load_images` reads (an
   ``.npz`` with ``x`` and ``y``, an ImageFolder directory, a Hugging Face dataset saved with
   ``save_to_disk``), of any image shape. Such a source has no splits: the test set is a
   second source.
 
 Images come back as uint8 ``(N, C, H, W)`` for a user's source and as the loaders give them
 (``(N, 28, 28)``) for the built-in ones; everything downstream takes either
-(:func:`fedsieve.shared.images.check_images`).
+(:func:`fedsieve.shared.data.images.check_images`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedsieve.shared.data import ImageSet, image_set, load_fashion_mnist, load_mnist
-from fedsieve.shared.images import check_images, format_shape, image_shape
+from fedsieve.shared.data.datasets import ImageSet, image_set, load_fashion_mnist, load_mnist
+from fedsieve.shared.data.images import check_images, format_shape, image_shape
 
 if TYPE_CHECKING:  # torch is imported only when a classifier is built: settings stay light
     from torch import nn
@@ -43,7 +43,7 @@ def load_dataset(spec: str, split: str = "train", *,
     Parameters
     ----------
     spec : str
-        ``"mnist"``, ``"fashion-mnist"`` or a path :func:`~fedsieve.shared.sources.load_images`
+        ``"mnist"``, ``"fashion-mnist"`` or a path :func:`~fedsieve.shared.data.sources.load_images`
         reads.
     split : {"train", "test"}
         The split of a built-in dataset; a path has none and is read whole.
@@ -62,7 +62,7 @@ def load_dataset(spec: str, split: str = "train", *,
 
 @lru_cache(maxsize=4)
 def _load_source(path: str) -> ImageSet:
-    from fedsieve.shared.sources import load_images
+    from fedsieve.shared.data.sources import load_images
 
     loaded = load_images(path)
     if loaded.labels is None:
@@ -90,7 +90,7 @@ def match_shape(images: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     and C channels become one grey channel by their mean. Other channel counts cannot be
     converted and raise ValueError. Images of the shape already come back unchanged.
     """
-    from fedsieve.shared.sources import resize_images
+    from fedsieve.shared.data.sources import resize_images
 
     x = check_images(images, "images", dtype=np.uint8)
     c, h, w = (int(s) for s in shape)
@@ -111,10 +111,10 @@ def match_shape(images: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
 
 
 def example_classifier(task) -> nn.Module:
-    """The example task's classifier (:class:`~fedsieve.shared.classifier.DigitNet`), sized
+    """The example task's classifier (:class:`~fedsieve.shared.task.classifier.DigitNet`), sized
     from the images and classes of ``task.dataset`` (a :class:`~fedsieve.shared.config.
     TaskSettings`), so that the server and every client build the same network."""
-    from fedsieve.shared.classifier import DigitNet
+    from fedsieve.shared.task.classifier import DigitNet
 
     if task.dataset == "mnist":
         return DigitNet()

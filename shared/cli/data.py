@@ -9,8 +9,8 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from fedsieve.shared.cli_common import RootOption, console
-from fedsieve.shared.data import DataNotFoundError, load_fashion_mnist, load_mnist
+from fedsieve.shared.cli.common import RootOption, console
+from fedsieve.shared.data.datasets import DataNotFoundError, load_fashion_mnist, load_mnist
 
 data_app = typer.Typer(help="Inspect the datasets fedsieve uses.", no_args_is_help=True)
 

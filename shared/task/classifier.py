@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fedsieve.shared.data.images import DEFAULT_IMAGE_SHAPE, check_images
 from fedsieve.shared.devices import module_device, resolve_device
-from fedsieve.shared.images import DEFAULT_IMAGE_SHAPE, check_images
 
 
 class DigitNet(nn.Module):

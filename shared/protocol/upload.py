@@ -3,7 +3,7 @@
 Screening is a Flower ``query`` message with action :data:`UPLOAD_ACTION`. The server's
 request carries a ``ConfigRecord`` named :data:`REQUEST_RECORD`; the client's reply carries
 the samples in an ``ArrayRecord`` named :data:`UPLOAD_RECORD` (``x``: uint8 (N, C, H, W),
-the canonical form of :func:`~fedsieve.shared.images.check_images`; a grey (N, H, W) or a
+the canonical form of :func:`~fedsieve.shared.data.images.check_images`; a grey (N, H, W) or a
 float32 upload in [0, 1] from an older client is read too; ``ids``: int64 (N,); optionally
 ``y``: the claimed labels, int64 (N,), which a server with a label check reads) and a
 ``ConfigRecord`` named :data:`UPLOAD_META` (protocol version, local sample count, chunk
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from fedsieve.shared.images import check_images, format_shape
+from fedsieve.shared.data.images import check_images, format_shape
 
 PROTOCOL_VERSION = 1
 UPLOAD_ACTION = "fedsieve_upload"
@@ -134,7 +134,7 @@ def encode_upload(x: np.ndarray, ids: np.ndarray, request: UploadRequest,
     """Build a client's reply content for ``request`` from its local samples and ids, and
     their claimed labels ``y`` when given (a server with a label check uses them).
 
-    ``x`` is any batch :func:`~fedsieve.shared.images.check_images` reads (``layout`` as
+    ``x`` is any batch :func:`~fedsieve.shared.data.images.check_images` reads (``layout`` as
     there); the chunk travels as uint8 (n, C, H, W).
 
     Raises

@@ -12,7 +12,7 @@
   ``(image, label)`` or an image (a PIL image, a tensor (C, H, W) or an array);
 
 and returns an :class:`LoadedImages`: the images in the canonical uint8 (N, C, H, W) form of
-:func:`~fedsieve.shared.images.check_images`, their labels when the source has any, and a
+:func:`~fedsieve.shared.data.images.check_images`, their labels when the source has any, and a
 JSON-able description of what was read (for reports and checkpoints).
 
 Only local paths and objects are read; nothing is ever downloaded (save a hub dataset with
@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from fedsieve.shared.images import check_images, format_shape, image_digests
+from fedsieve.shared.data.images import check_images, format_shape, image_digests
 
 __all__ = ["IMAGE_KEYS", "LABEL_KEYS", "LoadedImages", "load_images", "stable_ids"]
 
@@ -75,7 +75,7 @@ class LoadedImages:
         JSON-able: ``kind`` (``"npz"``, ``"image-folder"``, ``"hf-disk"``, ``"hf-dataset"``,
         ``"torch-dataset"``, ``"array"`` or ``"arrays"``), ``path`` (None in memory), ``split``,
         ``count``, ``shape`` ([C, H, W]), ``classes`` (class names when known), ``labelled``,
-        ``sha256`` (of the uint8 images, as :func:`~fedsieve.shared.images.images_sha256`),
+        ``sha256`` (of the uint8 images, as :func:`~fedsieve.shared.data.images.images_sha256`),
         and what else the kind names (columns, the object's type, ``limit``, ``resize``).
     """
 
@@ -114,7 +114,7 @@ def load_images(
         -1 (Hugging Face's "no label") reads as no labels.
     layout : {"NCHW", "NHWC"}, optional
         The layout of 4-D arrays and 3-D items whose channel axis cannot be read from their
-        shape (see :func:`~fedsieve.shared.images.check_images`).
+        shape (see :func:`~fedsieve.shared.data.images.check_images`).
     limit : int, optional
         Read only the first ``limit`` images in the source's order (an ImageFolder lists its
         classes one after another, so a limit may leave later classes out).
@@ -160,7 +160,7 @@ def load_images(
 def stable_ids(images: Any, *, layout: str | None = None) -> np.ndarray:
     """Sample ids derived from image content: int64 (N,), non-negative, all different.
 
-    An image's id is its 8-byte BLAKE2b digest (:func:`~fedsieve.shared.images.image_digests`
+    An image's id is its 8-byte BLAKE2b digest (:func:`~fedsieve.shared.data.images.image_digests`
     of the uint8 (C, H, W) image) masked to 63 bits, so the same image has the same id in any
     order, dtype or layout. The k-th repeat of a byte-identical image (k >= 1, counted in the
     given order) gets the digest re-hashed with k instead, so that no two samples share an id
@@ -170,9 +170,9 @@ def stable_ids(images: Any, *, layout: str | None = None) -> np.ndarray:
     Parameters
     ----------
     images : array-like
-        Any batch :func:`~fedsieve.shared.images.check_images` reads (possibly empty).
+        Any batch :func:`~fedsieve.shared.data.images.check_images` reads (possibly empty).
     layout : {"NCHW", "NHWC"}, optional
-        As in :func:`~fedsieve.shared.images.check_images`.
+        As in :func:`~fedsieve.shared.data.images.check_images`.
 
     Raises
     ------

@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from fedsieve.shared.networks import BiGAN, NetConfig
+from fedsieve.shared.detectors.networks import BiGAN, NetConfig
 
 FORMAT = "fedsieve-checkpoint"
 FORMAT_VERSION = 1
