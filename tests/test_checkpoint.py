@@ -149,8 +149,8 @@ def test_checkpoint_and_detectors_import_each_other_at_module_top_only():
         return [(node.module, id(node) in top) for node in ast.walk(tree)
                 if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("fedsieve")]
 
-    assert fedsieve_imports(REPO / "shared" / "checkpoint.py") == [
+    assert fedsieve_imports(REPO / "shared" / "detectors" / "checkpoint.py") == [
         ("fedsieve.shared.detectors.networks", True)]
-    local = [(path.name, module) for path in (REPO / "shared" / "detectors").glob("*.py")
+    local = [(path.name, module) for path in (REPO / "shared" / "detectors").rglob("*.py")
              for module, at_top in fedsieve_imports(path) if not at_top]
     assert local == []
