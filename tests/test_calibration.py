@@ -201,6 +201,39 @@ def test_normal_core_leaves_out_pollution_under_the_cut():
     assert np.allclose(cal.modes, 0.0, atol=0.15) and (cal.spreads > 0.15).all()
 
 
+def test_calibration_finds_on_the_score_what_no_piece_finds_alone():
+    """78 polluted images a little above the normal tail on both of two pieces (310 normal
+    values each): often neither piece's density doubles again after its valley, and their
+    quantile cuts flag a few percent of the pollution (issue 34, seed 4 at ~100 samples a
+    client); on the score, the largest calibrated piece, they form a second population."""
+    found, normal_dropped = [], []
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        normal, pollution = rng.normal(0.0, 0.3, (310, 2)), rng.uniform(0.6, 1.6, (78, 2))
+        pool = np.concatenate([normal, pollution])
+        if any(normal_mode_cut(pool[:, j], normal[:10, j], 0.005).depth < 1.0
+               for j in range(2)):
+            continue  # a piece finds them alone
+        score = EvidenceCalibration.fit(pool, normal[:10], 0.01).combine(pool)
+        found.append((score[310:] > 0).mean())
+        normal_dropped.append((score[:310] > 0).mean())
+    assert len(found) >= 5
+    assert np.mean(found) >= 0.8 and max(normal_dropped) <= 0.02
+
+
+@pytest.mark.parametrize("n", [388, 5000])
+@pytest.mark.parametrize("shape", ["gumbel", "log-gamma", "student-t"])
+def test_calibration_finds_nothing_on_the_score_of_skewed_clean_pieces(n, shape):
+    """Clean pieces with long right tails show no second population on the score either:
+    the pool loses the budget."""
+    rng = np.random.default_rng(n)
+    pool = {"gumbel": lambda: rng.gumbel(0, 0.3, (n, 3)),
+            "log-gamma": lambda: np.log(rng.gamma(2.0, 1.0, (n, 3))),
+            "student-t": lambda: 0.3 * rng.standard_t(4, (n, 3))}[shape]()
+    cal = EvidenceCalibration.fit(pool, pool[:10], 0.01)
+    assert (cal.combine(pool) > 0).mean() <= 0.011
+
+
 @pytest.mark.slow
 def test_black_frames_and_triggers_score_above_every_trusted_image(mnist_train, tmp_path):
     """After a small real fit with the default evidence, a black frame and a digit with a

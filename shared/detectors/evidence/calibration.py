@@ -29,6 +29,12 @@ class EvidenceCalibration:
     several times: each piece on the whole pool, then again piece by piece from the deepest
     valley on, each on the images the pieces before it leave unflagged, then
     :data:`LEAVE_ONE_OUT_PASSES` times each on the images every other piece leaves unflagged.
+    When no piece finds a second population on its own (every cut is its budget's quantile),
+    the pollution may still be one on the score itself, the largest calibrated piece: images
+    that stand out a little on several pieces, none of which alone tells them from its normal
+    tail, stand out together. The same valley rule (:func:`normal_mode_cut`, the whole budget)
+    then looks for it there, and when its valley lies below 0 (and above every piece's normal
+    mode) every cut moves down to it.
 
     Attributes
     ----------
@@ -71,8 +77,29 @@ class EvidenceCalibration:
             for j in range(k):
                 found[j] = cut(j, ~np.delete(flags, j, axis=1).any(axis=1))
                 flags[:, j] = pool[:, j] > found[j].cut
-        return cls(*(np.array([getattr(f, name) for f in found], dtype=np.float64)
-                     for name in ("cut", "mode", "spread")))
+        calibration = cls(*(np.array([getattr(f, name) for f in found], dtype=np.float64)
+                            for name in ("cut", "mode", "spread")))
+        if all(f.depth >= 1.0 for f in found):
+            return calibration._cut_on_the_score(pool, trusted, budget)
+        return calibration
+
+    def _cut_on_the_score(self, pool: np.ndarray, trusted: np.ndarray | None, budget: float
+                          ) -> EvidenceCalibration:
+        """When no piece found a valley: the valley of the score (the largest calibrated
+        piece) itself, as every piece's cut, when it lies between the normal modes and the
+        cuts (issue 34: 78 Fashion-MNIST images in a pool of 388, a little above the normal
+        tail on both the global score and the typicality, neither piece's density doubling
+        again after its valley; on the score they form a second population)."""
+        score = self.combine(pool)
+        found = normal_mode_cut(score, None if trusted is None else self.combine(trusted),
+                                budget)
+        # combine() is -1 at a piece's normal mode and 0 at its cut.
+        if found.depth >= 1.0 or not -1.0 < found.cut < 0.0:
+            return self
+        unit = np.maximum(self.cuts - self.modes, 1e-6)
+        # (v - cut') / (cut' - mode) = (score - c) / (1 + c) for cut' = cut + c * unit: the
+        # same ranking, and 0 now at the score's valley c.
+        return type(self)(self.cuts + found.cut * unit, self.modes, self.spreads)
 
     def core(self, evidence: np.ndarray, width: float) -> np.ndarray:
         """Images whose every piece lies at most ``width`` robust SDs above its normal mode
