@@ -90,9 +90,9 @@ def run_task(task_name: str, seed: int, threads: int, out: Path, say,
         if label.startswith("rtbigan/own"):
             row["meta_seconds"] = round(meta_seconds, 1)
         if isinstance(det, RtBiGAN) and det.calibration_ is not None:
-            evidence = det._evidence(det._check_shape(task.test / np.float32(255)))
-            row["piece_auc"] = {p: float(roc_auc_score(task.test_y, evidence[:, i]))
-                                for i, p in enumerate(det._evidence_names())}
+            explanation = det.explain(task.test)
+            row["piece_auc"] = {p: float(roc_auc_score(task.test_y, explanation.values[:, i]))
+                                for i, p in enumerate(explanation.names)}
         rows.append(row)
         say(row)
     return rows

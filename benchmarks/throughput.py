@@ -53,7 +53,7 @@ def colour_throughput(threads: int = 2, work: Path = REPO / "benchmarks/results/
     t0 = time.perf_counter()
     det.decision_function(task.pool)
     return {"threads": threads, "pool": len(task.pool), "image_shape": list(task.image_shape),
-            "evidence": det._evidence_names(), "adapt_self_train_s": fit,
+            "evidence": det.evidence_names_, "adapt_self_train_s": fit,
             "samples_per_s": len(task.pool) / (time.perf_counter() - t0),
             "test_auc": float(roc_auc_score(task.test_y, det.decision_function(task.test)))}
 
