@@ -116,16 +116,20 @@ class AuditLog:
         whether its label was what dropped it (``label_flag``); with ``explanation`` (the
         detector's, of these samples) each sample the detector dropped names the deciding
         piece of evidence, its value and its cut."""
-        entries = [{"kind": "sample", "round": server_round, "node": node_id, "id": int(i),
-                    "score": float(s), "verdict": int(v), "threshold": float(threshold)}
-                   for i, s, v in zip(ids, scores, verdicts)]
-        if label_flags is not None:
-            for entry, flag in zip(entries, label_flags):
-                entry["label_flag"] = int(flag)
-        if explanation is not None:
-            for row in np.flatnonzero(explanation.flagged):
-                entries[row] |= explanation.deciding_row(int(row))
-        self._append(entries)
+        explained = None if explanation is None else explanation.flagged
+
+        def entries() -> Iterator[dict]:  # one at a time: a node may upload a million samples
+            for row, (i, s, v) in enumerate(zip(ids, scores, verdicts)):
+                entry = {"kind": "sample", "round": server_round, "node": node_id,
+                         "id": int(i), "score": float(s), "verdict": int(v),
+                         "threshold": float(threshold)}
+                if label_flags is not None:
+                    entry["label_flag"] = int(label_flags[row])
+                if explained is not None and explained[row]:
+                    entry |= explanation.deciding_row(row)
+                yield entry
+
+        self._append(entries())
 
     def write_pool(self, server_round: int, uploaded: int, flagged: int, threshold: float,
                    contamination: Mapping[str, float], *, label_flagged: int = 0,

@@ -126,9 +126,9 @@ def screen_locally(grid: Grid, nodes: list[int], detector, trusted: np.ndarray,
     for node, report in reports.items():
         explanation = detector.explain_evidence(report.evidence)
         scores[node] = explanation.scores
-        labels = (explanation.scores > detector.threshold_).astype(np.int64)
-        screening.verdicts[node] = ClientVerdict(node, report.ids, explanation.scores, labels,
-                                                 report.num_samples, explanation=explanation)
+        screening.verdicts[node] = ClientVerdict(
+            node, report.ids, explanation.scores, explanation.flagged.astype(np.int64),
+            report.num_samples, explanation=explanation)
     screening.threshold = float(detector.threshold_)
     screening.contamination = pool_contamination(detector, np.concatenate(
         [v.verdicts for v in screening.verdicts.values()] or [np.zeros(0, np.int64)]))

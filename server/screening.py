@@ -444,9 +444,10 @@ def _score_rows(detector, uploads: dict[int, ClientUpload], nodes: list[int],
             parts.append(explain(batch) if callable(explain)
                          else np.asarray(detector.decision_function(batch), dtype=np.float64))
     total = sum(len(uploads[n].x) for n in nodes)
+    seconds = time.perf_counter() - started
     log(INFO, "fedsieve: scored %d uploads in %.1f s (%.0f uploads/s, batches of %d, %d torch "
-        "threads)", total, time.perf_counter() - started,
-        total / max(time.perf_counter() - started, 1e-9), score_batch, torch.get_num_threads())
+        "threads)", total, seconds, total / max(seconds, 1e-9), score_batch,
+        torch.get_num_threads())
     if not callable(explain):
         return np.concatenate(parts), None
     explanation = Explanation.concatenate(parts)

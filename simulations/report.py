@@ -15,19 +15,18 @@ from fedsieve.simulations.tables import MISSING, format_value
 
 def read_sample_verdicts(audit_path: Path) -> dict[int, tuple[float, int, int]]:
     """Sample id -> (score, verdict, node) from the latest screening in an audit log."""
-    if not audit_path.is_file():
-        return {}
-    return {int(e["id"]): (float(e["score"]), int(e["verdict"]), int(e["node"]))
-            for e in read_audit(audit_path, "sample")}
+    return _sample_verdicts(_latest_samples(audit_path))
 
 
-def read_deciding_pieces(audit_path: Path) -> dict[int, str]:
-    """Sample id -> the piece of evidence that decided its drop, from the latest screening
-    (only the samples the detector dropped; an older log names none)."""
+def _latest_samples(audit_path: Path) -> dict[int, dict]:
+    """Sample id -> its entry from the latest screening in an audit log."""
     if not audit_path.is_file():
         return {}
-    latest = {int(e["id"]): e.get("piece") for e in read_audit(audit_path, "sample")}
-    return {i: piece for i, piece in latest.items() if piece is not None}
+    return {int(e["id"]): e for e in read_audit(audit_path, "sample")}
+
+
+def _sample_verdicts(latest: dict[int, dict]) -> dict[int, tuple[float, int, int]]:
+    return {i: (float(e["score"]), int(e["verdict"]), int(e["node"])) for i, e in latest.items()}
 
 
 def read_exclusions(audit_path: Path) -> dict[int, str]:
@@ -92,7 +91,8 @@ def detection_report(federation: Federation, audit_path: Path) -> dict:
     for a log without pool entries), and per client the true pollution next to what was
     dropped. Empty (``{"screened": False}``) when the run had no filter.
     """
-    verdicts = read_sample_verdicts(audit_path)
+    latest = _latest_samples(audit_path)
+    verdicts = _sample_verdicts(latest)
     if not verdicts:
         return {"screened": False}
     truth = federation.ground_truth()
@@ -116,7 +116,9 @@ def detection_report(federation: Federation, audit_path: Path) -> dict:
         "normal_dropped": float(dropped[~polluted].mean()) if (~polluted).any() else None,
         "estimated_contamination": estimated_contamination(federation, audit_path),
         "by_kind": _dropped_by_kind(federation, ids, dropped),
-        "by_piece": _dropped_by_piece(read_deciding_pieces(audit_path), truth),
+        # The piece of evidence behind each drop (an older log names none).
+        "by_piece": _dropped_by_piece({i: e["piece"] for i, e in latest.items()
+                                       if "piece" in e}, truth),
         "clients": [],
     }
     client_of = ids // ID_STRIDE

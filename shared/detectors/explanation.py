@@ -82,8 +82,7 @@ class Explanation:
 
     def deciding_names(self) -> np.ndarray:
         """Name of the deciding piece of each image (str array, shape (N,))."""
-        return np.asarray(self.names, dtype=object)[self.deciding] if len(self.scores) \
-            else np.empty(0, dtype=object)
+        return np.asarray(self.names, dtype=object)[self.deciding]
 
     def flagged_by(self) -> dict[str, int]:
         """How many flagged images each piece decided (every piece, 0 included)."""

@@ -227,7 +227,7 @@ class RtBiGAN(GANDetector):
         self.adapt_time_ = time.perf_counter() - t0
         pool_b, trusted_b = self._batch(X, pieces), self._batch(trusted, pieces)
         seed = 0 if self.random_state is None else int(self.random_state)
-        context = FitContext(meta_path, self.model_, seed, self._budget())
+        context = FitContext(meta_path, self.model_, seed)
         self._fit_pieces(pieces, pool_b, trusted_b, context)
 
         opts = None
@@ -278,7 +278,7 @@ class RtBiGAN(GANDetector):
                 "pass meta_checkpoint=<path> for a better start", MetaModelWarning,
                 stacklevel=4)
         if self.meta_checkpoint is None or (default and shape != DEFAULT_IMAGE_SHAPE):
-            t = self._training()
+            t = self.training_
             self.model_ = init_model(NetConfig(t.z_dim, t.width, t.d_hidden, image_shape=shape),
                                      self.random_state, self.device_)
             return None
@@ -293,13 +293,10 @@ class RtBiGAN(GANDetector):
         return path
 
     def _loop_config(self) -> LoopConfig:
-        t = self._training()
+        t = self.training_
         return LoopConfig(batch_size=int(t.batch_size), lr_d=float(t.lr_d),
                           lr_eg=float(t.lr_eg), beta1=0.5, recon_weight=float(t.recon_weight),
                           joint=self._joint)
-
-    def _training(self) -> Training:
-        return getattr(self, "training_", None) or as_training(self.training)
 
     # -- the evidence ------------------------------------------------------------------------
     def _make_pieces(self) -> list[EvidencePiece]:
@@ -381,7 +378,7 @@ class RtBiGAN(GANDetector):
 
     def _normal_core(self, scores: np.ndarray, evidence: np.ndarray | None) -> np.ndarray:
         """The pool's normal core (bool): see ``Training.core_width``."""
-        width = float(self._training().core_width)
+        width = float(self.training_.core_width)
         if evidence is not None:
             return self.calibration_.core(evidence, width)
         logs = log_scores(scores)
@@ -412,14 +409,14 @@ class RtBiGAN(GANDetector):
         return self.calibration_.combine(evidence)
 
     def _local_core(self, evidence: np.ndarray) -> np.ndarray:
-        width = self._training().core_width
+        width = self.training_.core_width
         if width is None or self.calibration_ is None:
             return super()._local_core(evidence)
         return self.calibration_.core(evidence, float(width))
 
     def _merged(self, mean_residual: torch.Tensor, trusted: np.ndarray | None) -> None:
         self.pixel_weight_ = None
-        if self._training().pixel_weighting:
+        if self.training_.pixel_weighting:
             self._weigh_pixels(mean_residual)
         if trusted is not None:
             self._set_norm(trusted)
@@ -440,7 +437,7 @@ class RtBiGAN(GANDetector):
     def _set_norm(self, trusted: np.ndarray) -> None:
         """Divide L_G and L_D by their means on the trusted images (scale-free mixing)."""
         self.score_norm_ = None
-        if self._training().normalize_scores:
+        if self.training_.normalize_scores:
             lg, ld = self._losses(trusted)
             self.score_norm_ = np.array([max(lg.mean(), 1e-8), max(ld.mean(), 1e-8)])
 
@@ -449,7 +446,7 @@ class RtBiGAN(GANDetector):
         """Weight each pixel's residual by the inverse of its mean residual on ``reference``
         (the current normal set), so ink where normal images never have any counts more."""
         self.pixel_weight_ = None
-        if not self._training().pixel_weighting:
+        if not self.training_.pixel_weighting:
             return
         total = torch.zeros(self.model_.cfg.image_shape, device=self.device_)
         for x in reference.chunks(SCORE_BATCH):

@@ -96,14 +96,11 @@ class FitContext:
         The detector's BiGAN (after adaptation; it keeps training in place).
     seed : int
         The detector's random state (0 when None).
-    budget : float
-        The false-drop budget the calibration spends.
     """
 
     meta_path: Path | None
     model: torch.nn.Module
     seed: int
-    budget: float
 
 
 @dataclass

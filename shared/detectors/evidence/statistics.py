@@ -184,7 +184,10 @@ class _StatisticsPiece(EvidencePiece):
     """
 
     def fit(self, pool: Batch, trusted: Batch, context: FitContext) -> bool:
-        self.center_, self.scale_ = robust_center_scale(_statistics(pool), _statistics(trusted))
+        # Fitted once per pool for both pieces (a pool batch meets one set of trusted images).
+        self.center_, self.scale_ = pool.remember(
+            "normal-statistics",
+            lambda _: robust_center_scale(_statistics(pool), _statistics(trusted)))
         return True
 
     def state(self) -> dict[str, torch.Tensor]:
