@@ -41,7 +41,7 @@ class ScreeningMode(ABC):
     detector : estimator or callable
         An unfitted fedsieve detector (copied fresh for every screening) or a zero-argument
         callable returning one. It must offer ``fit(X, trusted=...)`` and the fitted
-        ``decision_scores_``, ``labels_`` and ``threshold_``
+        ``decision_scores_`` and ``threshold_``
         (:func:`fedsieve.shared.detectors.make_detector` builds one by name).
     trusted_images : numpy.ndarray or path
         The server's trusted normal images (5-10), in any form
