@@ -97,3 +97,51 @@ def test_meta_train_writes_checkpoint(tmp_path):
     assert res.exit_code == 0, res.output
     header = json.loads((tmp_path / "m.json").read_text())
     assert header["config"]["holdout_classes"] == [8, 9]
+
+
+def test_detect_checks_claimed_labels_when_the_pool_has_them(tmp_path):
+    mnist = load_mnist("train")
+    pick = np.random.default_rng(0).permutation(len(mnist.labels))[:1200]
+    x, y = mnist.images[pick], mnist.labels[pick].astype(np.int64)
+    flip = np.random.default_rng(1).random(len(y)) < 0.2
+    claimed = np.where(flip, (y + 3) % 10, y)  # a consistent flip of a fifth of the claims
+    np.savez(tmp_path / "pool.npz", x=x[:1000], y=claimed[:1000],
+             y_anomaly=flip[:1000].astype(int))
+    np.savez(tmp_path / "test.npz", x=x[1000:], y=claimed[1000:],
+             y_anomaly=flip[1000:].astype(int))
+    np.savez(tmp_path / "trusted.npz", x=x[1000:1010])
+
+    def detect(*extra: str) -> tuple[dict, object]:
+        out = tmp_path / "-".join(("out", *extra))
+        res = CliRunner().invoke(_app(), [
+            "detect", "--pool", str(tmp_path / "pool.npz"), "--trusted",
+            str(tmp_path / "trusted.npz"), "--test", str(tmp_path / "test.npz"),
+            "--detector", "iforest", "--out", str(out), *extra])
+        assert res.exit_code == 0, res.output
+        return json.loads((out / "report.json").read_text()), out
+
+    report, out = detect()
+    verdicts, deciding = np.load(out / "verdicts.npy"), np.load(out / "deciding_piece.npy")
+    by_labels = deciding == "labels"
+    # The pairs the image detector let through are checked; a contradicted claim is a drop.
+    assert report["flagged_by"]["labels"] == report["labels"]["flagged"] == by_labels.sum()
+    assert verdicts[by_labels].all() and by_labels[flip[:1000]].mean() >= 0.6
+    assert by_labels[~flip[:1000]].mean() <= 0.05
+    label_scores = np.load(out / "label_scores.npy")
+    assert np.isnan(label_scores[(verdicts == 1) & ~by_labels]).all()  # dropped by image
+    # The test pairs are judged by the same classifiers.
+    pair_scores = np.load(out / "test_label_scores.npy")
+    assert pair_scores[flip[1000:]].mean() > pair_scores[~flip[1000:]].mean()
+    assert report["test_metrics"]["recall"] >= 0.6
+    # Without the check, y is ignored: the images alone.
+    plain, plain_out = detect("--no-labels")
+    assert "labels" not in plain["flagged_by"] and plain["labels"] is None
+    assert not (plain_out / "label_scores.npy").exists()
+
+
+def test_detect_refuses_claimed_labels_that_are_not_integers(tmp_path):
+    x = load_mnist("train").images[:50]
+    np.savez(tmp_path / "pool.npz", x=x, y=np.zeros(50))
+    res = CliRunner().invoke(_app(), ["detect", "--pool", str(tmp_path / "pool.npz"),
+                                      "--detector", "iforest", "--out", str(tmp_path / "o")])
+    assert res.exit_code != 0 and "claimed class labels" in res.output

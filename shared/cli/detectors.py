@@ -35,12 +35,21 @@ def _threads(n: int | None) -> None:
 
 
 def _load_npz(path: Path, what: str) -> tuple[np.ndarray, np.ndarray | None]:
+    x, y, _ = _load_pairs(path, what)
+    return x, y
+
+
+def _load_pairs(path: Path, what: str
+                ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """``x``, the ground truth ``y_anomaly`` and the claimed class labels ``y`` of an npz
+    (each of the last two None when the file has none)."""
     try:
         with np.load(path, allow_pickle=False) as f:
             if "x" not in f:
                 raise typer.BadParameter(f"{path} has no array 'x' (images)", param_hint=what)
             x = f["x"]
             y = f["y_anomaly"].astype(np.int64) if "y_anomaly" in f else None
+            claimed = f["y"] if "y" in f else None
     except (OSError, ValueError) as exc:
         raise typer.BadParameter(f"cannot read {path}: {exc}", param_hint=what) from exc
     try:
@@ -49,7 +58,13 @@ def _load_npz(path: Path, what: str) -> tuple[np.ndarray, np.ndarray | None]:
         raise typer.BadParameter(str(exc), param_hint=what) from exc
     if y is not None and y.shape != (len(x),):
         raise typer.BadParameter(f"{path}: y_anomaly must have shape ({len(x)},)", param_hint=what)
-    return x, y
+    if claimed is not None and (claimed.shape != (len(x),)
+                                or not np.issubdtype(claimed.dtype, np.integer)):
+        raise typer.BadParameter(
+            f"{path}: y (the claimed class labels) must hold one integer per image, shape "
+            f"({len(x)},); got {claimed.dtype} {claimed.shape}. Encode class names as integers, "
+            "or leave y out to screen the images alone", param_hint=what)
+    return x, y, None if claimed is None else claimed.astype(np.int64)
 
 
 #: What ``meta-train --tasks`` takes: classes when the data has labels, else clusters (auto).
@@ -240,13 +255,14 @@ def _meta_train_data(source: str | None, data: Path | None, *, resize: str | Non
 
 
 def detect_cmd(
-    pool: Annotated[Path, typer.Option("--pool", help="npz with x (and optionally y_anomaly).")],
+    pool: Annotated[Path, typer.Option(
+        "--pool", help="npz with x, optionally y (claimed class labels) and y_anomaly.")],
     out: Annotated[Path, typer.Option("--out", help="Output directory.")],
     trusted: Annotated[
         Path | None, typer.Option("--trusted", help="npz with x: trusted normal images.")
     ] = None,
     test: Annotated[
-        Path | None, typer.Option("--test", help="npz to score (x, optional y_anomaly).")
+        Path | None, typer.Option("--test", help="npz to score (x, optional y and y_anomaly).")
     ] = None,
     detector: Annotated[str, typer.Option(
         help="A name in the detector registry, fedsieve.shared.detectors.DETECTORS "
@@ -264,8 +280,17 @@ def detect_cmd(
     device: Annotated[str, typer.Option(
         help="Where a torch detector runs: auto (a CUDA GPU when torch sees one, else the "
              "CPU), cpu, cuda, cuda:1, mps. iforest and deepsvdd run on the CPU.")] = "auto",
+    labels: Annotated[bool, typer.Option(
+        "--labels/--no-labels",
+        help="When the pool file holds claimed labels y, also check each (image, label) "
+             "pair whose image passed (LabelCheck) and drop contradicted ones.")] = True,
 ) -> None:
     """Score a pool of uploads, flag anomalies and write scores, verdicts, report and figures.
+
+    When the pool file holds the samples' claimed class labels (``y``), the (image, label)
+    pairs whose image passed are checked too (a genuine image with a wrong label), and
+    contradicted ones are dropped ("labels" in the report's flagged_by); a test file's ``y``
+    is checked against the same classifiers. Without ``y`` the images are screened alone.
 
     Without --trusted, rtbigan needs stand-in trusted images: an IsolationForest (which needs
     none) scores the pool and its 10 least anomalous images stand in; report.json records this
@@ -276,7 +301,8 @@ def detect_cmd(
     _threads(threads)
     if detector not in DETECTORS:
         raise typer.BadParameter(f"choose one of {', '.join(DETECTORS)}", param_hint="--detector")
-    x_pool, y_pool = _load_npz(pool, "--pool")
+    x_pool, y_pool, claimed = _load_pairs(pool, "--pool")
+    claimed = claimed if labels else None
     trusted_x, trusted_source = None, None
     if trusted is not None:
         trusted_x, _ = _load_npz(trusted, "--trusted")
@@ -301,12 +327,21 @@ def detect_cmd(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     out.mkdir(parents=True, exist_ok=True)
-    scores, verdicts = det.decision_scores_, det.labels_
+    scores, verdicts = det.decision_scores_, np.asarray(det.labels_, np.int64)
     explanation = det.explain_fitted()
+    # Which piece of evidence decided each verdict ("score" for a one-number detector).
+    deciding = explanation.deciding_names().astype(object)
+    flagged_by = explanation.flagged_by()
+    check, label_report = None, None
+    if claimed is not None:
+        check, label_flags, label_report = _check_pairs(x_pool, claimed, verdicts,
+                                                        random_state, out)
+        verdicts = verdicts | label_flags
+        deciding[label_flags == 1] = "labels"
+        flagged_by["labels"] = int(label_flags.sum())
     np.save(out / "scores.npy", scores)
     np.save(out / "verdicts.npy", verdicts)
-    # Which piece of evidence decided each verdict ("score" for a one-number detector).
-    np.save(out / "deciding_piece.npy", explanation.deciding_names().astype(str))
+    np.save(out / "deciding_piece.npy", deciding.astype(str))
     report: dict[str, object] = {
         "detector": detector,
         "params": {
@@ -318,7 +353,8 @@ def detect_cmd(
         "trusted_source": trusted_source,
         "n_pool": len(x_pool),
         "n_flagged": int(verdicts.sum()),
-        "flagged_by": explanation.flagged_by(),
+        "flagged_by": flagged_by,
+        "labels": label_report,
         "contamination": det.contamination_,
         "timings": {"fit_s": round(fit_s, 3)},
         "data": {
@@ -330,22 +366,50 @@ def detect_cmd(
     if y_pool is not None:
         report["pool_metrics"] = _metrics(y_pool, scores, verdicts)
     if test is not None:
-        x_test, y_test = _load_npz(test, "--test")
+        x_test, y_test, test_claimed = _load_pairs(test, "--test")
         t0 = time.perf_counter()
         t_scores = det.decision_function(x_test)
         dt = time.perf_counter() - t0
+        t_verdicts = (t_scores > det.threshold_).astype(np.int64)
         np.save(out / "test_scores.npy", t_scores)
+        if check is not None and test_claimed is not None:
+            pair_scores = check.score_pairs(x_test, test_claimed)
+            np.save(out / "test_label_scores.npy", pair_scores)
+            t_verdicts |= (pair_scores > check.threshold_).astype(np.int64)
+        np.save(out / "test_verdicts.npy", t_verdicts)
         report["timings"]["test_score_s"] = round(dt, 3)
         report["timings"]["samples_per_s"] = round(len(x_test) / max(dt, 1e-9), 1)
         report["data"]["test_sha256"] = images_sha256(x_test)
         if y_test is not None:
-            report["test_metrics"] = _metrics(
-                y_test, t_scores, (t_scores > det.threshold_).astype(np.int64)
-            )
+            report["test_metrics"] = _metrics(y_test, t_scores, t_verdicts)
     _figures(out, check_images(x_pool), scores, y_pool, det)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    by_piece = ", ".join(f"{piece} {n}" for piece, n in explanation.flagged_by().items())
+    by_piece = ", ".join(f"{piece} {n}" for piece, n in flagged_by.items())
     typer.echo(f"flagged {int(verdicts.sum())}/{len(x_pool)} (by {by_piece}); wrote {out}")
+
+
+def _check_pairs(x: np.ndarray, claimed: np.ndarray, image_verdicts: np.ndarray,
+                 random_state: int, out: Path):
+    """The label check on the pairs whose image passed: the fitted check, 1 for each pair it
+    contradicts (0 for the rest), and what the report says of it; writes
+    ``label_scores.npy`` (NaN where the image was dropped)."""
+    from fedsieve.shared.detectors.labels import LabelCheck
+
+    rows = np.flatnonzero(image_verdicts == 0)
+    t0 = time.perf_counter()
+    try:
+        check = LabelCheck(random_state=random_state).fit(x[rows], claimed[rows])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--pool") from exc
+    flags = np.zeros(len(x), np.int64)
+    flags[rows] = check.labels_
+    label_scores = np.full(len(x), np.nan)
+    label_scores[rows] = check.decision_scores_
+    np.save(out / "label_scores.npy", label_scores)
+    return check, flags, {
+        "checked": int(check.checked_.sum()), "flagged": int(flags.sum()),
+        "classes": check.classes_.tolist(), "rule": check.filter_by,
+        "threshold": float(check.threshold_), "fit_s": round(time.perf_counter() - t0, 3)}
 
 
 def _args_after(command: str) -> list[str]:
