@@ -376,6 +376,9 @@ def detect_cmd(
             pair_scores = check.score_pairs(x_test, test_claimed)
             np.save(out / "test_label_scores.npy", pair_scores)
             t_verdicts |= (pair_scores > check.threshold_).astype(np.int64)
+        elif labels and test_claimed is not None:
+            typer.echo("the test file's y is not checked: the pool file holds no claimed "
+                       "labels y to learn the classes from")
         np.save(out / "test_verdicts.npy", t_verdicts)
         report["timings"]["test_score_s"] = round(dt, 3)
         report["timings"]["samples_per_s"] = round(len(x_test) / max(dt, 1e-9), 1)
