@@ -145,3 +145,16 @@ def test_detect_refuses_claimed_labels_that_are_not_integers(tmp_path):
     res = CliRunner().invoke(_app(), ["detect", "--pool", str(tmp_path / "pool.npz"),
                                       "--detector", "iforest", "--out", str(tmp_path / "o")])
     assert res.exit_code != 0 and "claimed class labels" in res.output
+
+
+def test_detect_says_when_a_test_files_labels_cannot_be_checked(tmp_path):
+    mnist = load_mnist("train")
+    np.savez(tmp_path / "pool.npz", x=mnist.images[:60])  # images alone: no classes learnt
+    np.savez(tmp_path / "test.npz", x=mnist.images[60:80], y=mnist.labels[60:80].astype(int))
+    res = CliRunner().invoke(_app(), ["detect", "--pool", str(tmp_path / "pool.npz"), "--test",
+                                      str(tmp_path / "test.npz"), "--detector", "iforest",
+                                      "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert "the test file's y is not checked" in res.output
+    assert not (tmp_path / "o" / "test_label_scores.npy").exists()
+    assert (tmp_path / "o" / "test_verdicts.npy").is_file()
