@@ -185,9 +185,10 @@ class LabelCheck(BaseEstimator):
         if k < 2 or n < 2 * self.folds:  # nothing to contradict
             return self
         agreed = np.ones(n, bool)
+        folds = self._folds(images[rows], encoded, k, seed)  # the same folds every pass
         for _ in range(self.passes):
-            probabilities, self.models_ = self._out_of_fold(images[rows], encoded, agreed, k,
-                                                            seed)
+            probabilities, self.models_ = self._out_of_fold(images[rows], encoded, agreed,
+                                                            folds, k, seed)
             probabilities = probabilities.astype(np.float64)
             probabilities /= probabilities.sum(1, keepdims=True)
             last_agreed, agreed = agreed, probabilities.argmax(1) == encoded
@@ -209,18 +210,23 @@ class LabelCheck(BaseEstimator):
                                                    filter_by=self.filter_by, n_jobs=1)
         return self
 
-    def _out_of_fold(self, images: np.ndarray, encoded: np.ndarray, agreed: np.ndarray,
-                     k: int, seed: int) -> tuple[np.ndarray, list[torch.nn.Module]]:
-        """Each image's class probabilities from the fold model that did not train on it
-        (each model trains on the ``agreed`` samples of the other folds), and the models."""
-        groups = _content_groups(images)
+    def _folds(self, images: np.ndarray, encoded: np.ndarray, k: int,
+               seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The (train, test) rows of each fold; byte-identical copies share a fold."""
         counts = np.bincount(encoded, minlength=k)
         splitter = (StratifiedGroupKFold(self.folds, shuffle=True, random_state=seed)
                     if counts.min() >= self.folds else GroupKFold(self.folds))
+        return list(splitter.split(images, encoded, _content_groups(images)))
+
+    def _out_of_fold(self, images: np.ndarray, encoded: np.ndarray, agreed: np.ndarray,
+                     folds: list[tuple[np.ndarray, np.ndarray]], k: int,
+                     seed: int) -> tuple[np.ndarray, list[torch.nn.Module]]:
+        """Each image's class probabilities from the fold model that did not train on it
+        (each model trains on the ``agreed`` samples of the other folds), and the models."""
         rng = np.random.default_rng(seed)
         probabilities = np.zeros((len(images), k), np.float32)
         models = []
-        for fold, (train, test) in enumerate(splitter.split(images, encoded, groups)):
+        for fold, (train, test) in enumerate(folds):
             train = train[agreed[train]]
             if len(train) > self.max_train:
                 train = np.sort(rng.choice(train, self.max_train, replace=False))
