@@ -232,13 +232,13 @@ class FedSieve:
 
     def _self_train(self, msg: Message, context: Context) -> Message:
         # Federated self-training: train the shipped BiGAN on the samples it keeps here.
-        from fedsieve.shared.detectors.federated import local_update
+        from fedsieve.shared.detectors.federated import data_seed, local_update
 
         request = LocalRequest.from_content(msg.content)
         detector = request.detector(context_device(context))
-        x, _ = self._local_samples(context)
+        x, ids = self._local_samples(context)
         update = local_update(detector, x, steps=int(request.config["steps"]),
-                              seed=int(request.config["seed"]),
+                              seed=data_seed(int(request.config["seed"]), ids),
                               first_round=bool(request.config["first-round"]))
         return Message(encode_update(update.state, update.residual_sum, update.num_normal),
                        reply_to=msg)

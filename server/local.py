@@ -30,6 +30,7 @@ from flwr.app import Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from fedsieve.server.ordering import reply_digest
 from fedsieve.server.reasons import client_error
 from fedsieve.server.screening import ClientVerdict, Screening, pool_contamination
 from fedsieve.shared.protocol.local import (
@@ -153,7 +154,9 @@ class _Exchange:
         for node, content in contents.items():
             self._count(node, "down", content)
         out: dict[int, object] = {}
-        for reply in self.grid.send_and_receive(messages, timeout=self.timeout):
+        # In content order: the merged self-training update sums floats in this order.
+        for reply in sorted(self.grid.send_and_receive(messages, timeout=self.timeout),
+                            key=reply_digest):
             node = int(reply.metadata.src_node_id)
             if node not in contents or node in out or node in self.screening.failures:
                 continue
@@ -221,10 +224,12 @@ def _self_train(run: _Exchange, nodes: list[int], detector, settings: LocalSetti
 
     reference = model_tensors(detector.model_)
     shape = tuple(detector.image_shape_)
-    contents = {n: _detector_content(
+    # One seed for every client: each joins it with a digest of its own sample ids
+    # (federated.data_seed), not with its node id, which Flower draws at random.
+    content = _detector_content(
         detector, steps=int(settings.local_steps), **{"first-round": rnd == 0},
-        seed=int(settings.seed * 1_000_003 + server_round * 1009 + rnd * 101 + n % 100_003))
-        for n in nodes}
+        seed=int(settings.seed * 1_000_003 + server_round * 1009 + rnd * 101))
+    contents = {n: content for n in nodes}
     return run.send(contents, SELF_TRAIN_ACTION,
                     lambda node, reply: decode_update(reply, reference, shape,
                                                       settings.max_samples),

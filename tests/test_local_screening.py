@@ -63,10 +63,10 @@ class RecordingGrid(LoopbackGrid):
         return replies
 
 
-def make_grid(settings, files, apps=None) -> RecordingGrid:
+def make_grid(settings, files, apps=None, nodes=NODES) -> RecordingGrid:
     app = make_client_app(settings)
-    apps = {node: app for node in NODES} | (apps or {})
-    return RecordingGrid(apps, {n: {"data-path": str(p)} for n, p in zip(NODES, files)})
+    apps = {node: app for node in nodes} | (apps or {})
+    return RecordingGrid(apps, {n: {"data-path": str(p)} for n, p in zip(nodes, files)})
 
 
 def run_round(strategy, grid):
@@ -152,6 +152,15 @@ def test_score_reports_are_validated():
         decode_scores(RecordDict({}), 3)
 
 
+def test_a_clients_training_seed_comes_from_its_data_not_its_node():
+    from fedsieve.shared.detectors.federated import data_seed
+
+    ids = np.arange(1_000, 1_300, dtype=np.int64)
+    seed = data_seed(7, ids)
+    assert seed == data_seed(7, ids[::-1]) and 0 <= seed < 2**63  # any order of the same ids
+    assert len({seed, data_seed(8, ids), data_seed(7, ids[1:])}) == 3
+
+
 def test_self_training_updates_are_validated(fitted_rtbigan):
     from fedsieve.shared.detectors.checkpoint import model_tensors
 
@@ -232,6 +241,23 @@ def test_local_verdicts_drop_the_pollution(local_round, compact_federation):
         drops = message.content[VERDICT_RECORD]["drop-ids"].numpy()
         assert (drops // ID_STRIDE == NODES.index(node)).all()
     assert local_round.arrays is not None
+
+
+@pytest.mark.slow
+def test_local_verdicts_do_not_depend_on_node_ids(local_round, small_settings,
+                                                  compact_federation, compact_federation_files,
+                                                  tmp_path):
+    """Flower draws node ids at random: the same federation under other ids (in another
+    order) trains and screens to the very same verdicts."""
+    others = [9_000_000_000_000_000_001, 77, 5_000_000_017, 3]
+    strategy = local_filter(compact_federation, tmp_path)
+    run_round(strategy, make_grid(small_settings, compact_federation_files, nodes=others))
+
+    def verdicts(run_dir):
+        return {e["id"]: (e["verdict"], e["score"])
+                for e in read_audit(run_dir / "audit.jsonl", "sample")}
+
+    assert verdicts(tmp_path) == verdicts(local_round.run_dir)
 
 
 class ForgingSieve(FedSieve):

@@ -13,6 +13,7 @@ the client; the detector's weights travel both ways.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -48,6 +49,31 @@ class LocalUpdate:
     state: dict[str, torch.Tensor]
     num_normal: int
     residual_sum: torch.Tensor | None
+
+
+def data_seed(seed: int, ids: np.ndarray) -> int:
+    """A client's training seed: the round's ``seed`` joined with a digest of its sample ids.
+
+    Flower draws node ids at random, so a seed derived from the node id would make the same
+    federation train (and screen) differently in each deployment; the sample ids
+    (:func:`~fedsieve.shared.data.sources.stable_ids`, from the images) are the same each
+    time the same data is read.
+
+    Parameters
+    ----------
+    seed : int
+        The seed the server sent for this round.
+    ids : numpy.ndarray
+        The client's sample ids, in any order.
+
+    Returns
+    -------
+    int
+        A non-negative 63-bit seed.
+    """
+    digest = hashlib.blake2b(np.sort(np.asarray(ids, dtype=np.int64)).tobytes(),
+                             digest_size=8, key=int(seed).to_bytes(16, "little", signed=True))
+    return int.from_bytes(digest.digest(), "little") >> 1
 
 
 def local_update(detector: GANDetector, X: np.ndarray, *, steps: int, seed: int,

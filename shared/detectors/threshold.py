@@ -216,18 +216,16 @@ def _mode_and_cut(v: np.ndarray, start: float | None, rate: float) -> NormalMode
     rise = VALLEY_RISE_IMAGES / (np.sqrt(2 * np.pi) * h / width)
     # The valley is the low point beyond VALLEY_MIN_SD left-side SDs: a lower point left of
     # that floor (a flat stretch of the normal tail) must not hide the valley after it.
-    first = max(i + 1, int(np.searchsorted(centers, mode + VALLEY_MIN_SD * sd_left, "right")))
-    end, lowest = bins - 1, first
-    images_up_to = np.cumsum(dens)
-    for j in range(first, bins):
-        if dens[j] <= dens[lowest]:  # the rightmost point of a flat valley
-            lowest = j
-        if dens[lowest] >= VALLEY_DEPTH * peak or dens[j] <= VALLEY_RATIO * dens[lowest]:
-            continue
-        if dens[j] > dens[lowest] + rise or _holds_more(
-                images_up_to[j] - images_up_to[lowest], dens[lowest] * (j - lowest)):
-            end = lowest
-            break
+    floor = max(i + 1, int(np.searchsorted(centers, mode + VALLEY_MIN_SD * sd_left, "right")))
+    end = _valley(dens, floor, VALLEY_DEPTH * peak, rise)
+    if end == bins - 1 and floor > i + 1:
+        # None beyond the floor: a valley nearer the mode still counts when it is emptier
+        # than a Gaussian normal population is at the floor itself. The left side's SD
+        # overstates the right side's when the normal mode is skewed left (a log-distance
+        # after self-training, issue 34: the floor lay on the pollution's own peak, 2 SDs
+        # of 0.94 above the mode, the empty valley at 1 SD was never looked at, and half the
+        # pollution passed the budget quantile).
+        end = _valley(dens, i + 1, np.exp(-VALLEY_MIN_SD ** 2 / 2) * peak, rise)
     if end < bins - 1:
         # A second population: cut at the valley, the density's low point between the two.
         # A quantile of the part left of it would lie further left, inside the normal
@@ -236,6 +234,25 @@ def _mode_and_cut(v: np.ndarray, start: float | None, rate: float) -> NormalMode
         return NormalMode(float(centers[end]), mode, sd_left, float(dens[end] / peak))
     # "higher": at most rate * n values lie above the cut, whatever the ties.
     return NormalMode(float(np.quantile(v, 1.0 - rate, method="higher")), mode, sd_left)
+
+
+def _valley(dens: np.ndarray, first: int, below: float, rise: float) -> int:
+    """Index of the first valley of the smoothed density ``dens`` from bin ``first`` on: its
+    low point, lower than ``below``, after which the density rises by ``rise`` (or holds more
+    images than it would at the valley's level, :func:`_holds_more`) and to at least
+    :data:`VALLEY_RATIO` times the valley's own; the last bin when there is none."""
+    end, lowest = len(dens) - 1, first
+    images_up_to = np.cumsum(dens)
+    for j in range(first, len(dens)):
+        if dens[j] <= dens[lowest]:  # the rightmost point of a flat valley
+            lowest = j
+        if dens[lowest] >= below or dens[j] <= VALLEY_RATIO * dens[lowest]:
+            continue
+        if dens[j] > dens[lowest] + rise or _holds_more(
+                images_up_to[j] - images_up_to[lowest], dens[lowest] * (j - lowest)):
+            end = lowest
+            break
+    return end
 
 
 def _holds_more(images: float, at_valley_level: float) -> bool:
