@@ -79,7 +79,9 @@ def test_a_new_piece_plugs_in_without_touching_the_detector(detector_data, tmp_p
     assert det.evidence_names_[-1] == "ink-mass"
     assert det.calibration_.cuts.shape == (len(det.evidence_names_),)
     explanation = det.explain(d.x_test[:50])
-    assert explanation.names == det.evidence_names_
+    # the pieces, and "joint" when the summed evidence found a second population
+    joint = [] if det.calibration_.joint is None else ["joint"]
+    assert explanation.names == [*det.evidence_names_, *joint]
     # Saving needs the piece to be known by name when the checkpoint is read back.
     register(InkMass)
     try:
@@ -105,7 +107,7 @@ def test_every_verdict_is_explained_by_a_piece_past_its_cut(fitted, detector_dat
     assert (explanation.values[rows, deciding[rows]] > explanation.cuts[deciding[rows]]).all()
     assert sum(explanation.flagged_by().values()) == flagged.sum()
     entry = explanation.deciding_row(int(rows[0]))
-    assert entry["piece"] in det.evidence_names_ and entry["value"] > entry["cut"]
+    assert entry["piece"] in [*det.evidence_names_, "joint"] and entry["value"] > entry["cut"]
 
 
 def test_the_fitted_pool_is_explained_without_scoring_it_again(fitted):

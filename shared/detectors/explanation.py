@@ -47,8 +47,14 @@ class Explanation:
         """The explanation of evidence rows under an
         :class:`~fedsieve.shared.detectors.evidence.EvidenceCalibration`."""
         calibrated = calibration.calibrate(evidence)
-        return cls(list(names), evidence, calibration.cuts.copy(), calibrated,
-                   calibrated.max(axis=1), float(threshold))
+        names, cuts = list(names), calibration.cuts.copy()
+        joint = getattr(calibration, "calibrate_joint", lambda _: None)(evidence)
+        if joint is not None:  # the joint evidence: one more column, "joint"
+            names.append("joint")
+            evidence = np.column_stack([evidence, calibration.joint_evidence(evidence)])
+            cuts = np.append(cuts, calibration.joint_cut)
+            calibrated = np.column_stack([calibrated, joint])
+        return cls(names, evidence, cuts, calibrated, calibrated.max(axis=1), float(threshold))
 
     @classmethod
     def single(cls, scores: np.ndarray, threshold: float, name: str = "score") -> Explanation:
