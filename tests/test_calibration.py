@@ -210,6 +210,21 @@ def test_budget_finds_the_valley_of_a_normal_mode_skewed_left(seed, n_normal):
     assert (pollution > found.cut).mean() >= 0.9 and (normal > found.cut).mean() <= 0.01
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
+@pytest.mark.parametrize("n_normal", [1190, 3190])
+def test_budget_cuts_at_the_low_point_when_the_floor_lies_on_the_rising_edge(seed, n_normal):
+    """A normal mode spread 0.8 on its left, 0.45 on its right, pollution (20 %) at
+    1.9 +- 0.2: the floor, 2 left-side SDs above the mode, lies on the pollution's rising
+    edge, right of the density's low point. The cut is the low point, not the floor (at the
+    floor up to 11 % of the pollution passed: issue 34, ~1,000 samples a client, seed 2)."""
+    rng = np.random.default_rng(seed)
+    normal = _split_normal(rng, n_normal, 0.8, 0.45)
+    pollution = rng.normal(1.9, 0.2, n_normal // 4)
+    found = normal_mode_cut(np.r_[normal, pollution], normal[:10], 0.01 / 3)
+    assert found.cut < 0.0 + 2 * 0.8  # left of the floor
+    assert (pollution > found.cut).mean() >= 0.95 and (normal > found.cut).mean() <= 0.01
+
+
 @pytest.mark.parametrize("n", [388, 5000])
 def test_budget_finds_no_valley_in_a_clean_mode_skewed_left(n):
     values = _split_normal(np.random.default_rng(n), n, 0.94, 0.35)
@@ -293,7 +308,10 @@ def test_calibration_finds_on_the_score_what_no_piece_finds_alone():
         found.append((score[310:] > 0).mean())
         normal_dropped.append((score[:310] > 0).mean())
     assert len(found) >= 5
-    assert np.mean(found) >= 0.8 and max(normal_dropped) <= 0.02
+    # The pollution starts 2 SDs above the normal mode, where a Gaussian sheds 2.3 %: a cut
+    # at the density's low point there may drop that much in one draw (7 of 310).
+    assert np.mean(found) >= 0.8 and np.mean(normal_dropped) <= 0.01
+    assert max(normal_dropped) <= 0.025
 
 
 @pytest.mark.parametrize("n", [388, 5000])
