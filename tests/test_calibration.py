@@ -110,6 +110,24 @@ def test_calibration_keeps_a_valley_when_the_other_pieces_take_most_of_its_popul
     assert max(normal_dropped) <= 0.02
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_calibration_keeps_no_valley_that_lies_inside_the_normal_tail(seed):
+    """A trigger-patch-like pool: 20 % pollution overlapping a right-skewed piece's normal
+    tail, and all of it far above a point-mass piece (detached ink). On the whole pool the
+    first piece shows a valley inside its normal tail; once the second piece flags the whole
+    pollution, that valley lies where the normal data has not thinned out and is not kept
+    (kept, it dropped 6-9 % of the normal values; the pollution grid's trigger patch 6.5 %)."""
+    rng = np.random.default_rng(seed)
+    n, m = 4000, 1000
+    normal = np.c_[rng.gumbel(0.0, 0.25, n), rng.normal(0.7, 0.25, n),
+                   np.where(rng.random(n) < 0.97, 0.0, rng.uniform(0.05, 0.6, n))]
+    pollution = np.c_[rng.normal(1.0, 0.15, m), rng.normal(0.7, 0.25, m),
+                      rng.uniform(1.5, 3.0, m)]
+    score = EvidenceCalibration.fit(np.r_[normal, pollution], normal[:10], 0.01).combine(
+        np.r_[normal, pollution])
+    assert (score[n:] > 0).mean() >= 0.99 and (score[:n] > 0).mean() <= 0.01
+
+
 def test_the_joint_evidence_finds_what_stands_out_a_little_on_two_pieces():
     """78 polluted images a little above the normal tail of one piece (0.6-1.2 at a normal SD
     of 0.3), 62 of them far above it on a second piece and 16 a little above there too: each

@@ -180,33 +180,11 @@ def normal_mode_cut(
 def _mode_and_cut(v: np.ndarray, start: float | None, rate: float) -> NormalMode:
     """:func:`normal_mode_cut` on sorted finite values, climbing from ``start`` (the median
     when None)."""
-    from scipy.ndimage import gaussian_filter1d
-
     if len(v) < 4 or np.ptp(v) < 1e-12:
         top = float(v.max()) if len(v) else 0.0
         return NormalMode(top, top, 0.0)
-    q25, q75 = np.quantile(v, [0.25, 0.75])
-    spread = min(float(np.std(v)), (q75 - q25) / 1.349) or float(np.std(v))
-    # Half of Silverman's bandwidth: two populations close together must stay two peaks.
-    h = max(0.45 * spread * len(v) ** -0.2, 1e-9)
-    bins = 1024
-    lo_edge, hi_edge = v[0] - 3 * h, v[-1] + 3 * h
-    hist, edges = np.histogram(v, bins=bins, range=(lo_edge, hi_edge))
-    width = edges[1] - edges[0]
-    dens = gaussian_filter1d(hist.astype(np.float64), h / width)
-    centers = (edges[:-1] + edges[1:]) / 2
-    start = float(np.median(v)) if start is None else start
-    i = int(np.clip(np.searchsorted(centers, start), 0, bins - 1))
-    # Hill-climb to the nearest peak of a twice smoother density, the normal mode: a ripple
-    # of the normal population (e.g. the images self-training fits best) is not a mode.
-    smooth = gaussian_filter1d(hist.astype(np.float64), 2 * h / width)
-    while True:
-        if i + 1 < bins and smooth[i + 1] > smooth[i]:
-            i += 1
-        elif i > 0 and smooth[i - 1] > smooth[i]:
-            i -= 1
-        else:
-            break
+    centers, dens, h, i = _density_and_mode(v, start)
+    bins, width = len(centers), centers[1] - centers[0]
     mode, peak = float(centers[i]), float(dens[i])
     below = v[v <= mode]
     # Robust spread of the normal mode's left side (pollution seldom lies there; a long
@@ -241,6 +219,52 @@ def _mode_and_cut(v: np.ndarray, start: float | None, rate: float) -> NormalMode
         return NormalMode(float(centers[end]), mode, sd_left, float(dens[end] / peak))
     # "higher": at most rate * n values lie above the cut, whatever the ties.
     return NormalMode(float(np.quantile(v, 1.0 - rate, method="higher")), mode, sd_left)
+
+
+def _density_and_mode(v: np.ndarray, start: float | None
+                      ) -> tuple[np.ndarray, np.ndarray, float, int]:
+    """The smoothed density of sorted values ``v`` (at least 4, not all equal) on 1,024 bins:
+    bin centres, density, bandwidth, and the bin of the normal mode climbed to from
+    ``start`` (the median when None)."""
+    from scipy.ndimage import gaussian_filter1d
+
+    q25, q75 = np.quantile(v, [0.25, 0.75])
+    spread = min(float(np.std(v)), (q75 - q25) / 1.349) or float(np.std(v))
+    # Half of Silverman's bandwidth: two populations close together must stay two peaks.
+    h = max(0.45 * spread * len(v) ** -0.2, 1e-9)
+    bins = 1024
+    hist, edges = np.histogram(v, bins=bins, range=(v[0] - 3 * h, v[-1] + 3 * h))
+    width = edges[1] - edges[0]
+    dens = gaussian_filter1d(hist.astype(np.float64), h / width)
+    centers = (edges[:-1] + edges[1:]) / 2
+    start = float(np.median(v)) if start is None else start
+    i = int(np.clip(np.searchsorted(centers, start), 0, bins - 1))
+    # Hill-climb to the nearest peak of a twice smoother density, the normal mode: a ripple
+    # of the normal population (e.g. the images self-training fits best) is not a mode.
+    smooth = gaussian_filter1d(hist.astype(np.float64), 2 * h / width)
+    while True:
+        if i + 1 < bins and smooth[i + 1] > smooth[i]:
+            i += 1
+        elif i > 0 and smooth[i - 1] > smooth[i]:
+            i -= 1
+        else:
+            break
+    return centers, dens, h, i
+
+
+def density_share(values: np.ndarray, trusted_values: np.ndarray | None, at: float) -> float:
+    """The smoothed density of ``values`` at ``at`` as a share of the normal mode's peak (the
+    density :func:`normal_mode_cut` reads, climbed to from the trusted values' median); 1.0
+    for fewer than 4 distinct values."""
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    v = v[np.isfinite(v)]
+    if len(v) < 4 or np.ptp(v) < 1e-12:
+        return 1.0
+    start = (float(np.median(trusted_values)) if trusted_values is not None
+             and len(trusted_values) else None)
+    centers, dens, _, i = _density_and_mode(v, start)
+    j = int(np.clip(np.searchsorted(centers, at), 0, len(centers) - 1))
+    return float(dens[j] / dens[i]) if dens[i] > 0 else 1.0
 
 
 def _valley(dens: np.ndarray, first: int, below: float, rise: float) -> int:

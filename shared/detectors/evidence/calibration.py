@@ -14,7 +14,9 @@ import numpy as np
 
 from fedsieve.shared.detectors.threshold import (
     MAJORITY_BEYOND_TRUSTED,
+    VALLEY_MIN_SD,
     NormalMode,
+    density_share,
     normal_mode_cut,
 )
 
@@ -118,10 +120,18 @@ class EvidenceCalibration:
         # client, seeds 1, 2 and 7 let 8-9 of their 78 Fashion-MNIST images through this
         # way, nearly all above the valley found on the whole pool). A refit that finds a
         # valley elsewhere (a majority's pull into the normal tail undone) still moves the
-        # cut.
+        # cut. The kept valley must still be where the normal data has thinned out on the
+        # refit's rows, as a Gaussian population has 2 SDs out (the fallback valley's depth):
+        # when the other pieces flag its whole second population (a trigger patch's
+        # detached ink), the valley it left lies inside the normal tail, and keeping it
+        # dropped 6.5 % of the normal digits (issue 34).
         for j in range(k):
             if found[j].depth >= 1.0 and valleys[j] is not None and valleys[j].cut < found[j].cut:
-                found[j] = found[j]._replace(cut=valleys[j].cut, depth=valleys[j].depth)
+                rows = ~np.delete(flags, j, axis=1).any(axis=1)
+                share = density_share(pool[rows, j], None if trusted is None
+                                      else trusted[:, j], valleys[j].cut)
+                if share < np.exp(-VALLEY_MIN_SD ** 2 / 2):
+                    found[j] = found[j]._replace(cut=valleys[j].cut, depth=valleys[j].depth)
         calibration = cls(*(np.array([getattr(f, name) for f in found], dtype=np.float64)
                             for name in ("cut", "mode", "spread")))
         if all(f.depth >= 1.0 for f in found):
