@@ -158,10 +158,7 @@ def normal_mode_cut(
     NormalMode
         ``cut``, ``mode`` and ``spread`` (robust SD of the mode's left side).
     """
-    v = np.sort(np.asarray(values, dtype=np.float64))
-    v = v[np.isfinite(v)]
-    start = (np.median(trusted_values) if trusted_values is not None and len(trusted_values)
-             else None)
+    v, start = _sorted_and_start(values, trusted_values)
     found = _mode_and_cut(v, start, rate)
     if (found.depth >= 1.0 and trusted_values is not None and len(trusted_values)
             and len(v) >= MAJORITY_COMPONENTS  # a mixture needs a few values
@@ -175,6 +172,16 @@ def normal_mode_cut(
             in_tail = _mode_and_cut(tail, float(tail[0]), min(1.0, rate * len(v) / len(tail)))
             return found._replace(cut=in_tail.cut, depth=in_tail.depth)
     return found
+
+
+def _sorted_and_start(values: np.ndarray, trusted_values: np.ndarray | None
+                      ) -> tuple[np.ndarray, float | None]:
+    """The finite values sorted, and where the climb to the normal mode starts: the trusted
+    values' median (None without them: the values' own median)."""
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    start = (float(np.median(trusted_values)) if trusted_values is not None
+             and len(trusted_values) else None)
+    return v[np.isfinite(v)], start
 
 
 def _mode_and_cut(v: np.ndarray, start: float | None, rate: float) -> NormalMode:
@@ -256,12 +263,9 @@ def density_share(values: np.ndarray, trusted_values: np.ndarray | None, at: flo
     """The smoothed density of ``values`` at ``at`` as a share of the normal mode's peak (the
     density :func:`normal_mode_cut` reads, climbed to from the trusted values' median); 1.0
     for fewer than 4 distinct values."""
-    v = np.sort(np.asarray(values, dtype=np.float64))
-    v = v[np.isfinite(v)]
+    v, start = _sorted_and_start(values, trusted_values)
     if len(v) < 4 or np.ptp(v) < 1e-12:
         return 1.0
-    start = (float(np.median(trusted_values)) if trusted_values is not None
-             and len(trusted_values) else None)
     centers, dens, _, i = _density_and_mode(v, start)
     j = int(np.clip(np.searchsorted(centers, at), 0, len(centers) - 1))
     return float(dens[j] / dens[i]) if dens[i] > 0 else 1.0
