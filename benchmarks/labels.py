@@ -2,15 +2,16 @@
 
 Pools of MNIST digits (the packaged 5,000, a seeded subset of every class) with wrong labels:
 consistent flips (every flipped digit of class k claims ``(k + 3) mod 10``), random flips,
-duplicates of genuine digits carrying a consistently flipped label (the sweep's
-``label-flip`` recipe) and a clean pool. Per pool and method: the share of wrong labels
-dropped and of genuine ones dropped. fedsieve's :class:`LabelCheck` (its defaults: 4 folds,
-3 passes, the ``margin`` rule) is fitted beside the 0.2 check (2 folds, one pass, cleanlab's
-``confident_learning``); cleanlab's ``prune_by_noise_rate`` and the plain argmax disagreement
-read the 0.2 check's probabilities (they compare rules, not classifiers); the
-nearest-neighbour filter (sklearn, 25 neighbours in a 50-component PCA of the pixels, copies
-of an image excluded) drops a sample whose neighbours mostly claim another label. Writes
-``labels.json`` and ``labels.md``.
+duplicates of genuine digits carrying a consistently flipped label (the sweep's ``label-flip``
+recipe) and a clean pool. Per pool and method: the share of wrong labels dropped and of genuine
+ones dropped. fedsieve's :class:`LabelCheck` (its defaults: 4 folds, 3 passes, the ``margin``
+rule, shifted training images) is fitted beside itself without the shifts and the longer
+training of small folds (``max_shift=0, min_steps=0``: fedsieve 0.3) and the 0.2 check (2
+folds, one pass, cleanlab's ``confident_learning``); cleanlab's ``prune_by_noise_rate`` and the
+plain argmax disagreement read the 0.2 check's probabilities (they compare rules, not
+classifiers); the nearest-neighbour filter (sklearn, 25 neighbours in a 50-component PCA of the
+pixels, copies of an image excluded) drops a sample whose neighbours mostly claim another
+label. Writes ``labels.json`` and ``labels.md``.
 
     python benchmarks/labels.py [--size 4000] [--seeds 2]
 """
@@ -83,27 +84,32 @@ def run(size: int, seeds: int) -> dict:
             check = LabelCheck(random_state=seed).fit(x, claimed)
             seconds = time.perf_counter() - started
             started = time.perf_counter()
-            before = LabelCheck(folds=2, passes=1, filter_by="confident_learning",
-                                random_state=seed).fit(x, claimed)
+            unshifted = LabelCheck(max_shift=0, min_steps=0, random_state=seed).fit(x, claimed)
+            seconds_unshifted = time.perf_counter() - started
+            started = time.perf_counter()
+            before = LabelCheck(folds=2, passes=1, filter_by="confident_learning", max_shift=0,
+                                min_steps=0, random_state=seed).fit(x, claimed)
             seconds_before = time.perf_counter() - started
             encoded = np.searchsorted(before.classes_, claimed)
             probabilities = before.probabilities_
             methods = {
-                "fedsieve LabelCheck (margin, 3 passes, 4 folds)": check.labels_,
+                "fedsieve LabelCheck (margin, 3 passes, 4 folds, shifts)": check.labels_,
+                "fedsieve LabelCheck without shifts (0.3)": unshifted.labels_,
                 "fedsieve 0.2 (confident_learning, 1 pass, 2 folds)": before.labels_,
                 "cleanlab prune_by_noise_rate": find_label_issues(encoded, probabilities,
                                                                   n_jobs=1),
                 "argmax differs (predicted_neq_given)": probabilities.argmax(1) != encoded,
                 "nearest neighbours (k=25)": neighbour_filter(x, claimed),
             }
+            fit_seconds = dict(zip(list(methods)[:3], (seconds, seconds_unshifted,
+                                                       seconds_before)))
             for method, flags in methods.items():
                 flags = np.asarray(flags).astype(bool)
                 rows.append({
                     "pool": name, "seed": seed, "method": method, "size": len(x),
                     "wrong_dropped": float(flags[wrong == 1].mean()) if wrong.any() else None,
                     "genuine_dropped": float(flags[wrong == 0].mean()),
-                    "fit_seconds": seconds if method.startswith("fedsieve LabelCheck")
-                    else seconds_before if method.startswith("fedsieve 0.2") else None})
+                    "fit_seconds": fit_seconds.get(method)})
             print(f"seed {seed} {name}: LabelCheck fitted in {seconds:.1f} s "
                   f"(0.2: {seconds_before:.1f} s)", flush=True)
     return {"machine": machine_info(), "cleanlab": version("cleanlab"), "size": size,
@@ -126,10 +132,22 @@ def markdown(result: dict) -> str:
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     fits = {m: np.median([r["fit_seconds"] for r in result["rows"] if r["method"] == m])
             for m in methods if m.startswith("fedsieve")}
-    now, before = fits.values()
-    lines += ["", f"Fit, median over the pools: {now:.1f} s for LabelCheck, {before:.1f} s for "
-              f"the 0.2 check ({now / before:.1f}x), on {result['machine'].get('cores', '?')} "
-              f"cores, torch on one thread (cleanlab {result['cleanlab']}).", ""]
+    now, unshifted, before = fits.values()
+    lines += ["", f"Fit, median over the pools: {now:.1f} s for LabelCheck, {unshifted:.1f} s "
+              f"without shifts, {before:.1f} s for the 0.2 check ({now / before:.1f}x), on "
+              f"{result['machine'].get('cores', '?')} cores, torch on one thread (cleanlab "
+              f"{result['cleanlab']}).", "", "Per seed, the two LabelCheck rows:", "",
+              "| method | seed | " + " | ".join(pools) + " |",
+              "|---|---|" + "---|" * len(pools)]
+    for method in methods[:2]:
+        for seed in sorted({r["seed"] for r in result["rows"]}):
+            here = {r["pool"]: r for r in result["rows"]
+                    if r["method"] == method and r["seed"] == seed}
+            cells = [(f"{here[p]['wrong_dropped']:.1%} / " if here[p]["wrong_dropped"]
+                      is not None else "— / ") + f"{here[p]['genuine_dropped']:.1%}"
+                     for p in pools]
+            lines.append(f"| {method} | {seed} | " + " | ".join(cells) + " |")
+    lines.append("")
     return "\n".join(lines)
 
 

@@ -13,6 +13,7 @@ from fedsieve.shared.task.classifier import (
     evaluate,
     evaluate_classes,
     predict,
+    random_shift,
     train_local,
 )
 
@@ -54,3 +55,14 @@ def test_one_pass_evaluation_matches_loss_accuracy_and_classes(mnist_train):
     np.testing.assert_allclose(per_class, class_accuracy(predict(model, x), y))
     assert 0.0 < accuracy < 1.0  # a partly trained model: the per-class figures differ
     assert np.isnan(evaluate_classes(model, x[:0], y[:0])[2]).all()
+
+
+def test_random_shift_moves_each_image_by_whole_pixels_within_its_bound():
+    images = torch.zeros(64, 1, 28, 28)
+    images[:, 0, 10, 12] = 1.0
+    moved = random_shift(images, 2, torch.Generator().manual_seed(0))
+    rows, cols = (moved[:, 0] == 1.0).nonzero()[:, 1:].T
+    assert len(rows) == 64 and torch.all(moved.sum(dim=(1, 2, 3)) == 1.0)
+    assert set((rows - 10).tolist()) == set((cols - 12).tolist()) == {-2, -1, 0, 1, 2}
+    again = random_shift(images, 2, torch.Generator().manual_seed(0))
+    assert torch.equal(moved, again)

@@ -70,12 +70,16 @@ def classifier_batch(images: np.ndarray, name: str = "images") -> torch.Tensor:
 
 def train_local(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: int = 1,
                 batch_size: int = 32, lr: float = 0.05, seed: int = 0,
-                label_smoothing: float = 0.0, device: str = "auto") -> float:
+                label_smoothing: float = 0.0, max_shift: int = 0,
+                device: str = "auto") -> float:
     """Train ``model`` in place with SGD (momentum 0.9); returns the mean training loss.
 
     ``label_smoothing`` (cross-entropy's) keeps a model trained on noisy labels from betting
-    everything on them. The training runs on ``device``; the model ends on the device it
-    came on.
+    everything on them. ``max_shift`` moves each training image by a random whole number of
+    pixels, up to that many along each axis, drawn afresh for every batch
+    (:func:`random_shift`): the model must read the content wherever it sits, and cannot
+    learn a wrong label by heart from one exact image. The training runs on ``device``; the
+    model ends on the device it came on.
 
     Raises
     ------
@@ -97,8 +101,9 @@ def train_local(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epo
             order = torch.randperm(len(x), generator=generator)
             for start in range(0, len(x), batch_size):
                 idx = order[start:start + batch_size]
+                batch = x[idx] if not max_shift else random_shift(x[idx], max_shift, generator)
                 optimizer.zero_grad()
-                loss = F.cross_entropy(model(x[idx].to(dev)), y[idx].to(dev),
+                loss = F.cross_entropy(model(batch.to(dev)), y[idx].to(dev),
                                        label_smoothing=label_smoothing)
                 loss.backward()
                 optimizer.step()
@@ -107,6 +112,22 @@ def train_local(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epo
     finally:
         model.to(origin)
     return total / count
+
+
+def random_shift(images: torch.Tensor, max_shift: int,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each image of an (N, C, H, W) batch moved by a random whole number of pixels, up to
+    ``max_shift`` along each axis; the edge pixels fill what is uncovered."""
+    n, _, height, width = images.shape
+    steps = torch.randint(-max_shift, max_shift + 1, (n, 2), generator=generator)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    # affine_grid's coordinates span [-1, 1]: one pixel is 2 / size.
+    theta[:, 0, 2] = steps[:, 0] * 2.0 / width
+    theta[:, 1, 2] = steps[:, 1] * 2.0 / height
+    grid = F.affine_grid(theta, [n, images.shape[1], height, width], align_corners=False)
+    return F.grid_sample(images, grid.to(images.device), padding_mode="border",
+                         align_corners=False)
 
 
 def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray,
