@@ -88,8 +88,8 @@ def test_small_folds_train_for_at_least_min_steps(digits):
 def test_new_pairs_are_scored_by_the_fold_classifiers(digits):
     x, y = digits
     claimed, flip = flipped(y, 0.25, seed=3)
-    check = LabelCheck(passes=1, folds=3, epochs=3, random_state=0).fit(x[:2000],
-                                                                      claimed[:2000])
+    check = LabelCheck(passes=1, folds=3, epochs=3, max_shift=0, min_steps=0,
+                       random_state=0).fit(x[:2000], claimed[:2000])
     new_claims = claimed[2000:].copy()
     new_claims[:5] = 77  # a class the pool never claimed: not checked
     scores = check.score_pairs(x[2000:], new_claims)
@@ -102,14 +102,14 @@ def test_new_pairs_are_scored_by_the_fold_classifiers(digits):
 
 def test_contract_and_reproducibility(digits):
     x, y = digits[0][:300], digits[1][:300]
-    first = LabelCheck(random_state=3, epochs=1).fit(x, y)
+    first = LabelCheck(random_state=3, epochs=1, min_steps=0).fit(x, y)
     again = clone(first).fit(x, y)
     np.testing.assert_array_equal(first.probabilities_, again.probabilities_)
     assert first.probabilities_.shape == (300, 10)
     np.testing.assert_allclose(first.probabilities_.sum(1), 1.0, rtol=1e-5)
     assert first.predict().dtype == np.int64
     # Any integer class codes: the classes are what the labels hold.
-    shifted = LabelCheck(random_state=3, epochs=1).fit(x, y * 10 + 5)
+    shifted = LabelCheck(random_state=3, epochs=1, min_steps=0).fit(x, y * 10 + 5)
     np.testing.assert_array_equal(shifted.classes_, np.arange(10) * 10 + 5)
     np.testing.assert_array_equal(shifted.labels_, first.labels_)
 
@@ -117,12 +117,12 @@ def test_contract_and_reproducibility(digits):
 def test_rare_and_absurd_labels_are_not_checked(digits):
     x, y = digits[0][:400], digits[1][:400].copy()
     y[:5] = 10**6 - np.arange(5)  # five one-off labels, as a hostile client could claim
-    check = LabelCheck(random_state=0, epochs=1).fit(x, y)
+    check = LabelCheck(random_state=0, epochs=1, min_steps=0).fit(x, y)
     np.testing.assert_array_equal(check.classes_, np.arange(10))
     assert not check.checked_[:5].any() and check.checked_[5:].all()
     assert not check.labels_[:5].any() and (check.suggested_labels_[:5] == -1).all()
     assert np.isnan(check.probabilities_[:5]).all() and check.probabilities_.shape == (400, 10)
-    top = LabelCheck(random_state=0, epochs=1, max_classes=3).fit(x, y)
+    top = LabelCheck(random_state=0, epochs=1, min_steps=0, max_classes=3).fit(x, y)
     assert len(top.classes_) == 3 and top.checked_.sum() == np.isin(y, top.classes_).sum()
 
 
@@ -190,7 +190,8 @@ def test_screening_drops_contradicted_labels_of_labelled_clients_only(digits, de
                9: ClientUpload(9, x[1500:], ids[1500:], 500)}  # sends no labels
     scoring = score_pool(uploads, detector_data.trusted,
                          lambda: make_detector("iforest", random_state=0),
-                         lambda: LabelCheck(passes=2, folds=3, epochs=4, random_state=0))
+                         lambda: LabelCheck(passes=2, folds=3, epochs=4, max_shift=0,
+                                            min_steps=0, random_state=0))
     labelled, unlabelled = scoring.verdicts[5], scoring.verdicts[9]
     assert unlabelled.label_flags is None and labelled.label_flags is not None
     assert scoring.label_flagged == int(labelled.label_flags.sum())

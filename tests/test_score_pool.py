@@ -212,7 +212,8 @@ def test_a_real_label_check_still_runs_bounded(detector_data):
     claimed = (np.arange(240) % 3).astype(np.int64)  # labels the images do not support
     uploads = split(x, [1, 2], [120], y=claimed)
     scoring = score_pool(uploads, detector_data.trusted, iforest,
-                         lambda: LabelCheck(epochs=1, random_state=0), max_fit_samples=100)
+                         lambda: LabelCheck(epochs=1, min_steps=0, random_state=0),
+                         max_fit_samples=100)
     for verdict in scoring.verdicts.values():
         assert verdict.label_flags is not None and len(verdict.label_flags) == 120
         assert not verdict.label_flags[verdict.scores > scoring.threshold].any()

@@ -415,7 +415,7 @@ def test_label_check_drops_are_routed_audited_and_counted(small_settings, compac
     # The example ClientApp uploads its labels; the label check reads them.
     grid = make_grid(small_settings, compact_federation_files)
     strategy = make_filter(compact_federation, tmp_path,
-                           label_check=LabelCheck(epochs=1, random_state=0))
+                           label_check=LabelCheck(epochs=1, min_steps=0, random_state=0))
     messages, _, (_, metrics) = run_round(strategy, grid)
     flagged = strategy.history[0]["label_flagged"]
     assert metrics["fedsieve-label-flagged"] == flagged > 0
