@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -99,6 +100,7 @@ def test_meta_train_writes_checkpoint(tmp_path):
     assert header["config"]["holdout_classes"] == [8, 9]
 
 
+@pytest.mark.slow  # the CLI's default label check: at least 500 steps a fold, about a minute
 def test_detect_checks_claimed_labels_when_the_pool_has_them(tmp_path):
     mnist = load_mnist("train")
     pick = np.random.default_rng(0).permutation(len(mnist.labels))[:1200]
